@@ -1,0 +1,43 @@
+"""A network together with its preprocessing, so that callers (attacks, AmI) work in pixel space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+PIXEL_BOUNDS: tuple[float, float] = (0.0, 255.0)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; x: (B, 3, H, W) RGB pixels in [0, 255]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class PixelModel(nn.Module):
+    """``net(preprocess(x))`` for x of shape (B, 3, H, W), RGB, float pixels in ``bounds`` = [0, 255].
+
+    ``hook_layers`` names the modules of ``net`` whose outputs AmI may observe and steer (ReLU and pool outputs),
+    in forward order. Preprocessing is differentiable, so gradients reach the pixels.
+    """
+
+    bounds: tuple[float, float] = PIXEL_BOUNDS
+
+    def __init__(self, net: nn.Module, preprocess: nn.Module, hook_layers: Sequence[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.preprocess = preprocess
+        self.hook_layers: tuple[str, ...] = tuple(hook_layers)
+        for name in self.hook_layers:
+            net.get_submodule(name)  # fail early on a misspelt layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(x))

@@ -1,0 +1,1 @@
+"""Attack generators of the AmI evaluation (pixel space [0, 255])."""
