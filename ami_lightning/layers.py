@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
 from torch import nn
 
 
@@ -27,3 +32,29 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     if len({id(m) for m in hits}) > 1:
         raise KeyError(f"layer name {name!r} is ambiguous in {type(model).__name__} ({len(hits)} modules)")
     return hits[0]
+
+
+@contextmanager
+def forward_hooks(model: nn.Module, hooks: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+    """Register ``hooks`` (layer name -> forward hook) for the duration of the ``with`` block, then remove them."""
+    handles = [find_layer(model, name).register_forward_hook(hook) for name, hook in hooks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def layer_channels(model: nn.Module, names: Sequence[str], size: int = 224) -> dict[str, int]:
+    """Channel count of each named layer's output, from one forward pass of a (1, 3, size, size) grey image."""
+    channels: dict[str, int] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        return lambda _module, _inputs, output: channels.__setitem__(name, int(output.shape[1]))
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with forward_hooks(model, {name: record(name) for name in names}):
+        model(torch.full((1, 3, size, size), 128.0, device=device))
+    return {name: channels[name] for name in names}

@@ -41,3 +41,18 @@ class PixelModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(x))
+
+
+@torch.no_grad()
+def kaiming_init_(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Re-initialise conv and linear layers (He normal, zero bias) so that a random-weight network keeps activation
+    scale through depth and gives input-dependent predictions (PyTorch's default init collapses deep nets to one
+    class). Used for tests and benchmarks without trained weights."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            fan_in = module.weight[0].numel()
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+            if module.bias is not None:
+                module.bias.zero_()
+    return net

@@ -1,0 +1,87 @@
+"""Attribute steering of one layer's output (pure tensor functions, batched over samples).
+
+For a layer output ``x`` of shape (B, C, H, W) (or (B, C) for fully connected layers) and the concatenation ``W`` of
+the attributes' witness lists at that layer (a channel listed by k attributes appears k times):
+
+* ``v[b, c]`` is the spatial sum of channel c (the value itself for 1-D layers); ``mean``, ``std`` (population) and
+  ``min`` of ``v[b, W]`` are taken per sample, duplicates included.
+* a channel in no list is multiplied by ``exp(-d / weaken)`` with ``d = max(0, (v - mean) / std)``;
+* a channel in k lists is multiplied by ``(s0 - exp(-d / s1)) ** k`` with ``d = |v - min| / std``;
+* where ``std == 0``, ``d = 0`` (weaken factor 1, strengthen factor ``s0 - 1`` per list).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SteeringParams:
+    """AmI's steering parameters: ``weaken`` (w), ``strengthen`` = (s0, s1); both dimensionless."""
+
+    weaken: float = 60.0
+    strengthen: tuple[float, float] = (2.15, 50.0)
+
+    def __post_init__(self) -> None:
+        if self.weaken <= 0 or self.strengthen[1] <= 0:
+            raise ValueError(f"weaken and strengthen[1] must be positive, got {self.weaken}, {self.strengthen}")
+
+
+PRESETS: dict[str, SteeringParams] = {
+    "published": SteeringParams(60.0, (2.15, 50.0)),  # the PyTorch AmI release
+    "caffe": SteeringParams(100.0, (2.15, 60.0)),  # the original Caffe AmI
+}
+
+
+def channel_sums(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample channel activation sums: (B, C, ...) -> (B, C)."""
+    return x.flatten(2).sum(-1) if x.dim() > 2 else x
+
+
+def steering_factors(v: torch.Tensor, witnesses: torch.Tensor, params: SteeringParams) -> torch.Tensor:
+    """Multiplicative factor per sample and channel.
+
+    v: (B, C) channel sums; witnesses: (W,) long, the concatenated witness lists (non-empty). Returns (B, C).
+    """
+    vw = v.index_select(1, witnesses)
+    mean = vw.mean(1, keepdim=True)
+    std = vw.std(1, correction=0, keepdim=True)
+    low = vw.amin(1, keepdim=True)
+    valid = std > 0
+    safe_std = torch.where(valid, std, torch.ones_like(std))
+    d_weak = torch.where(valid, ((v - mean) / safe_std).clamp_min(0), torch.zeros_like(v))
+    d_strong = torch.where(valid, (v - low).abs() / safe_std, torch.zeros_like(v))
+    multiplicity = torch.bincount(witnesses, minlength=v.shape[1]).to(v.dtype)
+    s0, s1 = params.strengthen
+    weak = torch.exp(-d_weak / params.weaken)
+    strong = (s0 - torch.exp(-d_strong / s1)).pow(multiplicity)
+    return torch.where(multiplicity > 0, strong, weak)
+
+
+def crop_resize(x: torch.Tensor, border: int = 2) -> torch.Tensor:
+    """Crop ``border`` pixels from every side of (B, C, H, W) and resize back bilinearly (align_corners=False)."""
+    h, w = x.shape[-2:]
+    return F.interpolate(x[..., border : h - border, border : w - border], size=(h, w), mode="bilinear",
+                         align_corners=False)
+
+
+def steer(x: torch.Tensor, witnesses: torch.Tensor, params: SteeringParams, crop: int = 0) -> torch.Tensor:
+    """Steer one layer output (B, C, ...) given the concatenated witness indices (W,); optionally crop first."""
+    if crop:
+        x = crop_resize(x, crop)
+    factors = steering_factors(channel_sums(x), witnesses, params)
+    return x * factors.view(*factors.shape, *([1] * (x.dim() - 2)))
+
+
+def detection_score(original_logits: torch.Tensor, steered_logits: torch.Tensor) -> torch.Tensor:
+    """Continuous AmI score (B,): drop of the softmax probability of the original top-1 class under steering.
+
+    In [-1, 1]; larger means more suspicious. Logits: (B, K).
+    """
+    top1 = original_logits.argmax(1, keepdim=True)
+    p_original = original_logits.softmax(1).gather(1, top1)
+    p_steered = steered_logits.softmax(1).gather(1, top1)
+    return (p_original - p_steered).squeeze(1)

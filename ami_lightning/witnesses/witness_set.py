@@ -1,0 +1,178 @@
+"""``WitnessSet``: attribute -> layer -> sorted channel indices, in the two published file formats.
+
+* ``vgg_face_dag`` (``<attr>_neurons.txt``): one line per hooked layer, ``layer->i,j,k``; an empty list is allowed.
+* ``caffe`` (``<attr>_witness.txt``): one line per non-empty layer, ``layer,i,j,k``, with Caffe blob names
+  (``conv4_3`` is the in-place ReLU output, i.e. ``relu4_3``; ``fc6``/``fc7`` are ``relu6``/``relu7``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ATTRIBUTES: tuple[str, ...] = ("leye", "reye", "nose", "mouth")
+Format = Literal["vgg_face_dag", "caffe"]
+_FILE_SUFFIX: dict[str, str] = {"vgg_face_dag": "_neurons.txt", "caffe": "_witness.txt"}
+_CAFFE_CONV = re.compile(r"^conv(\d+_\d+)$")
+_CAFFE_FC = re.compile(r"^fc(\d+)$")
+_OURS_RELU_CONV = re.compile(r"^relu(\d+_\d+)$")
+_OURS_RELU_FC = re.compile(r"^relu(\d+)$")
+
+
+class WitnessFormatError(ValueError):
+    """A malformed or inconsistent witness file; the message names the file and line."""
+
+
+def caffe_to_layer(name: str) -> str:
+    """Caffe blob name -> hooked layer name (``conv4_3`` -> ``relu4_3``, ``fc7`` -> ``relu7``, pools unchanged)."""
+    if m := _CAFFE_CONV.match(name):
+        return f"relu{m.group(1)}"
+    if m := _CAFFE_FC.match(name):
+        return f"relu{m.group(1)}"
+    return name
+
+
+def layer_to_caffe(name: str) -> str:
+    """Inverse of :func:`caffe_to_layer`."""
+    if m := _OURS_RELU_CONV.match(name):
+        return f"conv{m.group(1)}"
+    if m := _OURS_RELU_FC.match(name):
+        return f"fc{m.group(1)}"
+    return name
+
+
+@dataclass
+class WitnessSet:
+    """Witness channels of each attribute: ``witnesses[attribute][layer]`` is a sorted tuple of channel indices.
+
+    ``layers`` is the ordered tuple of layers the set covers (forward order); a layer with no witnesses for an
+    attribute maps to ``()``. Build one with :meth:`from_mapping`, :meth:`read` or the extraction functions.
+    """
+
+    layers: tuple[str, ...]
+    witnesses: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[str, Mapping[str, Iterable[int]]], layers: Iterable[str] | None = None
+    ) -> WitnessSet:
+        """From ``{attribute: {layer: channels}}``; ``layers`` fixes the order (default: first-seen order)."""
+        seen = [layer for per_layer in mapping.values() for layer in per_layer]
+        order = list(layers) if layers is not None else list(dict.fromkeys(seen))
+        unknown = set(seen) - set(order)
+        if unknown:
+            raise ValueError(f"witness layers {sorted(unknown)} are not in the layer list {order}")
+        return cls(
+            tuple(order),
+            {a: {layer: tuple(sorted(set(map(int, m.get(layer, ()))))) for layer in order} for a, m in mapping.items()},
+        )
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return tuple(self.witnesses)
+
+    def at(self, layer: str) -> dict[str, tuple[int, ...]]:
+        """``{attribute: channels}`` at one layer."""
+        return {a: per_layer.get(layer, ()) for a, per_layer in self.witnesses.items()}
+
+    def steered_layers(self) -> tuple[str, ...]:
+        """Layers where at least one attribute has a witness (the only layers AmI touches), in order."""
+        return tuple(layer for layer in self.layers if any(self.at(layer).values()))
+
+    def count(self) -> dict[str, int]:
+        """Number of witnesses per attribute (summed over layers)."""
+        return {a: sum(map(len, per_layer.values())) for a, per_layer in self.witnesses.items()}
+
+    def check_channels(self, channels: Mapping[str, int]) -> None:
+        """Raise ``ValueError`` if a layer is unknown to ``channels`` (layer -> channel count) or an index is out of
+        range."""
+        for attribute, per_layer in self.witnesses.items():
+            for layer, idx in per_layer.items():
+                if layer not in channels:
+                    raise ValueError(f"{attribute}: unknown layer {layer!r} (model has {sorted(channels)})")
+                if idx and (idx[0] < 0 or idx[-1] >= channels[layer]):
+                    raise ValueError(
+                        f"{attribute}: channel {idx[-1] if idx[-1] >= channels[layer] else idx[0]} out of range at "
+                        f"{layer} ({channels[layer]} channels)"
+                    )
+
+    # ---- files ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def read(
+        cls,
+        directory: str | Path,
+        fmt: Format = "vgg_face_dag",
+        attributes: Iterable[str] = ATTRIBUTES,
+        channels: Mapping[str, int] | None = None,
+    ) -> WitnessSet:
+        """Read ``<attr>_neurons.txt`` (``vgg_face_dag``) or ``<attr>_witness.txt`` (``caffe``) files.
+
+        ``channels`` (layer -> channel count, e.g. from :func:`ami_lightning.layers.layer_channels`) makes unknown
+        layers and out-of-range indices errors that name the file and line.
+        """
+        directory = Path(directory)
+        if fmt not in _FILE_SUFFIX:
+            raise ValueError(f"unknown witness format {fmt!r}; expected one of {sorted(_FILE_SUFFIX)}")
+        mapping: dict[str, dict[str, list[int]]] = {}
+        for attribute in attributes:
+            path = directory / f"{attribute}{_FILE_SUFFIX[fmt]}"
+            if not path.is_file():
+                raise FileNotFoundError(f"witness file not found: {path}")
+            mapping[attribute] = _parse_file(path, fmt, channels)
+        return cls.from_mapping(mapping, channels)
+
+    def write(self, directory: str | Path, fmt: Format = "vgg_face_dag") -> list[Path]:
+        """Write one file per attribute in format ``fmt``; returns the paths written."""
+        if fmt not in _FILE_SUFFIX:
+            raise ValueError(f"unknown witness format {fmt!r}; expected one of {sorted(_FILE_SUFFIX)}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for attribute, per_layer in self.witnesses.items():
+            lists = {layer: ",".join(map(str, per_layer[layer])) for layer in self.layers}
+            if fmt == "vgg_face_dag":
+                text = "\n".join(f"{layer}->{idx}" for layer, idx in lists.items())
+            else:
+                text = "".join(f"{layer_to_caffe(layer)},{idx}\n" for layer, idx in lists.items() if idx)
+            path = directory / f"{attribute}{_FILE_SUFFIX[fmt]}"
+            path.write_text(text, encoding="utf-8")
+            paths.append(path)
+        return paths
+
+
+def _parse_file(path: Path, fmt: Format, channels: Mapping[str, int] | None) -> dict[str, list[int]]:
+    per_layer: dict[str, list[int]] = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{path}:{lineno}"
+        if fmt == "vgg_face_dag":
+            if "->" not in line:
+                raise WitnessFormatError(f"{where}: expected 'layer->i,j,k', got {raw!r}")
+            layer, _, rest = line.partition("->")
+        else:
+            layer, _, rest = line.partition(",")
+            layer = caffe_to_layer(layer)
+        layer = layer.strip()
+        if not layer or not re.fullmatch(r"[A-Za-z_][\w.]*", layer):
+            raise WitnessFormatError(f"{where}: bad layer name in {raw!r}")
+        try:
+            idx = [int(tok) for tok in rest.split(",") if tok.strip()] if rest.strip() else []
+        except ValueError:
+            raise WitnessFormatError(f"{where}: channel indices must be integers, got {rest!r}") from None
+        if layer in per_layer:
+            raise WitnessFormatError(f"{where}: layer {layer!r} listed twice")
+        if channels is not None:
+            if layer not in channels:
+                raise WitnessFormatError(f"{where}: unknown layer {layer!r}; the model's layers are {list(channels)}")
+            bad = [i for i in idx if not 0 <= i < channels[layer]]
+            if bad:
+                raise WitnessFormatError(
+                    f"{where}: channel index {bad[0]} out of range for {layer} ({channels[layer]} channels)"
+                )
+        per_layer[layer] = idx
+    return per_layer
