@@ -128,7 +128,9 @@ def test_batched_equals_reference_on_vgg_face(random_vgg, published, faces, star
         pytest.param({"leye": {"pool3": [0, 5, 9]}, "mouth": {"pool3": [5]}}, id="pool3-crop"),
         pytest.param({"leye": {"relu6": [0, 4, 31]}, "reye": {"relu6": [4]}}, id="1d-layer"),
         pytest.param({"leye": {"pool1": [1], "relu2": [], "relu6": [2, 3]}}, id="empty-layer"),
-        pytest.param({"leye": {l: [1, 2] for l in TinyNet().hook_layers}, "nose": {"pool3": [2, 3]}}, id="all-layers"),
+        pytest.param(
+            {"leye": dict.fromkeys(TinyNet().hook_layers, [1, 2]), "nose": {"pool3": [2, 3]}}, id="all-layers"
+        ),
     ],
 )
 def test_rules_on_tiny_net(tiny, tiny_x, mapping) -> None:
