@@ -2,7 +2,8 @@
 
 Copies what the default needs at run time, and nothing more: the 238 faces (PNG -> JPEG quality 95, about 4 MB),
 the base face and the 10 other faces used for witness extraction, the published VGG-Face witness lists, the
-release's MIT licence, and a provenance note. Usage: ``python scripts/make_assets.py [--reference ../shared/reference]``.
+release's MIT licence (``PROVENANCE.md`` beside them is kept by hand).
+Usage: ``python scripts/make_assets.py [--reference ../shared/reference]``.
 """
 
 from __future__ import annotations
