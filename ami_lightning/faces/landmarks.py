@@ -49,18 +49,30 @@ class LandmarkDetector:
         self._cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_FACE_DETECTOR)))
         self._predictor = dlib.shape_predictor(str(dlib_model_path(SHAPE_PREDICTOR_68)))
 
-    def face_box(self, image: np.ndarray) -> dlib.rectangle:
+    def detect(self, image: np.ndarray) -> dlib.rectangle | None:
         """The face box of an (H, W, 3) uint8 image: the best-scoring HOG detection, else the best-scoring CNN
-        detection, else the whole image (with a ``UserWarning``)."""
+        detection, else ``None``."""
         boxes = self._hog(image, self.upsample)
         if len(boxes) > 0:
             return boxes[0]
         cnn_boxes = self._cnn(image, self.upsample)
         if len(cnn_boxes) > 0:
             return max(cnn_boxes, key=lambda det: det.confidence).rect
+        return None
+
+    def face_box(self, image: np.ndarray) -> dlib.rectangle:
+        """:meth:`detect`, falling back to the whole image (with a ``UserWarning``) where no face is found."""
+        box = self.detect(image)
+        if box is not None:
+            return box
         height, width = image.shape[:2]
         warnings.warn("no face detected; using the whole image as the face box", UserWarning, stacklevel=3)
         return dlib.rectangle(0, 0, width - 1, height - 1)
+
+    def landmarks(self, image: torch.Tensor | np.ndarray, box: dlib.rectangle) -> np.ndarray:
+        """The 68 landmarks inside ``box``: int64 array (68, 2) of ``(x, y)`` pixel coordinates."""
+        shape = self._predictor(to_hwc_uint8(image), box)
+        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(N_LANDMARKS)], dtype=np.int64)
 
     def __call__(self, image: torch.Tensor | np.ndarray) -> np.ndarray:
         """Landmarks of one face image.
@@ -69,8 +81,7 @@ class LandmarkDetector:
         ``(x, y)`` pixel coordinates.
         """
         array = to_hwc_uint8(image)
-        shape = self._predictor(array, self.face_box(array))
-        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(N_LANDMARKS)], dtype=np.int64)
+        return self.landmarks(array, self.face_box(array))
 
     def batch(self, images: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
         """Landmarks of several images (sizes may differ): int64 array of shape (N, 68, 2)."""
