@@ -1,0 +1,34 @@
+"""Command-line entry points (thin: they compose the library's functions and write results)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def make_run_dir(task: str, out: str | Path | None = None, root: str | Path = "logs") -> Path:
+    """``out`` if given, else ``<root>/<task>/<YYYY-MM-DD_HH-MM-SS>/``; created."""
+    path = Path(out) if out is not None else Path(root) / task / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pick_device(name: str | None) -> torch.device:
+    """``name`` (cpu, cuda, cuda:1), or CUDA when available, else CPU; a clear error for CUDA without a GPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"device {name!r} requested but no CUDA GPU is available")
+    return device
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (a crash never leaves half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

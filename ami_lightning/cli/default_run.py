@@ -1,0 +1,119 @@
+"""``ami-default``: AmI end to end on the embedded default, offline.
+
+dlib's face-recognition ResNet (real weights, from the ``face_recognition_models`` package) as a 238-identity
+gallery classifier over the shipped faces; witnesses of all four attributes from the release's base face and other
+faces (dlib landmarks, attribute mutation); benign probes = light variants of the enrolled faces (flip, shift,
+zoom, JPEG). Reports top-1 accuracy and AmI's false-positive rate with the published parameters, the Caffe ones,
+and parameters calibrated on half of the identities to a target FPR (reported on the other half). Writes
+``results.json``, ``results.md``, the witnesses and ``mutations.png`` under ``logs/default/<timestamp>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from ami_lightning.calibration import calibrate, predictions, steering_grid
+from ami_lightning.cli import make_run_dir, pick_device, write_json
+from ami_lightning.cli.witness import extract
+from ami_lightning.detector import AmIDetector
+from ami_lightning.embedded import face_files, witness_face_files
+from ami_lightning.identities import identity_from_filename
+from ami_lightning.images import load_image
+from ami_lightning.models import create_model
+from ami_lightning.models.gallery import FaceGallery
+from ami_lightning.probes import VARIANTS, benign_variants
+from ami_lightning.rates import flag_rate
+from ami_lightning.steering import PRESETS, SteeringParams
+
+PUBLISHED_FPR = 0.0991
+GRID = {
+    "weaken": (60.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0),
+    "strengthen0": (2.0, 2.15),
+    "strengthen1": (50.0, 200.0),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="run folder (default logs/default/<timestamp>)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--target-fpr", type=float, default=PUBLISHED_FPR, help="calibration target (0.0991)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    console = Console()
+    out = make_run_dir("default", args.out)
+    device = pick_device(args.device)
+
+    files = face_files()
+    faces = torch.stack([load_image(f) for f in tqdm(files, desc="faces", unit="img")])
+    embedder = create_model("dlib_resnet").to(device)
+    gallery = FaceGallery(embedder, [identity_from_filename(f) for f in files], batch_size=args.batch_size)
+    gallery.enrol(faces.float(), torch.arange(len(files)))
+
+    base, others = witness_face_files()
+    witnesses = extract(embedder, base, others, out)
+
+    probes, labels = benign_variants(faces)
+    original = predictions(gallery, probes, args.batch_size, device)
+    correct = original == labels
+    accuracy = {v: float(c.float().mean()) for v, c in zip(VARIANTS, correct.chunk(len(VARIANTS)), strict=True)}
+    held_out = labels % 2 == 1  # identities with odd index; calibration uses the even ones
+
+    def fpr(params: SteeringParams, mask: torch.Tensor) -> dict[str, float | int]:
+        detector = AmIDetector(gallery, witnesses, params.weaken, params.strengthen)
+        steered = predictions(detector.steered_logits, probes[mask], args.batch_size, device)
+        rate = flag_rate(original[mask], steered, labels[mask], adversarial=False)
+        return {"fpr": rate.value, "flagged": rate.flagged, "eligible": rate.eligible}
+
+    rows = {name: (params, fpr(params, torch.ones_like(held_out))) for name, params in PRESETS.items()}
+    calibration = calibrate(
+        gallery, witnesses, probes[~held_out], labels[~held_out], steering_grid(*GRID.values()), args.target_fpr,
+        args.batch_size, progress=lambda grid: tqdm(grid, desc="calibration", unit="point"),
+    )
+    best, best_rate = calibration.best
+    rows["calibrated"] = (best, fpr(best, held_out))
+
+    results = {
+        "model": "dlib_resnet (dlib_face_recognition_resnet_model_v1) + 238-identity gallery",
+        "probes": {"n": len(probes), "variants": list(VARIANTS), "top1_accuracy": float(correct.float().mean()),
+                   "top1_accuracy_per_variant": accuracy},
+        "witnesses": witnesses.count(),
+        "steered_layers": list(witnesses.steered_layers()),
+        "fpr": {name: {"weaken": p.weaken, "strengthen": list(p.strengthen), **r} for name, (p, r) in rows.items()},
+        "calibration": {"target": args.target_fpr, "on": "even-index identities", "reported_on": "odd-index identities",
+                        "chosen_fpr_on_calibration_half": best_rate.value,
+                        "grid": [{"weaken": p.weaken, "strengthen": list(p.strengthen), "fpr": r.value}
+                                 for p, r in calibration.points]},
+    }
+    write_json(out / "results.json", results)
+
+    table = Table(title=f"AmI on the embedded default: benign false-positive rate ({out})")
+    columns = ("parameters", "weaken", "strengthen", "benign probes (correctly classified)", "FPR")
+    for column in columns:
+        table.add_column(column, justify="right" if column != "parameters" else "left")
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for name, (p, r) in rows.items():
+        scope = "held-out half" if name == "calibrated" else "all"  # of the probes the model gets right
+        cells = (name, f"{p.weaken:g}", f"({p.strengthen[0]:g}, {p.strengthen[1]:g})", f"{scope}, {r['eligible']}",
+                 f"{100 * r['fpr']:.2f} % ({r['flagged']}/{r['eligible']})")
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(f"top-1 accuracy on {len(probes)} benign probes: {100 * results['probes']['top1_accuracy']:.2f} % "
+                  + ", ".join(f"{v} {100 * a:.1f} %" for v, a in accuracy.items()))
+    console.print(f"witnesses per attribute: {witnesses.count()}")
+    console.print(table)
+    (out / "results.md").write_text(
+        f"# AmI on the embedded default\n\nTop-1 accuracy on {len(probes)} benign probes: "
+        f"{100 * results['probes']['top1_accuracy']:.2f} %\n\n" + "\n".join(lines) + "\n", encoding="utf-8"
+    )
+    console.print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
