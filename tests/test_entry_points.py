@@ -1,0 +1,65 @@
+"""The command-line entry points on the embedded default (real dlib weights, shipped faces)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ami_lightning.cli import default_run, witness
+from ami_lightning.embedded import face_files, witness_face_files
+from ami_lightning.faces.landmarks import LandmarkDetector
+from ami_lightning.layers import layer_channels
+from ami_lightning.models import create_model
+from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
+from ami_lightning.witnesses.from_faces import faces_with_landmarks
+
+
+def test_shipped_data() -> None:
+    faces = face_files()
+    base, others = witness_face_files()
+    assert len(faces) == 238 and len(others) == 10 and base.is_file()
+    assert (faces[0].parent / "manifest.csv").is_file()
+    assert (base.parent / ".." / "LICENSE-AmI").resolve().is_file()
+
+
+def test_faces_without_a_face_are_left_out(tmp_path: Path) -> None:
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (224, 224), (128, 128, 128)).save(blank)
+    base, _ = witness_face_files()
+    with pytest.warns(UserWarning, match="no face found in blank.png"):
+        images, landmarks, kept = faces_with_landmarks([base, blank], LandmarkDetector())
+    assert kept == [base] and len(images) == 1 and landmarks[0].shape == (68, 2)
+
+
+def test_ami_witness_writes_readable_witnesses(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="Wentworth_Miller"):
+        witness.main(["--out", str(tmp_path)])
+    model = create_model("dlib_resnet")
+    witnesses = WitnessSet.read(tmp_path / "witnesses", channels=layer_channels(model, model.hook_layers))
+    assert witnesses.attributes == ATTRIBUTES and witnesses.layers == model.hook_layers
+    assert all(n > 5 for n in witnesses.count().values())
+    assert (tmp_path / "mutations.png").stat().st_size > 100_000
+
+
+def test_ami_witness_needs_vgg_weights() -> None:
+    with pytest.raises(SystemExit):
+        witness.main(["--model", "vgg_face"])
+
+
+@pytest.mark.slow
+def test_ami_default_end_to_end(tmp_path: Path) -> None:
+    default_run.main(["--out", str(tmp_path), "--device", "cpu"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["probes"]["n"] == 4 * 238 and results["probes"]["top1_accuracy"] > 0.9
+    fpr = results["fpr"]
+    assert set(fpr) == {"published", "caffe", "calibrated"}
+    assert fpr["published"]["eligible"] == round(results["probes"]["top1_accuracy"] * 952)
+    chosen = results["calibration"]["chosen_fpr_on_calibration_half"]
+    assert abs(chosen - 0.0991) == min(abs(p["fpr"] - 0.0991) for p in results["calibration"]["grid"])
+    assert abs(fpr["calibrated"]["fpr"] - 0.0991) < abs(fpr["published"]["fpr"] - 0.0991)
+    assert "| calibrated |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "witnesses" / "mouth_neurons.txt").is_file()
