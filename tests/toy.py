@@ -1,0 +1,66 @@
+"""A small face classifier trained in seconds, for attack tests: 10 shipped identities at 32x32 or 64x64 pixels."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ami_lightning.embedded import face_files
+from ami_lightning.images import load_image
+from ami_lightning.models.base import Normalize, PixelModel
+from ami_lightning.probes import shift
+
+NUM_CLASSES = 10
+
+
+class ToyNet(nn.Module):
+    """conv-relu-pool x2, fc; input (B, 3, S, S) normalised; output (B, 10) logits."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc = nn.Linear(32 * (size // 4) ** 2, NUM_CLASSES)
+        self.hook_layers = ("relu1", "pool1", "relu2", "pool2")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+@lru_cache(maxsize=4)
+def toy_faces(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 10 shipped faces at size x size: float pixels (10, 3, S, S) in [0, 255], labels 0..9."""
+    faces = torch.stack([load_image(f) for f in face_files()[:NUM_CLASSES]]).float()
+    small = F.interpolate(faces, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return small.round().clamp(0, 255), torch.arange(NUM_CLASSES)
+
+
+@lru_cache(maxsize=4)
+def toy_classifier(size: int = 32, seed: int = 0, steps: int = 150) -> PixelModel:
+    """ToyNet trained on shifted, flipped and noisy copies of :func:`toy_faces`; eval mode, 100 % on the clean faces."""
+    torch.manual_seed(seed)
+    images, labels = toy_faces(size)
+    net = ToyNet(size)
+    model = PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    augmented = torch.cat([images, images.flip(-1)] + [shift(images, dx, dy) for dx, dy in ((2, 1), (-2, -1))])
+    targets = labels.repeat(4)
+    for _ in range(steps):
+        noisy = (augmented + 8 * torch.randn_like(augmented)).clamp(0, 255)
+        loss = F.cross_entropy(model(noisy), targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        assert bool((model(images).argmax(1) == labels).all()), "toy classifier failed to fit its faces"
+    return model
