@@ -27,11 +27,23 @@ class Rate:
         return f"{100 * self.value:.2f} % ({self.flagged}/{self.eligible})"
 
 
+def eligible_mask(original_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool) -> torch.Tensor:
+    """(N,) bool: samples a rate counts: benign ones the model gets right, adversarial ones that fool it."""
+    correct = original_pred == labels
+    return ~correct if adversarial else correct
+
+
+def flag_counts(
+    original_pred: torch.Tensor, steered_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flagged, eligible) as 0-d long tensors on the inputs' device (no host sync)."""
+    eligible = eligible_mask(original_pred, labels, adversarial)
+    return (eligible & (steered_pred != original_pred)).sum(), eligible.sum()
+
+
 def flag_rate(
     original_pred: torch.Tensor, steered_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool
 ) -> Rate:
     """FPR (``adversarial=False``) or detection rate (``adversarial=True``) with the published eligibility rule."""
-    correct = original_pred == labels
-    eligible = ~correct if adversarial else correct
-    flagged = eligible & (steered_pred != original_pred)
-    return Rate(int(flagged.sum()), int(eligible.sum()))
+    flagged, eligible = flag_counts(original_pred, steered_pred, labels, adversarial)
+    return Rate(int(flagged), int(eligible))

@@ -1,0 +1,1 @@
+"""Datasets and the Lightning DataModule of benign and attacked faces."""

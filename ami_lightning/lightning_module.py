@@ -1,0 +1,96 @@
+"""``AmIEvalModule``: the AmI detector as a LightningModule; one ``trainer.test`` evaluates benign + attack sets."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import CatMetric, Metric, SumMetric
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+from ami_lightning.data.datasets import SKIPPED
+from ami_lightning.detector import AmIDetector
+from ami_lightning.metrics import FlagRate
+from ami_lightning.rates import eligible_mask
+from ami_lightning.steering import detection_score
+
+
+class AmIEvalModule(pl.LightningModule):
+    """Evaluates ``detector`` on the test dataloaders named ``set_names`` (the first is the benign set).
+
+    Per set: :class:`FlagRate` (FPR for the benign set, detection rate for attack sets) and the continuous scores of
+    the eligible samples, from which AUROC and ROC of each attack set against the benign set are computed. After
+    ``trainer.test`` the per-set figures are in :attr:`results` (name -> dict).
+    """
+
+    def __init__(self, detector: AmIDetector, set_names: Sequence[str]) -> None:
+        super().__init__()
+        if not set_names or set_names[0] != "benign":
+            raise ValueError(f"the first set must be 'benign', got {list(set_names)}")
+        self.detector = detector
+        self.set_names = list(set_names)
+        self.rates = nn.ModuleList([FlagRate(adversarial=i > 0) for i in range(len(set_names))])
+        self.scores = nn.ModuleList([CatMetric(nan_strategy="disable") for _ in set_names])
+        self.seen = nn.ModuleList([SumMetric() for _ in set_names])
+        self.skipped = nn.ModuleList([SumMetric() for _ in set_names])
+        self.results: dict[str, dict[str, object]] = {}
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        pixels, labels = batch[0], batch[1]
+        keep = labels != SKIPPED
+        self.seen[dataloader_idx].update(keep.sum())
+        self.skipped[dataloader_idx].update((~keep).sum())
+        pixels, labels = pixels[keep], labels[keep]
+        if len(labels) == 0:
+            return
+        original, steered = self.detector(pixels)
+        original_pred, steered_pred = original.argmax(1), steered.argmax(1)
+        self.rates[dataloader_idx].update(original_pred, steered_pred, labels)
+        eligible = eligible_mask(original_pred, labels, adversarial=dataloader_idx > 0)
+        self.scores[dataloader_idx].update(detection_score(original, steered)[eligible])
+
+    def on_test_epoch_end(self) -> None:
+        benign_scores = _cat(self.scores[0])
+        for i, name in enumerate(self.set_names):
+            rate = _compute(self.rates[i])
+            row: dict[str, object] = {
+                "n": int(_compute(self.seen[i])),
+                "skipped": int(_compute(self.skipped[i])),
+                "eligible": int(rate["eligible"]),
+                "flagged": int(rate["flagged"]),
+                "rate": float(rate["rate"]),
+                "auroc": None,
+                "roc_fpr": [],
+                "roc_tpr": [],
+            }
+            if i > 0:
+                scores = _cat(self.scores[i])
+                if len(scores) and len(benign_scores):
+                    preds = torch.cat([benign_scores, scores])
+                    target = torch.cat([torch.zeros_like(benign_scores), torch.ones_like(scores)]).long()
+                    fpr, tpr, _ = binary_roc(preds, target)
+                    row.update(auroc=float(binary_auroc(preds, target)), roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist())
+            self.results[name] = row
+            self.log(f"{name}/rate", row["rate"], sync_dist=False)
+            if row["auroc"] is not None:
+                self.log(f"{name}/auroc", row["auroc"], sync_dist=False)
+        for metric in (*self.rates, *self.scores, *self.seen, *self.skipped):
+            metric.reset()
+
+
+def _compute(metric: Metric) -> Any:
+    """``metric.compute()``, synced across processes (collective: every process calls it, also for a set it saw no
+    batch of); quiet about sets without updates."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*compute.*called before.*update.*")
+        return metric.compute()
+
+
+def _cat(metric: CatMetric) -> torch.Tensor:
+    """The concatenated values of a CatMetric as a flat float tensor on the CPU (empty when nothing was seen)."""
+    value = _compute(metric)
+    return value.flatten().float().cpu() if isinstance(value, torch.Tensor) else torch.zeros(0)

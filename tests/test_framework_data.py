@@ -1,0 +1,142 @@
+"""Datasets, the shard sampler, the torchmetrics rate and the Lightning evaluation module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ami_lightning.data.datamodule import AmIDataModule, ShardSampler
+from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set, load_pixels
+from ami_lightning.detector import AmIDetector
+from ami_lightning.lightning_module import AmIEvalModule
+from ami_lightning.metrics import FlagRate
+from ami_lightning.models.vgg_face import VGG_FACE_MEAN
+from ami_lightning.rates import flag_rate
+from ami_lightning.witnesses import WitnessSet
+from tests.toy import toy_classifier, toy_faces
+
+NAMES = ["Aaron_Tveit", "Cher", "Ed_Begley_Jr."]
+
+
+def _write_faces(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, name in enumerate(NAMES):
+        array = rng.uniform(0, 255, (3, 8, 8)).astype(np.float32)
+        path = folder / f"{name}_{i}_1.0_2.0_3.0_4.0.npy"
+        np.save(path, array)
+        paths.append(path)
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "Cher_9_1_2_3_4.png")
+    return paths
+
+
+def test_npy_loading_and_legacy_mode(tmp_path: Path) -> None:
+    path = _write_faces(tmp_path)[0]
+    array = np.load(path)
+    assert torch.equal(load_pixels(path), torch.from_numpy(array))
+    legacy = load_pixels(path, npy_legacy=True)
+    mean = torch.tensor(VGG_FACE_MEAN).view(3, 1, 1)
+    torch.testing.assert_close(legacy - mean, torch.from_numpy(array).flip(0))  # BGR, no mean subtracted
+    np.save(tmp_path / "bad.npy", np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"bad.npy: expected an array of shape \(3, H, W\)"):
+        load_pixels(tmp_path / "bad.npy")
+
+
+def test_folder_labels_and_errors(tmp_path: Path) -> None:
+    _write_faces(tmp_path / "set")
+    data = FaceFiles.from_folder(tmp_path / "set", NAMES)
+    assert [p.name.split("_")[0] for p in data.paths] == ["Aaron", "Cher", "Cher", "Ed"]
+    assert data.labels == [0, 1, 1, 2]
+    pixels, label, index = data[3]
+    assert pixels.shape == (3, 8, 8) and label == 2 and index == 3
+    assert data[2][0].dtype == torch.float32 and data[2][0].max() == 200  # the PNG
+    with pytest.raises(KeyError, match=r"Ed_Begley_Jr._2_1.0_2.0_3.0_4.0.npy: identity 'Ed_Begley_Jr.' is not one"):
+        FaceFiles.from_folder(tmp_path / "set", ["Aaron_Tveit", "Cher"])
+    (tmp_path / "set" / "Aaron_Tveit_5_1_2_3_4.jpg").write_bytes(b"not a jpeg")
+    broken = FaceFiles.from_folder(tmp_path / "set", NAMES)
+    with pytest.raises(ValueError, match="unreadable face file .*Aaron_Tveit_5_1_2_3_4.jpg"):
+        broken[1]
+    skipping = FaceFiles.from_folder(tmp_path / "set", NAMES, on_error="skip")
+    assert skipping[1][1] == SKIPPED and skipping[1][0].shape == (3, 8, 8)
+    with pytest.raises(FileNotFoundError, match="face folder not found"):
+        FaceFiles.from_folder(tmp_path / "nope", NAMES)
+
+
+def test_manifest_and_list(tmp_path: Path) -> None:
+    paths = _write_faces(tmp_path / "fgsm")
+    rows = [{"file": p.name, "label": i, "identity": NAMES[i]} for i, p in enumerate(paths)]
+    (tmp_path / "fgsm" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = attack_set(tmp_path, "fgsm", NAMES)
+    assert data.paths == paths and data.labels == [0, 1, 2]
+    listed = FaceFiles.from_list(tmp_path / "fgsm", [paths[2].name], NAMES)
+    assert listed.labels == [2]
+    with pytest.raises(FileNotFoundError, match="1 listed files missing"):
+        FaceFiles.from_list(tmp_path / "fgsm", ["Cher_7_1_2_3_4.jpg"], NAMES)
+
+
+@pytest.mark.parametrize(("length", "world"), [(10, 1), (10, 3), (2, 4), (0, 2)])
+def test_shard_sampler_covers_each_index_once(length: int, world: int) -> None:
+    shards = [list(ShardSampler(length, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(length))
+    assert [len(ShardSampler(length, r, world)) for r in range(world)] == [len(s) for s in shards]
+
+
+def test_flag_rate_metric_matches_kernel() -> None:
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (60,), generator=g)
+    original = torch.where(torch.rand(60, generator=g) < 0.6, labels, torch.randint(0, 5, (60,), generator=g))
+    steered = torch.where(torch.rand(60, generator=g) < 0.7, original, torch.randint(0, 5, (60,), generator=g))
+    for adversarial in (False, True):
+        metric = FlagRate(adversarial)
+        for chunk in range(0, 60, 7):
+            sl = slice(chunk, chunk + 7)
+            metric.update(original[sl], steered[sl], labels[sl])
+        out, expected = metric.compute(), flag_rate(original, steered, labels, adversarial)
+        assert (int(out["flagged"]), int(out["eligible"])) == (expected.flagged, expected.eligible)
+        assert float(out["rate"]) == pytest.approx(expected.value)
+    empty = FlagRate(True)
+    assert torch.isnan(empty.compute()["rate"])
+
+
+class _Pixels(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def test_eval_module_matches_direct_computation() -> None:
+    model = toy_classifier(32)
+    x, y = toy_faces(32)
+    witnesses = WitnessSet.from_mapping({"leye": {"relu1": [0, 1, 2], "relu2": [3, 4, 5]}}, model.hook_layers)
+    detector = AmIDetector(model, witnesses, 5.0, (2.15, 5.0))
+    noisy = (x + 70 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
+    wrong_labels = (y + 1) % 10  # 'adversarial' set where the model is wrong on every sample
+    datamodule = AmIDataModule(_Pixels(x, y), {"noise": _Pixels(noisy, y), "shifted": _Pixels(x, wrong_labels)}, 3)
+    module = AmIEvalModule(detector, datamodule.set_names)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, use_distributed_sampler=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    with torch.no_grad():
+        for name, (pixels, labels) in {"benign": (x, y), "noise": (noisy, y), "shifted": (x, wrong_labels)}.items():
+            original, steered = detector(pixels)
+            expected = flag_rate(original.argmax(1), steered.argmax(1), labels, adversarial=name != "benign")
+            row = module.results[name]
+            assert (row["flagged"], row["eligible"], row["n"]) == (expected.flagged, expected.eligible, 10)
+    shifted = module.results["shifted"]
+    assert shifted["eligible"] == 10 and shifted["auroc"] is not None
+    # 'shifted' holds the benign pixels again, as positives: the same scores as the negatives, so AUROC is 0.5
+    assert shifted["auroc"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="first set must be 'benign'"):
+        AmIEvalModule(detector, ["noise"])
