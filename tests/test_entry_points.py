@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ami_lightning.cli import default_run, witness
+from ami_lightning.cli import default_run
 from ami_lightning.embedded import face_files, witness_face_files
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.layers import layer_channels
 from ami_lightning.models import create_model
 from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
-from ami_lightning.witnesses.from_faces import faces_with_landmarks
+from ami_lightning.witnesses.from_faces import faces_with_landmarks, save_mutation_grid, witnesses_from_faces
 
 
 def test_shipped_data() -> None:
@@ -35,19 +35,19 @@ def test_faces_without_a_face_are_left_out(tmp_path: Path) -> None:
     assert kept == [base] and len(images) == 1 and landmarks[0].shape == (68, 2)
 
 
-def test_ami_witness_writes_readable_witnesses(tmp_path: Path) -> None:
-    with pytest.warns(UserWarning, match="Wentworth_Miller"):
-        witness.main(["--out", str(tmp_path)])
+def test_witnesses_of_the_dlib_resnet_from_the_release_faces(tmp_path: Path) -> None:
     model = create_model("dlib_resnet")
-    witnesses = WitnessSet.read(tmp_path / "witnesses", channels=layer_channels(model, model.hook_layers))
-    assert witnesses.attributes == ATTRIBUTES and witnesses.layers == model.hook_layers
+    base, others = witness_face_files()
+    with pytest.warns(UserWarning, match="Wentworth_Miller"):
+        found, mutations = witnesses_from_faces(model, model.hook_layers, base, others)
+    assert set(mutations) == set(ATTRIBUTES)
+    assert all(s.shape == p.shape == (9, 3, 224, 224) for s, p in mutations.values())  # the truncated face is out
+    found.write(tmp_path)
+    witnesses = WitnessSet.read(tmp_path, channels=layer_channels(model, model.hook_layers))
+    assert witnesses == found and witnesses.layers == model.hook_layers
     assert all(n > 5 for n in witnesses.count().values())
+    save_mutation_grid(mutations, tmp_path / "mutations.png")
     assert (tmp_path / "mutations.png").stat().st_size > 100_000
-
-
-def test_ami_witness_needs_vgg_weights() -> None:
-    with pytest.raises(SystemExit):
-        witness.main(["--model", "vgg_face"])
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from ami_lightning.calibration import calibrate, predictions, steering_grid
 from ami_lightning.cli import make_run_dir, pick_device, write_json
-from ami_lightning.cli.witness import extract
 from ami_lightning.detector import AmIDetector
 from ami_lightning.embedded import face_files, witness_face_files
 from ami_lightning.identities import identity_from_filename
@@ -30,6 +29,7 @@ from ami_lightning.models.gallery import FaceGallery
 from ami_lightning.probes import VARIANTS, benign_variants
 from ami_lightning.rates import flag_rate
 from ami_lightning.steering import PRESETS, SteeringParams
+from ami_lightning.witnesses.from_faces import save_mutation_grid, witnesses_from_faces
 
 PUBLISHED_FPR = 0.0991
 GRID = {
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     gallery.enrol(faces.float(), torch.arange(len(files)))
 
     base, others = witness_face_files()
-    witnesses = extract(embedder, base, others, out)
+    witnesses, mutations = witnesses_from_faces(embedder, embedder.hook_layers, base, others)
+    witnesses.write(out / "witnesses")
+    save_mutation_grid(mutations, out / "mutations.png")
 
     probes, labels = benign_variants(faces)
     original = predictions(gallery, probes, args.batch_size, device)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torchvision.utils import make_grid, save_image
 
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.faces.mutation import preservation, substitution
@@ -76,3 +77,9 @@ def witnesses_from_faces(
     mutations = mutate_all(base[0], base_lm[0], others, others_lm, attributes)
     witnesses = extract_witness_set(model, layers, base[0], mutations, caffe=caffe, progress=progress)
     return witnesses, mutations
+
+
+def save_mutation_grid(mutations: Mutations, path: Path) -> None:
+    """A PNG with one row per attribute and kind (substitution, preservation), one column per other face."""
+    rows = [images for pair in mutations.values() for images in pair]
+    save_image(make_grid(torch.cat(rows).float() / 255, nrow=len(rows[0]), padding=2), path)
