@@ -77,11 +77,9 @@ def steer(x: torch.Tensor, witnesses: torch.Tensor, params: SteeringParams, crop
 
 
 def detection_score(original_logits: torch.Tensor, steered_logits: torch.Tensor) -> torch.Tensor:
-    """Continuous AmI score (B,): drop of the softmax probability of the original top-1 class under steering.
+    """Continuous AmI score (B,): 1 - the steered model's softmax probability of the original model's top-1 class.
 
-    In [-1, 1]; larger means more suspicious. Logits: (B, K).
+    In [0, 1]; larger means more suspicious (the steered model abandons the original's answer). Logits: (B, K).
     """
     top1 = original_logits.argmax(1, keepdim=True)
-    p_original = original_logits.softmax(1).gather(1, top1)
-    p_steered = steered_logits.softmax(1).gather(1, top1)
-    return (p_original - p_steered).squeeze(1)
+    return 1 - steered_logits.softmax(1).gather(1, top1).squeeze(1)

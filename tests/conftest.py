@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 from ami_lightning.images import load_image
 from ami_lightning.models.base import PixelModel, kaiming_init_
@@ -49,3 +53,41 @@ def faces(reference: Path) -> torch.Tensor:
     """The first 48 shipped reference faces, (48, 3, 224, 224) float pixels in [0, 255]."""
     paths = sorted((reference / "faces").glob("*.png"))[:48]
     return torch.stack([load_image(p) for p in paths]).float()
+
+
+# ---- Hydra configs: composed once per session, forced onto the CPU with tiny limits ---------------------------------
+def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as the entry points do (Hydra's own config included, so interpolations such as
+    ``${hydra:runtime.output_dir}`` resolve once :class:`HydraConfig` is set)."""
+    from ami_lightning.cli import CONFIG_PATH  # also registers the ${asset:...} resolver
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides or [], return_hydra_config=True)
+
+
+def cpu_config(cfg: DictConfig, out: Path) -> DictConfig:
+    """``cfg`` on the CPU, one process, small batches, outputs and caches under ``out``; HydraConfig set."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.trainer.accelerator = "cpu"
+        cfg.trainer.devices = 1
+        cfg.trainer.pop("strategy", None)
+        cfg.trainer.enable_progress_bar = False
+        cfg.data.batch_size = 16
+        cfg.data.num_workers = 0
+        cfg.paths.log_dir = str(out / "logs")
+        cfg.paths.output_dir = str(out / "run")
+        cfg.hydra.runtime.output_dir = str(out / "run")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def cfg_eval_global() -> DictConfig:
+    return compose_config("eval", ["logger=none"])
+
+
+@pytest.fixture
+def cfg_eval(cfg_eval_global: DictConfig, tmp_path: Path) -> DictConfig:
+    return cpu_config(cfg_eval_global, tmp_path)

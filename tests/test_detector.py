@@ -202,13 +202,13 @@ def test_detection_outputs(tiny, tiny_x) -> None:
     original, steered = detector(tiny_x)
     assert flags.shape == scores.shape == (6,) and flags.dtype == torch.bool
     assert torch.equal(flags, original.argmax(1) != steered.argmax(1))
-    p = original.softmax(1)
     top = original.argmax(1)
-    expected = p[range(6), top] - steered.softmax(1)[range(6), top]
+    expected = torch.tensor([1 - steered[i].softmax(0)[top[i]] for i in range(6)])
     torch.testing.assert_close(scores, expected)
-    assert scores.abs().max() <= 1.0
-    same = detection_score(original, original)
-    assert torch.equal(same, torch.zeros(6))
+    assert 0 <= scores.min() and scores.max() <= 1.0
+    certain = torch.full((2, 3), -50.0).scatter(1, torch.tensor([[1], [2]]), 50.0)
+    torch.testing.assert_close(detection_score(certain, certain), torch.zeros(2))
+    torch.testing.assert_close(detection_score(certain, certain.flip(0)), torch.ones(2))
 
 
 def test_gradients_reach_pixels_through_steering(tiny, tiny_x) -> None:

@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+
+from ami_lightning.embedded import ASSETS
+
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+"""The top-level ``conf/`` of the checkout (the package is installed editable, as the README does)."""
+OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
 
 
 def make_run_dir(task: str, out: str | Path | None = None, root: str | Path = "logs") -> Path:

@@ -74,6 +74,7 @@ class FaceFiles(Dataset):
         self.npy_legacy = npy_legacy
         self.on_error = on_error
         self._shape: tuple[int, ...] | None = None
+        self.originals: list[Path] = []  # the unattacked faces, where a generator's manifest names them
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -130,7 +131,9 @@ class FaceFiles(Dataset):
         if not manifest.is_file():
             raise FileNotFoundError(f"attack manifest not found: {manifest}")
         rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return cls([manifest.parent / r["file"] for r in rows], [int(r["label"]) for r in rows], on_error=on_error)
+        dataset = cls([manifest.parent / r["file"] for r in rows], [int(r["label"]) for r in rows], on_error=on_error)
+        dataset.originals = [Path(r["source"]) for r in rows if "source" in r]
+        return dataset
 
 
 def attack_set(

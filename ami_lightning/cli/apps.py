@@ -1,0 +1,47 @@
+"""Hydra entry points: ``ami-witness``, ``ami-attack``, ``ami-eval`` and ``ami-run`` (all stages chained).
+
+Thin: compose the config, instantiate the objects, call the stages of :mod:`ami_lightning.pipeline`, write results
+under ``logs/<task>/<timestamp>/`` (multiruns: ``logs/<task>/multiruns/<timestamp>/<job>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ami_lightning import pipeline
+from ami_lightning.cli import CONFIG_PATH
+
+
+def _witness(cfg: DictConfig) -> None:
+    out = Path(cfg.paths.output_dir)
+    witnesses = pipeline.witness_stage(cfg, instantiate(cfg.model), out)
+    print(f"witnesses per attribute: {witnesses.count()} at {len(witnesses.steered_layers())} layers -> {out}")
+
+
+def _eval(cfg: DictConfig) -> float | None:
+    classifier = instantiate(cfg.model)
+    witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
+    return pipeline.evaluate_and_report(cfg, classifier, witnesses, pipeline.attack_dirs(cfg, classifier))
+
+
+def _run(cfg: DictConfig) -> float | None:
+    classifier = instantiate(cfg.model)
+    witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
+    dirs = pipeline.attack_stage(cfg, classifier)
+    return pipeline.evaluate_and_report(cfg, classifier, witnesses, dirs)
+
+
+def _attack(cfg: DictConfig) -> None:
+    dirs = pipeline.attack_stage(cfg, instantiate(cfg.model))
+    for name, folder in dirs.items():
+        print(f"{name}: {folder}")
+
+
+witness = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="witness")(_witness)
+evaluate = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")(_eval)
+attack = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="attack")(_attack)
+run = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="run")(_run)

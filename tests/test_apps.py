@@ -1,0 +1,53 @@
+"""The Hydra entry points' jobs on the embedded default, composed as the command line would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from ami_lightning.cli import apps
+from ami_lightning.witnesses import WitnessSet
+from tests.conftest import compose_config, cpu_config
+
+
+def _small(cfg, faces: int = 3):
+    with open_dict(cfg):
+        cfg.data.benign.limit = 12
+        cfg.data.attack_faces = faces
+    return cfg
+
+
+def test_eval_with_generated_sets_writes_results(tmp_path: Path) -> None:
+    cfg = _small(cpu_config(compose_config("eval", ["attack=[fgsm,glasses_next]", "logger=csv",
+                                                    "+attacks.glasses_next.params.steps=30"]), tmp_path))
+    objective = apps._eval(cfg)
+    out = Path(cfg.paths.output_dir)
+    results = json.loads((out / "results.json").read_text())
+    names = [s["name"] for s in results["sets"]]
+    assert names == ["benign", "fgsm", "glasses_next"]
+    benign = results["sets"][0]
+    assert benign["n"] == 48 and benign["auroc"] is None
+    assert objective == pytest.approx(abs((benign["rate"] or 0) - 0.0991))
+    assert all(s["n"] == 3 for s in results["sets"][1:])
+    for name in ("results.md", "detection_rates.png", "roc.png", "samples.png"):
+        assert (out / name).stat().st_size > 0
+    assert WitnessSet.read(out / "witnesses").count()["leye"] > 0
+    # a second run reuses the cached witnesses and attack sets (no new files in the cache)
+    cache = sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file())
+    apps._eval(cfg)
+    assert sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file()) == cache
+
+
+def test_eval_reads_the_published_layout(reference: Path, tmp_path: Path) -> None:
+    cfg = _small(cpu_config(compose_config("eval", ["attack=[patch_first,cw_l2_first]",
+                                                    f"data.attacks_dir={reference / 'adversarial'}"]), tmp_path))
+    apps._eval(cfg)  # the release's samples are of identities among the 238 shipped ones
+    sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
+    assert [(s["name"], s["n"]) for s in sets[1:]] == [("patch_first", 3), ("cw_l2_first", 3)]  # .jpg and .npy
+    with open_dict(cfg):
+        cfg.data.attacks_dir = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"attack sets missing under data.attacks_dir=.*\['patch_first'"):
+        apps._eval(cfg)

@@ -1,0 +1,68 @@
+"""Every config composes: each primary config, each experiment, and each option of every group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ami_lightning.cli import CONFIG_PATH
+from tests.conftest import compose_config, cpu_config
+
+CONF = Path(CONFIG_PATH)
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
+PUBLISHED_SETS = ["patch_first", "patch_next", "glasses_first", "glasses_next", "cw_l0_first", "cw_l0_next",
+                  "cw_l2_first", "cw_l2_next", "cw_li_first", "cw_li_next", "fgsm", "bim"]
+
+
+def _resolve(cfg: DictConfig) -> dict:
+    """Every interpolation of the job's config (Hydra's own node aside: it holds per-job values such as job.num)."""
+    job = cfg.copy()
+    with open_dict(job):
+        del job["hydra"]
+    return OmegaConf.to_container(job, resolve=True)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("primary", ["witness", "eval", "attack", "run"])
+def test_primary_configs_compose(primary: str, tmp_path: Path) -> None:
+    cfg = cpu_config(compose_config(primary), tmp_path)
+    assert cfg.task_name == primary
+    _resolve(cfg)
+    assert Path(cfg.hydra.run.dir).relative_to(cfg.paths.log_dir).parts[0] == primary
+    assert Path(cfg.hydra.sweep.dir).relative_to(cfg.paths.log_dir).parts[:2] == (primary, "multiruns")
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    override = f"attack=[{option}]" if group == "attack" else f"{group}={option}"
+    cfg = cpu_config(compose_config("eval", [override]), tmp_path)
+    _resolve(cfg)
+
+
+def test_default_experiment_has_all_published_sets(tmp_path: Path) -> None:
+    cfg = cpu_config(compose_config("run"), tmp_path)
+    assert list(cfg.attacks) == PUBLISHED_SETS
+    assert cfg.model._target_ == "ami_lightning.builders.dlib_gallery"
+    assert all(cfg.attacks[name].name == name for name in PUBLISHED_SETS)
+
+
+def test_seed_table_names_missing_paths(tmp_path: Path) -> None:
+    cfg = cpu_config(compose_config("eval", ["experiment=seed_table"]), tmp_path)
+    assert Path(cfg.ami.witnesses, "leye_neurons.txt").is_file()  # the release's published lists, shipped
+    with pytest.raises(InstantiationException, match=r"paths.vgg_face_weights \(None\), paths.vgg_names \(None\)"):
+        instantiate(cfg.model)
+
+
+def test_trainer_options(tmp_path: Path) -> None:
+    for option, accelerator, devices in (("cpu", "cpu", 1), ("gpu", "gpu", 1), ("ddp", "gpu", 2),
+                                          ("ddp_sim", "cpu", 2)):
+        cfg = compose_config("eval", [f"trainer={option}"])
+        assert (cfg.trainer.accelerator, cfg.trainer.devices) == (accelerator, devices)
+        assert cfg.trainer.use_distributed_sampler is False
