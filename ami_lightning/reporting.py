@@ -130,22 +130,25 @@ def print_results(results: RunResults, console: Console | None = None) -> None:
 
 
 def _md_cell(value: Any) -> str:
-    text = json.dumps(_json_safe(value)) if isinstance(value, dict | list | tuple) else str(value)
+    value = _json_safe(value)
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
     return text.replace("|", "\\|")
 
 
-def _md_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+def _md_table(header: tuple[str, ...], rows: list[tuple[Any, ...]], left: int) -> list[str]:
+    """A Markdown table whose first ``left`` columns are left-aligned, the others right-aligned."""
+    rule = "|" + "|".join(" --- " if i < left else " ---: " for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     return lines + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
 
 
 def results_markdown(results: RunResults) -> str:
     """Markdown: a title, the parameters (model, weaken, strengthen, then ``extra``) and the results table."""
     s0, s1 = results.strengthen
-    parameters = [("model", results.model), ("weaken", f"{results.weaken:g}"), ("strengthen (s0, s1)", f"({s0:g}, {s1:g})")]
-    parameters += list(results.extra.items())
-    lines = [f"# {results.title()}", "", *_md_table(("parameter", "value"), parameters), ""]
-    lines += _md_table(COLUMNS, [_row(s) for s in results.sets])
+    parameters = [("model", results.model), ("weaken", f"{results.weaken:g}"),
+                  ("strengthen (s0, s1)", f"({s0:g}, {s1:g})"), *results.extra.items()]
+    lines = [f"# {results.title()}", "", *_md_table(("parameter", "value"), parameters, left=2), ""]
+    lines += _md_table(COLUMNS, [_row(s) for s in results.sets], left=2)
     return "\n".join(lines) + "\n"
 
 
@@ -262,12 +265,15 @@ def plot_roc(results: RunResults, path: str | Path) -> Path:
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     benign = results.benign
+    decisions = benign is not None and benign.eligible > 0
     for s in results.attacks:
         if not s.roc_fpr:
             continue
         (line,) = ax.plot(s.roc_fpr, s.roc_tpr, label=f"{s.name} (AUROC {s.auroc_text()})")
-        if benign is not None and benign.eligible and s.eligible:
+        if decisions and s.eligible:
             ax.plot(benign.rate, s.rate, marker="x", color=line.get_color(), markersize=8, linestyle="none")
+    if decisions and any(s.roc_fpr and s.eligible for s in results.attacks):
+        ax.plot([], [], marker="x", color="black", linestyle="none", label="top-1 disagreement (FPR, detection)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
