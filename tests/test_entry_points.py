@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ami_lightning.cli import default_run
+from ami_lightning.cli import calibrate
 from ami_lightning.embedded import face_files, witness_face_files
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.layers import layer_channels
@@ -51,8 +51,8 @@ def test_witnesses_of_the_dlib_resnet_from_the_release_faces(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_ami_default_end_to_end(tmp_path: Path) -> None:
-    default_run.main(["--out", str(tmp_path), "--device", "cpu"])
+def test_ami_calibrate_end_to_end(tmp_path: Path) -> None:
+    calibrate.main(["--out", str(tmp_path), "--device", "cpu"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["probes"]["n"] == 4 * 238 and results["probes"]["top1_accuracy"] > 0.9
     fpr = results["fpr"]

@@ -1,11 +1,11 @@
-"""``ami-default``: AmI end to end on the embedded default, offline.
+"""``ami-calibrate``: AmI's benign false-positive rate on the embedded default, and its calibration, offline.
 
 dlib's face-recognition ResNet (real weights, from the ``face_recognition_models`` package) as a 238-identity
 gallery classifier over the shipped faces; witnesses of all four attributes from the release's base face and other
 faces (dlib landmarks, attribute mutation); benign probes = light variants of the enrolled faces (flip, shift,
 zoom, JPEG). Reports top-1 accuracy and AmI's false-positive rate with the published parameters, the Caffe ones,
 and parameters calibrated on half of the identities to a target FPR (reported on the other half). Writes
-``results.json``, ``results.md``, the witnesses and ``mutations.png`` under ``logs/default/<timestamp>/``.
+``results.json``, ``results.md``, the witnesses and ``mutations.png`` under ``logs/calibrate/<timestamp>/``.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ GRID = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="run folder (default logs/default/<timestamp>)")
+    parser.add_argument("--out", type=Path, help="run folder (default logs/calibrate/<timestamp>)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--target-fpr", type=float, default=PUBLISHED_FPR, help="calibration target (0.0991)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     console = Console()
-    out = make_run_dir("default", args.out)
+    out = make_run_dir("calibrate", args.out)
     device = pick_device(args.device)
 
     files = face_files()
