@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cli(command: str, *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
-    args = [sys.executable, "-c", f"from ami_lightning.cli.apps import {command}; {command}()", *overrides]
+    # the installed console script: Lightning's DDP launcher re-runs sys.argv for the other ranks
+    args = [str(Path(sys.executable).parent / command), *overrides]
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -28,7 +29,7 @@ SMALL = ("data.benign.limit=10", "data.attack_faces=2", "attack=[fgsm]", "traine
 def test_ddp_sim_equals_single_process(tmp_path: Path) -> None:
     runs = {}
     for trainer in ("cpu", "ddp_sim"):
-        _cli("evaluate", *SMALL, f"trainer={trainer}", "logger=none", f"paths.log_dir={tmp_path / trainer}",
+        _cli("ami-eval", *SMALL, f"trainer={trainer}", "logger=none", f"paths.log_dir={tmp_path / trainer}",
              f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
         (results,) = (tmp_path / trainer).glob("eval/*/results.json")
         runs[trainer] = json.loads(results.read_text())["sets"]
@@ -38,7 +39,7 @@ def test_ddp_sim_equals_single_process(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_grid_multirun_and_wandb_offline(tmp_path: Path) -> None:
-    _cli("evaluate", "-m", *SMALL, "hparams_search=grid", "ami.weaken=60,1000", "ami.strengthen0=2.15",
+    _cli("ami-eval", "-m", *SMALL, "hparams_search=grid", "ami.weaken=60,1000", "ami.strengthen0=2.15",
          "ami.strengthen1=200", "logger=wandb", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     jobs = sorted(tmp_path.glob("eval/multiruns/*/*/results.json"))
     assert len(jobs) == 2
@@ -55,7 +56,7 @@ def test_grid_multirun_and_wandb_offline(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_optuna_calibration_sweep(tmp_path: Path) -> None:
-    _cli("evaluate", "-m", *SMALL, "attack=[]", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+    _cli("ami-eval", "-m", *SMALL, "attack=[]", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
          "logger=none", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     (best,) = tmp_path.glob("eval/multiruns/*/optimization_results.yaml")
     text = best.read_text()
