@@ -22,7 +22,7 @@ from ami_lightning.identities import identity_from_filename
 from ami_lightning.images import load_image
 from ami_lightning.layers import hook_layer_names
 from ami_lightning.lightning_module import AmIEvalModule
-from ami_lightning.reporting import RunResults, SetResult, print_results, write_all
+from ami_lightning.reporting import RunResults, SetResult, is_wandb_logger, print_results, write_all
 from ami_lightning.witnesses import WitnessSet
 from ami_lightning.witnesses.from_faces import save_mutation_grid, witnesses_from_faces
 
@@ -103,6 +103,8 @@ def evaluate_and_report(
     if module.trainer.is_global_zero:
         print_results(results)
         write_all(results, Path(cfg.paths.output_dir), module.logger)
+    if is_wandb_logger(module.logger):
+        module.logger.experiment.finish()  # the next job of a multirun starts its own W&B run
     fpr = module.results["benign"]["rate"]
     return abs(float(fpr) - float(cfg.objective.target_fpr))
 
