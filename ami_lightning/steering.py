@@ -77,9 +77,11 @@ def steer(x: torch.Tensor, witnesses: torch.Tensor, params: SteeringParams, crop
 
 
 def detection_score(original_logits: torch.Tensor, steered_logits: torch.Tensor) -> torch.Tensor:
-    """Continuous AmI score (B,): 1 - the steered model's softmax probability of the original model's top-1 class.
+    """Continuous AmI score (B,): ``-log p`` of the original model's top-1 class under the steered model (nats).
 
-    In [0, 1]; larger means more suspicious (the steered model abandons the original's answer). Logits: (B, K).
+    >= 0; larger means more suspicious (the steered model abandons the original's answer). In the log domain so
+    that confident disagreements do not all saturate at one value (ties would make ROC curves depend on float
+    noise). Logits: (B, K).
     """
     top1 = original_logits.argmax(1, keepdim=True)
-    return 1 - steered_logits.softmax(1).gather(1, top1).squeeze(1)
+    return -steered_logits.log_softmax(1).gather(1, top1).squeeze(1)
