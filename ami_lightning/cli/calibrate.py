@@ -18,14 +18,11 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from ami_lightning.builders import dlib_gallery, shipped_faces
 from ami_lightning.calibration import calibrate, predictions, steering_grid
 from ami_lightning.cli import make_run_dir, pick_device, write_json
 from ami_lightning.detector import AmIDetector
-from ami_lightning.embedded import face_files, witness_face_files
-from ami_lightning.identities import identity_from_filename
-from ami_lightning.images import load_image
-from ami_lightning.models import create_model
-from ami_lightning.models.gallery import FaceGallery
+from ami_lightning.embedded import witness_face_files
 from ami_lightning.probes import VARIANTS, benign_variants
 from ami_lightning.rates import flag_rate
 from ami_lightning.steering import PRESETS, SteeringParams
@@ -50,11 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     out = make_run_dir("calibrate", args.out)
     device = pick_device(args.device)
 
-    files = face_files()
-    faces = torch.stack([load_image(f) for f in tqdm(files, desc="faces", unit="img")])
-    embedder = create_model("dlib_resnet").to(device)
-    gallery = FaceGallery(embedder, [identity_from_filename(f) for f in files], batch_size=args.batch_size)
-    gallery.enrol(faces.float(), torch.arange(len(files)))
+    faces, _ = shipped_faces()
+    gallery = dlib_gallery(batch_size=args.batch_size).model.to(device)  # enrols the same shipped faces, in order
+    embedder = gallery.embedder
 
     base, others = witness_face_files()
     witnesses, mutations = witnesses_from_faces(embedder, embedder.hook_layers, base, others)
