@@ -50,7 +50,9 @@ def steering_factors(v: torch.Tensor, witnesses: torch.Tensor, params: SteeringP
     mean = vw.mean(1, keepdim=True)
     std = vw.std(1, correction=0, keepdim=True)
     low = vw.amin(1, keepdim=True)
-    valid = std > 0
+    # std == 0 exactly when all witness sums are equal; floating-point std of equal values can be a tiny positive
+    # number (the mean rounds), which would turn d into noise-sized denominators, so test equality instead
+    valid = vw.amax(1, keepdim=True) > low
     safe_std = torch.where(valid, std, torch.ones_like(std))
     d_weak = torch.where(valid, ((v - mean) / safe_std).clamp_min(0), torch.zeros_like(v))
     d_strong = torch.where(valid, (v - low).abs() / safe_std, torch.zeros_like(v))

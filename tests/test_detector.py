@@ -150,6 +150,23 @@ def test_zero_std_factors() -> None:
     torch.testing.assert_close(factors, expected)
 
 
+def test_batch_independence_on_dlib_with_a_thrice_listed_channel(faces) -> None:
+    """dlib's ResNet with one channel listed by three attributes at relu2 (as extracted from the release's faces):
+    the witness sums are equal, so std is 0; a float std of ~1e-7 (reduction order depends on the batch) once made
+    a sample's steered output depend on its batch size."""
+    from ami_lightning.models import create_model
+
+    model = create_model("dlib_resnet")
+    witnesses = WitnessSet.from_mapping({"leye": {"relu2": [10], "relu1": [4, 30]}, "nose": {"relu2": [10]},
+                                         "mouth": {"relu2": [10], "relu1": [4, 30]}}, model.hook_layers)
+    detector = AmIDetector(model, witnesses, 1000.0, (2.15, 200.0))
+    x = faces[:8]
+    with torch.no_grad():
+        together = detector.steered_logits(x)
+        alone = torch.cat([detector.steered_logits(x[i : i + 1]) for i in range(8)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+
+
 def test_crop_only_on_steered_crop_layers(tiny, tiny_x) -> None:
     """pool3 without witnesses is neither cropped nor steered; with crop_layers=() it is steered without crop."""
     empty = _set({"leye": {"relu1": [1, 2]}}, tiny.hook_layers)
