@@ -35,6 +35,7 @@ def test_ddp_sim_equals_single_process(tmp_path: Path) -> None:
         runs[trainer] = json.loads(results.read_text())["sets"]
     counts = ("name", "n", "eligible", "flagged", "rate")
     assert [{k: s[k] for k in counts} for s in runs["cpu"]] == [{k: s[k] for k in counts} for s in runs["ddp_sim"]]
+    assert runs["cpu"][1]["auroc"] == pytest.approx(runs["ddp_sim"][1]["auroc"], abs=1e-6)
     assert runs["cpu"][0]["n"] == 40
 
 
