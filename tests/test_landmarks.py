@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ami_lightning.embedded import witness_face_files
 from ami_lightning.faces.landmarks import N_LANDMARKS, LandmarkDetector, to_hwc_uint8
 from ami_lightning.images import load_image
 
@@ -24,9 +25,7 @@ def detector() -> LandmarkDetector:
 
 @pytest.fixture(scope="module")
 def base() -> torch.Tensor:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    return load_image(REFERENCE / "base_img.jpg")
+    return load_image(witness_face_files()[0])  # the release's base face, shipped with the package
 
 
 @needs_reference
