@@ -1,1 +1,33 @@
-"""Attack generators of the AmI evaluation (pixel space [0, 255])."""
+"""Attack generators of the AmI evaluation (pixel space [0, 255]).
+
+Every attack is an :class:`Attack`: ``attack(model, images, labels, targets=None) -> AttackResult`` on float pixels
+(B, 3, H, W) in [0, 255]. The published sets are built by name (:func:`create_attack`, :data:`ATTACK_SETS`) and
+written to disk by :func:`attacks.generate.generate` (not re-exported here: the name would hide the module
+``attacks.generate``). The C&W attacks live in :mod:`attacks.cw` (imported on use).
+"""
+
+from attacks.base import Attack, AttackResult, distortions, is_success, make_targets
+from attacks.generate import merge_manifests, read_manifest
+from attacks.gradient import BIM, FGSM
+from attacks.masked import Eyeglasses, Patch, eyeglasses_mask, patch_mask
+from attacks.registry import ATTACK_SETS, AttackSpec, create_attack, get_spec
+
+__all__ = [
+    "ATTACK_SETS",
+    "BIM",
+    "FGSM",
+    "Attack",
+    "AttackResult",
+    "AttackSpec",
+    "Eyeglasses",
+    "Patch",
+    "create_attack",
+    "distortions",
+    "eyeglasses_mask",
+    "get_spec",
+    "is_success",
+    "make_targets",
+    "merge_manifests",
+    "patch_mask",
+    "read_manifest",
+]

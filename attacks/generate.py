@@ -1,20 +1,37 @@
 """Generating whole attack sets: batched, resumable, sharded across processes, in the published formats.
 
-``generate`` writes ``<out_dir>/<set>/<VGG Face file name>.npy|.png`` and a JSON-lines manifest (one entry per
-sample: file, source, identity, label, target, original and adversarial prediction, success, L0 / L2 / Linf,
-iterations, seconds). Killed at any point and restarted, it skips the samples that have both a manifest entry and
-their file; files are written to a temporary name and renamed, then the entry is appended and synced, so no
-half-written file is ever taken as done.
+:func:`generate` writes ``<out_dir>/<set>/<VGG Face file name>.npy|.png|.jpg`` (the input's file name with the
+format's extension) and a JSON-lines manifest, one entry per sample: ``file``, ``source``, ``identity``, ``label``,
+``target`` (-1 when untargeted), ``original_pred``, ``adversarial_pred``, ``success``, ``l0`` / ``l2`` / ``linf``
+(pixel units; L0 counts pixel positions), ``iterations`` and ``seconds`` (the sample's share of its batch's attack
+time). Predictions, success and distortions describe the file as stored: what an 8-bit PNG or a JPEG decodes to,
+not the float pixels the attack ended with.
+
+Formats: ``npy`` float32 (3, H, W), RGB, pixels 0-255, no mean subtracted (the published C&W / FGSM / BIM format);
+``png`` 8-bit RGB, lossless (the default for patch and eyeglasses); ``jpg`` 8-bit RGB JPEG, lossy, as the release
+stored its patch and eyeglass samples.
+
+Resuming: a sample is done when it has a manifest entry and its file exists; those are skipped. Each file is written
+to ``<name>.tmp``, synced and renamed into place, and only then is its entry appended (flushed and synced), so a kill
+at any point leaves no half-written file under a real name and no entry without its file; a torn last manifest line
+is cut off when the manifest is next opened. At the end the manifest is rewritten with exactly one entry per file
+(the last one), sorted by file name.
+
+Sharding: process ``rank`` of ``world_size`` takes the samples ``rank::world_size`` and logs to its own
+``manifest.rank<r>.jsonl``; :func:`merge_manifests` joins the shards into ``manifest.jsonl`` (done by rank 0 after a
+barrier when ``torch.distributed`` is initialised; call it yourself when running ranks by hand).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
@@ -22,118 +39,266 @@ import torch.distributed as dist
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from ami_lightning.data.datasets import FaceFiles
 from ami_lightning.identities import identity_from_filename
-from attacks.base import make_targets
-from attacks.registry import get_spec
+from attacks.base import TARGET_MODES, distortions, is_success, make_targets
+from attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
 
 MANIFEST = "manifest.jsonl"
+Row = dict[str, Any]
+Item = tuple[torch.Tensor, int, int]
 
 
-def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    """Entries by file name (the last one wins); a torn last line (a kill mid-write) is ignored."""
-    entries: dict[str, dict[str, Any]] = {}
+class FaceDataset(Protocol):
+    """What :func:`generate` reads, e.g. :class:`ami_lightning.data.datasets.FaceFiles`: items
+    ``(pixels (3, H, W) float RGB in [0, 255], label, index)``, and the source file of each index in ``paths``."""
+
+    paths: Sequence[Path]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Item: ...
+
+
+# ---- files --------------------------------------------------------------------------------------------------------
+def output_name(source: str | Path, file_format: str) -> str:
+    """The file name of ``source``'s adversarial version: its name with the extension of ``file_format``."""
+    return f"{Path(source).stem}.{file_format}"
+
+
+def encode(pixels: torch.Tensor, file_format: str, jpeg_quality: int = 95) -> bytes:
+    """The bytes of a file holding float pixels (3, H, W) RGB in [0, 255]: ``npy`` float32 as they are, ``png``
+    and ``jpg`` rounded to 8 bits."""
+    array = pixels.detach().cpu()
+    buffer = io.BytesIO()
+    if file_format == "npy":
+        np.save(buffer, array.numpy().astype(np.float32), allow_pickle=False)
+    else:
+        image = Image.fromarray(array.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+        image.save(buffer, "PNG" if file_format == "png" else "JPEG", quality=jpeg_quality)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, file_format: str) -> torch.Tensor:
+    """Float pixels (3, H, W) RGB in [0, 255] of the bytes of a file written by :func:`encode`."""
+    if file_format == "npy":
+        return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+    with Image.open(io.BytesIO(data)) as image:
+        return pil_to_tensor(image.convert("RGB")).float()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is only ever absent, old or complete: temporary file, fsync,
+    rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+# ---- manifests ----------------------------------------------------------------------------------------------------
+def read_manifest(path: str | Path) -> dict[str, Row]:
+    """Entries of a JSON-lines manifest by file name (the last entry of a file wins); lines that do not parse (one
+    torn by a kill) are ignored; a missing manifest is empty."""
+    rows: dict[str, Row] = {}
+    path = Path(path)
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            entries[row["file"]] = row
-    return entries
+            rows[row["file"]] = row
+    return rows
 
 
-def _write_rows(path: Path, rows: Mapping[str, dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(rows[k]) + "\n" for k in sorted(rows)), encoding="utf-8")
-    os.replace(tmp, path)
+def write_manifest(path: Path, rows: Mapping[str, Row]) -> None:
+    """Atomically replace ``path`` with ``rows``, one line each, sorted by file name."""
+    write_atomic(path, "".join(json.dumps(rows[name]) + "\n" for name in sorted(rows)).encode())
 
 
-def merge_manifests(folder: Path) -> Path:
-    """Merge ``manifest.rank*.jsonl`` shards (and any existing ``manifest.jsonl``) into one sorted manifest."""
-    rows: dict[str, dict[str, Any]] = read_manifest(folder / MANIFEST)
-    shards = sorted(folder.glob("manifest.rank*.jsonl"))
+def drop_torn_line(path: Path) -> None:
+    """Cut a manifest back to its last complete line (a kill mid-append leaves a line without its newline)."""
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def append_row(handle: IO[str], row: Row) -> None:
+    """Append ``row`` to an open manifest and make it durable (flush + fsync)."""
+    handle.write(json.dumps(row) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def shard_manifest(rank: int | str) -> str:
+    """The file name of rank ``rank``'s manifest shard."""
+    return f"manifest.rank{rank}.jsonl"
+
+
+def merge_manifests(folder: str | Path) -> Path:
+    """Join the shards ``manifest.rank*.jsonl`` of ``folder`` (and any ``manifest.jsonl`` already there) into one
+    ``manifest.jsonl`` sorted by file, one entry per file that exists; the shards are then removed."""
+    folder = Path(folder)
+    shards = sorted(folder.glob(shard_manifest("*")))
+    rows = read_manifest(folder / MANIFEST)
     for shard in shards:
         rows.update(read_manifest(shard))
-    _write_rows(folder / MANIFEST, rows)
+    write_manifest(folder / MANIFEST, {name: row for name, row in rows.items() if (folder / name).is_file()})
     for shard in shards:
         shard.unlink()
     return folder / MANIFEST
 
 
-def _save(pixels: torch.Tensor, path: Path, file_format: str) -> None:
-    """Atomically write float pixels (3, H, W) in [0, 255]: ``npy`` float32 RGB, or an 8-bit ``png``."""
-    tmp = path.with_name(path.name + ".tmp")
-    array = pixels.detach().cpu()
-    with open(tmp, "wb") as handle:
-        if file_format == "npy":
-            np.save(handle, array.numpy().astype(np.float32))
-        else:
-            Image.fromarray(array.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).save(handle, "PNG")
-    os.replace(tmp, path)
+# ---- the run ------------------------------------------------------------------------------------------------------
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): those given, else ``torch.distributed``'s when it is initialised, else (0, 1)."""
+    distributed = dist.is_available() and dist.is_initialized()
+    world_size = world_size if world_size is not None else dist.get_world_size() if distributed else 1
+    rank = rank if rank is not None else dist.get_rank() if distributed else 0
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+    return rank, world_size
 
 
-def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def image_shape(dataset: FaceDataset, index: int) -> tuple[int, ...]:
+    """The pixel shape (3, H, W) of item ``index``, which every item of a run must share; ``ValueError`` naming the
+    file if it is not (3, H, W)."""
+    shape = tuple(dataset[index][0].shape)
+    if len(shape) != 3 or shape[0] != 3:
+        raise ValueError(f"{dataset.paths[index]}: pixels of shape {shape}, expected (3, H, W)")
+    return shape
+
+
+@dataclass(frozen=True)
+class CheckingCollate:
+    """A DataLoader collate (picklable, for worker processes) for items (pixels, label, index) that raises
+    ``ValueError`` naming the file whose pixels are not of ``shape``, or whose label is negative (a file that the
+    dataset could not read and skipped); returns (pixels (B, 3, H, W) float, labels (B,), indices (B,))."""
+
+    paths: Sequence[Path]
+    shape: tuple[int, ...]
+
+    def __call__(self, items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for pixels, label, index in items:
+            if tuple(pixels.shape) != self.shape:
+                raise ValueError(f"{self.paths[index]}: pixels of shape {tuple(pixels.shape)}, expected {self.shape}")
+            if label < 0:
+                raise ValueError(f"{self.paths[index]}: the dataset could not read it (label {label})")
+        pixels, labels, index = zip(*items, strict=True)
+        return torch.stack(pixels).float(), torch.tensor(labels), torch.tensor(index)
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that wall-clock times mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def generate(
-    attack_set: str,
+    attack_set: str | AttackSpec,
     model: nn.Module,
-    dataset: FaceFiles,
-    out_dir: Path,
+    dataset: FaceDataset,
+    out_dir: str | Path,
     params: Mapping[str, Any] | None = None,
     batch_size: int = 16,
     device: torch.device | str | None = None,
     num_classes: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    file_format: str | None = None,
+    target_mode: str | None = None,
+    jpeg_quality: int = 95,
+    num_workers: int = 0,
+    progress: bool = True,
 ) -> Path:
-    """Attack every face of ``dataset`` (this process's share ``rank::world_size``) and write set ``attack_set``
-    under ``out_dir``; returns the set's folder. ``params`` go to the attack's constructor (budgets, eps)."""
-    spec = get_spec(attack_set)
-    attack = spec.factory(**dict(params or {}))
-    rank, world_size = _rank_world(rank, world_size)
+    """Attack this process's share of ``dataset`` with set ``attack_set`` and write it under ``out_dir/<set>``;
+    returns that folder. See the module docstring for the files, the manifest, resuming and sharding.
+
+    ``model``: pixels (B, 3, H, W) in [0, 255] -> logits (B, K), already on ``device`` (default: its parameters'
+    device). ``dataset``: e.g. ``FaceFiles(paths, labels)`` of VGG Face file names (labels from a names list:
+    ``FaceFiles.from_folder(folder, names)``). ``params``: overrides of the attack's constructor (budgets, eps).
+    ``num_classes``: K for ``next`` targets (default: from the model's logits). ``file_format``: ``npy``, ``png``
+    or ``jpg`` (default: the set's :attr:`AttackSpec.file_format`); ``target_mode``: ``first``, ``next`` or
+    ``untargeted`` (default: the set's). ``rank`` / ``world_size``: default from ``torch.distributed`` if
+    initialised, else 0 / 1.
+
+    Bad input raises before any sample is attacked where it can be seen up front: an unknown set (``KeyError``),
+    parameters the attack rejects (``TypeError``), an unknown target mode or format, a source file name that does
+    not follow the VGG Face rule, two sources with one output name, a first image that is not (3, H, W)
+    (``ValueError``); an unreadable image, or one of another shape than the first, raises ``ValueError`` naming the
+    file when its batch is loaded (the samples before it are kept).
+    """
+    spec = attack_set if isinstance(attack_set, AttackSpec) else get_spec(attack_set)
+    attack = create_attack(spec, **dict(params or {}))
+    file_format = file_format or spec.file_format
+    target_mode = target_mode or spec.target_mode
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"unknown file format {file_format!r}; expected one of {FILE_FORMATS}")
+    if target_mode not in TARGET_MODES:
+        raise ValueError(f"unknown target mode {target_mode!r}; expected one of {TARGET_MODES}")
+    rank, world_size = rank_and_world(rank, world_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    names = [output_name(p, file_format) for p in dataset.paths]
+    if len(set(names)) != len(names):
+        clash = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"two source files give the output name {clash!r}")
+    mine = list(range(rank, len(dataset), world_size))
+    identities = {i: identity_from_filename(dataset.paths[i]) for i in mine}  # ValueError naming a bad file name
     folder = Path(out_dir) / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / (MANIFEST if world_size == 1 else f"manifest.rank{rank}.jsonl")
-    done = {f for f in read_manifest(manifest) if (folder / f).is_file()}
-    out_names = [f"{Path(p).stem}.{spec.file_format}" for p in dataset.paths]
-    todo = [i for i in range(rank, len(dataset), world_size) if out_names[i] not in done]
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = int(model(dataset[0][0][None].to(device)).shape[1])
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False)
-    with open(manifest, "a", encoding="utf-8") as log:
-        for pixels, labels, index in tqdm(loader, desc=spec.name, unit="batch", disable=not todo):
+    manifest = folder / (MANIFEST if world_size == 1 else shard_manifest(rank))
+    logged = {**read_manifest(folder / MANIFEST), **read_manifest(manifest)}
+    finished = {i for i in mine if names[i] in logged and (folder / names[i]).is_file()}
+    todo = [i for i in mine if i not in finished]
+
+    model.eval()
+    shape = image_shape(dataset, mine[0]) if mine else ()  # no items: nothing to check
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=CheckingCollate(dataset.paths, shape))
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress,
+               desc=spec.name if world_size == 1 else f"{spec.name} [{rank}/{world_size}]")
+    drop_torn_line(manifest)
+    with bar, open(manifest, "a", encoding="utf-8") as log:
+        for pixels, labels, index in loader:
             pixels, labels = pixels.to(device), labels.to(device)
-            targets = make_targets(labels, spec.target, num_classes)
+            with torch.no_grad():
+                logits = model(pixels)
+            targets = make_targets(labels, target_mode, num_classes or logits.shape[1])
+            synchronise(device)
             start = time.perf_counter()
             result = attack(model, pixels, labels, targets)
-            with torch.no_grad():
-                original_pred, adversarial_pred = model(pixels).argmax(1), model(result.adversarial).argmax(1)
+            synchronise(device)
             seconds = (time.perf_counter() - start) / len(labels)
-            columns = {"label": labels, "target": targets if targets is not None else torch.full_like(labels, -1),
-                       "original_pred": original_pred, "adversarial_pred": adversarial_pred,
-                       "success": result.success, "l0": result.l0, "l2": result.l2, "linf": result.linf,
-                       "iterations": result.iterations}
-            values = {k: v.tolist() for k, v in columns.items()}
+            files = [encode(adversarial, file_format, jpeg_quality) for adversarial in result.adversarial]
+            stored = torch.stack([decode(data, file_format) for data in files]).to(device)
+            with torch.no_grad():
+                stored_logits = model(stored)
+            columns = {
+                "label": labels,
+                "target": targets if targets is not None else torch.full_like(labels, -1),
+                "original_pred": logits.argmax(1),
+                "adversarial_pred": stored_logits.argmax(1),
+                "success": is_success(stored_logits, labels, targets),
+                **dict(zip(("l0", "l2", "linf"), distortions(stored, pixels), strict=True)),
+                "iterations": result.iterations,
+            }
+            values = {key: column.tolist() for key, column in columns.items()}
             for j, i in enumerate(index.tolist()):
-                _save(result.adversarial[j], folder / out_names[i], spec.file_format)
-                row = {"file": out_names[i], "source": str(dataset.paths[i]),
-                       "identity": identity_from_filename(dataset.paths[i]), **{k: v[j] for k, v in values.items()},
-                       "seconds": seconds}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
-    if world_size == 1:
-        rows = read_manifest(manifest)
-        _write_rows(manifest, {f: r for f, r in rows.items() if (folder / f).is_file()})
+                write_atomic(folder / names[i], files[j])
+                append_row(log, {"file": names[i], "source": str(dataset.paths[i]), "identity": identities[i],
+                                 **{key: column[j] for key, column in values.items()}, "seconds": seconds})
+            bar.update(len(index))
+    write_manifest(manifest, {name: row for name, row in read_manifest(manifest).items() if (folder / name).is_file()})
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        if rank == 0:
+            merge_manifests(folder)
+        dist.barrier()
     return folder

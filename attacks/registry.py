@@ -1,56 +1,90 @@
-"""The published attack sets by name (timm-style registry): name -> attack constructor, target mode, file format."""
+"""The published attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
+
+``create_attack("cw_l2_next", steps=100)`` builds the attack of a set with its defaults overridden;
+``ATTACK_SETS[name].target_mode`` says which targets the set uses (:func:`attacks.base.make_targets`) and
+``file_format`` how the published samples are stored (``npy``: float32 (3, 224, 224) RGB 0-255; ``png``: 8-bit
+image; the release used JPEG, which :func:`attacks.generate.generate` offers as an option).
+
+The C&W classes are imported when a C&W attack is built, not when this module is, so the other sets do not depend
+on :mod:`attacks.cw`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from attacks.base import Attack
-from attacks.cw import CarliniWagnerL0, CarliniWagnerL2, CarliniWagnerLinf
+from attacks.base import TARGET_MODES, Attack
 from attacks.gradient import BIM, FGSM
 from attacks.masked import Eyeglasses, Patch
+
+FILE_FORMATS: tuple[str, ...] = ("npy", "png", "jpg")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """An attack set: ``factory(**params)`` builds the attack; ``target`` is first / next / untargeted;
-    ``file_format`` the published one (``npy``: float32 (3, 224, 224) RGB 0-255; ``png``: 8-bit image)."""
+    """An attack set: ``factory(**params)`` builds its attack; ``target_mode`` is ``first`` / ``next`` /
+    ``untargeted``; ``file_format`` the published one (``npy`` or ``png``, see the module docstring)."""
 
     name: str
     factory: Callable[..., Attack]
-    target: str
+    target_mode: str
     file_format: str
+
+    def __post_init__(self) -> None:
+        if self.target_mode not in TARGET_MODES:
+            raise ValueError(f"attack set {self.name!r}: unknown target mode {self.target_mode!r}; "
+                             f"expected one of {TARGET_MODES}")
+        if self.file_format not in FILE_FORMATS:
+            raise ValueError(f"attack set {self.name!r}: unknown file format {self.file_format!r}; "
+                             f"expected one of {FILE_FORMATS}")
 
 
 ATTACK_SETS: dict[str, AttackSpec] = {}
 
 
-def register(name: str, factory: Callable[..., Attack], target: str, file_format: str) -> None:
-    if name in ATTACK_SETS:
-        raise ValueError(f"attack set {name!r} is already registered")
-    ATTACK_SETS[name] = AttackSpec(name, factory, target, file_format)
+def register(spec: AttackSpec) -> AttackSpec:
+    """Add ``spec`` to :data:`ATTACK_SETS`; ``ValueError`` if its name is taken."""
+    if spec.name in ATTACK_SETS:
+        raise ValueError(f"attack set {spec.name!r} is already registered")
+    ATTACK_SETS[spec.name] = spec
+    return spec
 
 
-for _target in ("first", "next"):
-    register(f"patch_{_target}", Patch, _target, "png")
-    register(f"glasses_{_target}", Eyeglasses, _target, "png")
-    register(f"cw_l0_{_target}", CarliniWagnerL0, _target, "npy")
-    register(f"cw_l2_{_target}", CarliniWagnerL2, _target, "npy")
-    register(f"cw_li_{_target}", CarliniWagnerLinf, _target, "npy")
-register("fgsm", FGSM, "untargeted", "npy")
-register("bim", BIM, "untargeted", "npy")
+def deferred(module: str, class_name: str) -> Callable[..., Attack]:
+    """A factory that imports ``module`` and builds its ``class_name`` only when called."""
+
+    def factory(**params: Any) -> Attack:
+        return getattr(importlib.import_module(module), class_name)(**params)
+
+    factory.__qualname__ = factory.__name__ = class_name
+    return factory
+
+
+for _mode in ("first", "next"):
+    register(AttackSpec(f"patch_{_mode}", Patch, _mode, "png"))
+    register(AttackSpec(f"glasses_{_mode}", Eyeglasses, _mode, "png"))
+    register(AttackSpec(f"cw_l0_{_mode}", deferred("attacks.cw", "CarliniWagnerL0"), _mode, "npy"))
+    register(AttackSpec(f"cw_l2_{_mode}", deferred("attacks.cw", "CarliniWagnerL2"), _mode, "npy"))
+    register(AttackSpec(f"cw_li_{_mode}", deferred("attacks.cw", "CarliniWagnerLinf"), _mode, "npy"))
+register(AttackSpec("fgsm", FGSM, "untargeted", "npy"))
+register(AttackSpec("bim", BIM, "untargeted", "npy"))
 
 
 def get_spec(name: str) -> AttackSpec:
+    """The registered set ``name``; ``KeyError`` listing the registered names if there is none."""
     if name not in ATTACK_SETS:
-        raise KeyError(f"unknown attack set {name!r}; registered: {sorted(ATTACK_SETS)}")
+        raise KeyError(f"unknown attack set {name!r}; registered: {', '.join(sorted(ATTACK_SETS))}")
     return ATTACK_SETS[name]
 
 
-def create_attack(name: str, **params: Any) -> Attack:
-    """The attack of set ``name`` built with ``params`` (step budgets, eps, ...)."""
+def create_attack(name: str | AttackSpec, **overrides: Any) -> Attack:
+    """The attack of set ``name`` (or of a spec), its defaults overridden by ``overrides`` (steps, eps, ...);
+    ``TypeError`` naming the set and the parameters if the constructor rejects them."""
+    spec = name if isinstance(name, AttackSpec) else get_spec(name)
     try:
-        return get_spec(name).factory(**params)
+        return spec.factory(**overrides)
     except TypeError as err:
-        raise TypeError(f"attack set {name!r}: bad parameters {params}: {err}") from err
+        raise TypeError(f"attack set {spec.name!r}: bad parameters {overrides}: {err}") from err
