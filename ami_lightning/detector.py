@@ -43,14 +43,16 @@ class AmIDetector(nn.Module):
             concat = [c for channels in witnesses.at(name).values() for c in channels]
             self.register_buffer(f"_witnesses_{i}", torch.tensor(concat, dtype=torch.long), persistent=False)
 
-    def _hook(self, i: int, name: str) -> Callable[..., torch.Tensor]:
+    def _hook(self, i: int, name: str, straight_through: bool) -> Callable[..., torch.Tensor]:
         crop = self.crop if name in self.crop_layers else 0
         indices: torch.Tensor = getattr(self, f"_witnesses_{i}")
-        return lambda _module, _inputs, output: steer(output, indices, self.params, crop)
+        return lambda _module, _inputs, output: steer(output, indices, self.params, crop, straight_through)
 
-    def steered_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) of the attribute-steered model for pixels x (B, 3, H, W)."""
-        with forward_hooks(self.model, {name: self._hook(i, name) for i, name in enumerate(self.layers)}):
+    def steered_logits(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        """Logits (B, K) of the attribute-steered model for pixels x (B, 3, H, W); ``straight_through``: gradients
+        treat the steering factors as constants (:func:`ami_lightning.steering.steer`), the values are the same."""
+        hooks = {name: self._hook(i, name, straight_through) for i, name in enumerate(self.layers)}
+        with forward_hooks(self.model, hooks):
             return self.model(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

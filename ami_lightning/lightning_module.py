@@ -17,22 +17,32 @@ from ami_lightning.detector import AmIDetector
 from ami_lightning.metrics import FlagRate
 from ami_lightning.rates import eligible_mask
 from ami_lightning.steering import detection_score
+from ami_lightning.thresholds import check_target_fpr, operating_point, point_metrics
 
 
 class AmIEvalModule(pl.LightningModule):
     """Evaluates ``detector`` on the test dataloaders named ``set_names`` (the first is the benign set).
 
     Per set: :class:`FlagRate` (FPR for the benign set, detection rate for attack sets) and the continuous scores of
-    the eligible samples, from which AUROC and ROC of each attack set against the benign set are computed. After
-    ``trainer.test`` the per-set figures are in :attr:`results` (name -> dict).
+    the eligible samples, from which AUROC and ROC of each attack set against the benign set are computed, and the
+    set's :class:`~ami_lightning.thresholds.OperatingPoint` at the score threshold calibrated on the benign scores to
+    each of ``fpr_targets`` (benign FPRs, fractions in [0, 1]; deduplicated and sorted). After ``trainer.test`` the
+    per-set figures are in :attr:`results` (name -> dict): ``n`` (evaluated), ``skipped``, ``eligible``,
+    ``flagged``, ``rate``, ``auroc`` (None for the benign set or without scores), ``roc_fpr``, ``roc_tpr`` and
+    ``operating_points`` (one per target, ascending).
     """
 
-    def __init__(self, detector: AmIDetector, set_names: Sequence[str]) -> None:
+    DEFAULT_FPR_TARGETS: tuple[float, ...] = (0.05, 0.10)
+
+    def __init__(
+        self, detector: AmIDetector, set_names: Sequence[str], fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS
+    ) -> None:
         super().__init__()
         if not set_names or set_names[0] != "benign":
             raise ValueError(f"the first set must be 'benign', got {list(set_names)}")
         self.detector = detector
         self.set_names = list(set_names)
+        self.fpr_targets = sorted({check_target_fpr(t) for t in fpr_targets})
         self.rates = nn.ModuleList([FlagRate(adversarial=i > 0) for i in range(len(set_names))])
         self.scores = nn.ModuleList([CatMetric(nan_strategy="disable") for _ in set_names])
         self.seen = nn.ModuleList([SumMetric() for _ in set_names])
@@ -57,27 +67,31 @@ class AmIEvalModule(pl.LightningModule):
         benign_scores = _cat(self.scores[0])
         for i, name in enumerate(self.set_names):
             rate = _compute(self.rates[i])
+            scores = _cat(self.scores[i]) if i > 0 else benign_scores
+            n, eligible, flagged = int(_compute(self.seen[i])), int(rate["eligible"]), int(rate["flagged"])
+            points = [operating_point(benign_scores, scores, t) for t in self.fpr_targets]
             row: dict[str, object] = {
-                "n": int(_compute(self.seen[i])),
+                "n": n,
                 "skipped": int(_compute(self.skipped[i])),
-                "eligible": int(rate["eligible"]),
-                "flagged": int(rate["flagged"]),
+                "eligible": eligible,
+                "flagged": flagged,
                 "rate": float(rate["rate"]),
                 "auroc": None,
                 "roc_fpr": [],
                 "roc_tpr": [],
+                "operating_points": points,
             }
-            if i > 0:
-                scores = _cat(self.scores[i])
-                if len(scores) and len(benign_scores):
-                    preds = torch.cat([benign_scores, scores])
-                    target = torch.cat([torch.zeros_like(benign_scores), torch.ones_like(scores)]).long()
-                    fpr, tpr, _ = binary_roc(preds, target)
-                    row.update(auroc=float(binary_auroc(preds, target)), roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist())
+            if i > 0 and len(scores) and len(benign_scores):
+                preds = torch.cat([benign_scores, scores])
+                target = torch.cat([torch.zeros_like(benign_scores), torch.ones_like(scores)]).long()
+                fpr, tpr, _ = binary_roc(preds, target)
+                row.update(auroc=float(binary_auroc(preds, target)), roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist())
             self.results[name] = row
             self.log(f"{name}/rate", row["rate"], sync_dist=False)
             if row["auroc"] is not None:
                 self.log(f"{name}/auroc", row["auroc"], sync_dist=False)
+            for key, value in point_metrics(points, n, eligible, flagged, adversarial=i > 0).items():
+                self.log(f"{name}/{key}", value, sync_dist=False)
         for metric in (*self.rates, *self.scores, *self.seen, *self.skipped):
             metric.reset()
 

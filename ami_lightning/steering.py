@@ -70,11 +70,19 @@ def crop_resize(x: torch.Tensor, border: int = 2) -> torch.Tensor:
                          align_corners=False)
 
 
-def steer(x: torch.Tensor, witnesses: torch.Tensor, params: SteeringParams, crop: int = 0) -> torch.Tensor:
-    """Steer one layer output (B, C, ...) given the concatenated witness indices (W,); optionally crop first."""
+def steer(
+    x: torch.Tensor, witnesses: torch.Tensor, params: SteeringParams, crop: int = 0, straight_through: bool = False
+) -> torch.Tensor:
+    """Steer one layer output (B, C, ...) given the concatenated witness indices (W,); optionally crop first.
+
+    ``straight_through``: the same output, but gradients treat the factors as constants (``x * f`` with ``f``
+    detached), bypassing the statistics (mean, std, min of the witness sums) whose gradients vanish or explode.
+    """
     if crop:
         x = crop_resize(x, crop)
     factors = steering_factors(channel_sums(x), witnesses, params)
+    if straight_through:
+        factors = factors.detach()
     return x * factors.view(*factors.shape, *([1] * (x.dim() - 2)))
 
 

@@ -43,7 +43,8 @@ def distortions(adversarial: torch.Tensor, images: torch.Tensor) -> tuple[torch.
 @dataclass
 class AttackResult:
     """Adversarial batch (B, 3, H, W) in bounds, per-sample success (B,) bool, distortions (B,) in pixel units
-    (L0 as a count of pixel positions), and the iterations each sample used (B,) long."""
+    (L0 as a count of pixel positions), the iterations each sample used (B,) long, and, for attacks that choose
+    their own targets (:mod:`attacks.adaptive`), the target (B,) long each sample ended with (else None)."""
 
     adversarial: torch.Tensor
     success: torch.Tensor
@@ -51,12 +52,18 @@ class AttackResult:
     l2: torch.Tensor
     linf: torch.Tensor
     iterations: torch.Tensor
+    targets: torch.Tensor | None = None
 
     @classmethod
     def build(
-        cls, adversarial: torch.Tensor, images: torch.Tensor, success: torch.Tensor, iterations: torch.Tensor
+        cls,
+        adversarial: torch.Tensor,
+        images: torch.Tensor,
+        success: torch.Tensor,
+        iterations: torch.Tensor,
+        targets: torch.Tensor | None = None,
     ) -> AttackResult:
-        return cls(adversarial, success, *distortions(adversarial, images), iterations)
+        return cls(adversarial, success, *distortions(adversarial, images), iterations, targets)
 
 
 def is_success(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -2,10 +2,11 @@
 
 :func:`generate` writes ``<out_dir>/<set>/<VGG Face file name>.npy|.png|.jpg`` (the input's file name with the
 format's extension) and a JSON-lines manifest, one entry per sample: ``file``, ``source``, ``identity``, ``label``,
-``target`` (-1 when untargeted), ``original_pred``, ``adversarial_pred``, ``success``, ``l0`` / ``l2`` / ``linf``
-(pixel units; L0 counts pixel positions), ``iterations`` and ``seconds`` (the sample's share of its batch's attack
-time). Predictions, success and distortions describe the file as stored: what an 8-bit PNG or a JPEG decodes to,
-not the float pixels the attack ended with.
+``target`` (-1 when untargeted; for the adaptive sets, the target the attack chose), ``original_pred``,
+``adversarial_pred``, ``success``, ``l0`` / ``l2`` / ``linf`` (pixel units; L0 counts pixel positions),
+``iterations`` and ``seconds`` (the sample's share of its batch's attack time). Predictions, success and
+distortions describe the file as stored: what an 8-bit PNG or a JPEG decodes to, not the float pixels the attack
+ended with.
 
 Formats: ``npy`` float32 (3, H, W), RGB, pixels 0-255, no mean subtracted (the published C&W / FGSM / BIM format);
 ``png`` 8-bit RGB, lossless (the default for patch and eyeglasses); ``jpg`` 8-bit RGB JPEG, lossy, as the release
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
+from ami_lightning.detector import AmIDetector
 from ami_lightning.identities import identity_from_filename
 from attacks.base import TARGET_MODES, distortions, is_success, make_targets
 from attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
@@ -216,6 +218,7 @@ def generate(
     jpeg_quality: int = 95,
     num_workers: int = 0,
     progress: bool = True,
+    detector: AmIDetector | None = None,
 ) -> Path:
     """Attack this process's share of ``dataset`` with set ``attack_set`` and write it under ``out_dir/<set>``;
     returns that folder. See the module docstring for the files, the manifest, resuming and sharding.
@@ -226,7 +229,8 @@ def generate(
     ``num_classes``: K for ``next`` targets (default: from the model's logits). ``file_format``: ``npy``, ``png``
     or ``jpg`` (default: the set's :attr:`AttackSpec.file_format`); ``target_mode``: ``first``, ``next`` or
     ``untargeted`` (default: the set's). ``rank`` / ``world_size``: default from ``torch.distributed`` if
-    initialised, else 0 / 1.
+    initialised, else 0 / 1. ``detector``: the AmI detector on ``model`` that the adaptive sets attack (required
+    for them, unused by the others).
 
     Bad input raises before any sample is attacked where it can be seen up front: an unknown set (``KeyError``),
     parameters the attack rejects (``TypeError``), an unknown target mode or format, a source file name that does
@@ -235,7 +239,7 @@ def generate(
     file when its batch is loaded (the samples before it are kept).
     """
     spec = attack_set if isinstance(attack_set, AttackSpec) else get_spec(attack_set)
-    attack = create_attack(spec, **dict(params or {}))
+    attack = create_attack(spec, **dict(params or {}), **({"detector": detector} if spec.needs_detector else {}))
     file_format = file_format or spec.file_format
     target_mode = target_mode or spec.target_mode
     if file_format not in FILE_FORMATS:
@@ -276,6 +280,7 @@ def generate(
             result = attack(model, pixels, labels, targets)
             synchronise(device)
             seconds = (time.perf_counter() - start) / len(labels)
+            targets = result.targets if result.targets is not None else targets
             files = [encode(adversarial, file_format, jpeg_quality) for adversarial in result.adversarial]
             stored = torch.stack([decode(data, file_format) for data in files]).to(device)
             with torch.no_grad():

@@ -1,4 +1,8 @@
-"""The published attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
+"""The attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
+
+The 12 published sets, plus the adaptive sets ``adaptive_transfer`` and ``adaptive_gradient``
+(:mod:`attacks.adaptive`), which attack the AmI detector itself and so are built with ``detector=``
+(:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted`` mode).
 
 ``create_attack("cw_l2_next", steps=100)`` builds the attack of a set with its defaults overridden;
 ``ATTACK_SETS[name].target_mode`` says which targets the set uses (:func:`attacks.base.make_targets`) and
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from attacks.adaptive import AmIGradient, TransferFilter
 from attacks.base import TARGET_MODES, Attack
 from attacks.gradient import BIM, FGSM
 from attacks.masked import Eyeglasses, Patch
@@ -26,12 +31,14 @@ FILE_FORMATS: tuple[str, ...] = ("npy", "png", "jpg")
 @dataclass(frozen=True)
 class AttackSpec:
     """An attack set: ``factory(**params)`` builds its attack; ``target_mode`` is ``first`` / ``next`` /
-    ``untargeted``; ``file_format`` the published one (``npy`` or ``png``, see the module docstring)."""
+    ``untargeted``; ``file_format`` the published one (``npy`` or ``png``, see the module docstring);
+    ``needs_detector``: the factory takes the AmI detector under attack as ``detector=``."""
 
     name: str
     factory: Callable[..., Attack]
     target_mode: str
     file_format: str
+    needs_detector: bool = False
 
     def __post_init__(self) -> None:
         if self.target_mode not in TARGET_MODES:
@@ -71,6 +78,8 @@ for _mode in ("first", "next"):
     register(AttackSpec(f"cw_li_{_mode}", deferred("attacks.cw", "CarliniWagnerLinf"), _mode, "npy"))
 register(AttackSpec("fgsm", FGSM, "untargeted", "npy"))
 register(AttackSpec("bim", BIM, "untargeted", "npy"))
+register(AttackSpec("adaptive_transfer", TransferFilter, "untargeted", "npy", needs_detector=True))
+register(AttackSpec("adaptive_gradient", AmIGradient, "untargeted", "npy", needs_detector=True))
 
 
 def get_spec(name: str) -> AttackSpec:
@@ -82,8 +91,11 @@ def get_spec(name: str) -> AttackSpec:
 
 def create_attack(name: str | AttackSpec, **overrides: Any) -> Attack:
     """The attack of set ``name`` (or of a spec), its defaults overridden by ``overrides`` (steps, eps, ...);
-    ``TypeError`` naming the set and the parameters if the constructor rejects them."""
+    ``TypeError`` naming the set and the parameters if the constructor rejects them; ``ValueError`` if the set
+    attacks the detector and no ``detector=`` is given."""
     spec = name if isinstance(name, AttackSpec) else get_spec(name)
+    if spec.needs_detector and overrides.get("detector") is None:
+        raise ValueError(f"attack set {spec.name!r} attacks the AmI detector itself: pass detector=AmIDetector(...)")
     try:
         return spec.factory(**overrides)
     except TypeError as err:

@@ -18,12 +18,13 @@ from attacks.base import Attack, make_targets
 from attacks.gradient import BIM, FGSM
 from attacks.masked import Eyeglasses, MaskedAttack, Patch, eyeglasses_mask, patch_mask
 from attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register
-from tests.toy import NUM_CLASSES, toy_classifier, toy_faces
+from tests.toy import NUM_CLASSES, toy_classifier, toy_detector, toy_faces
 
 BIG_PATCH = {"top": 40, "left": 40, "size": 144}  # in 224-frame pixels: rows / columns 6-25 of a 32 image
 TINY = {  # the smallest budget of each family, for the registry-wide test
     "patch": {"steps": 2}, "glasses": {"steps": 2}, "cw_l0": {"steps": 2}, "cw_li": {"steps": 2},
     "cw_l2": {"binary_search_steps": 1, "steps": 2}, "fgsm": {}, "bim": {"steps": 2},
+    "adaptive": {"steps": 2, "k_targets": 2},
 }
 
 
@@ -191,18 +192,24 @@ def test_masked_attacks_on_dlib_gallery(mode: str) -> None:
 def test_every_registered_set_builds_and_runs(toy, name: str) -> None:
     model, x, y = toy
     spec = ATTACK_SETS[name]
-    attack = create_attack(name, **next(v for k, v in TINY.items() if name.startswith(k)))
+    detector = {"detector": toy_detector(32)} if spec.needs_detector else {}
+    attack = create_attack(name, **next(v for k, v in TINY.items() if name.startswith(k)), **detector)
+    model = detector["detector"].model if detector else model
     result = attack(model, x[:2], y[:2], make_targets(y[:2], spec.target_mode, NUM_CLASSES))
     assert result.adversarial.shape == (2, 3, 32, 32) and result.success.dtype == torch.bool
     assert result.l0.shape == result.l2.shape == result.linf.shape == result.iterations.shape == (2,)
+    assert (result.targets is not None) == spec.needs_detector == name.startswith("adaptive")
     assert spec.file_format == ("png" if name.startswith(("patch", "glasses")) else "npy")
-    assert spec.target_mode == ("untargeted" if name in ("fgsm", "bim") else name.rsplit("_", 1)[1])
+    untargeted = name in ("fgsm", "bim") or spec.needs_detector
+    assert spec.target_mode == ("untargeted" if untargeted else name.rsplit("_", 1)[1])
 
 
 def test_registry_names_and_errors(toy) -> None:
-    assert set(ATTACK_SETS) == {f"{family}_{mode}" for family in ("patch", "glasses", "cw_l0", "cw_l2", "cw_li")
-                                for mode in ("first", "next")} | {"fgsm", "bim"}
-    with pytest.raises(KeyError, match="unknown attack set 'cw_l3_first'; registered: bim, cw_l0_first"):
+    published = {f"{family}_{mode}" for family in ("patch", "glasses", "cw_l0", "cw_l2", "cw_li")
+                 for mode in ("first", "next")} | {"fgsm", "bim"}
+    assert set(ATTACK_SETS) == published | {"adaptive_transfer", "adaptive_gradient"}
+    with pytest.raises(KeyError, match="unknown attack set 'cw_l3_first'; registered: adaptive_gradient, "
+                                       "adaptive_transfer, bim, cw_l0_first"):
         create_attack("cw_l3_first")
     with pytest.raises(TypeError, match="attack set 'fgsm': bad parameters {'steps': 3}"):
         create_attack("fgsm", steps=3)

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ami_lightning.cli import CONFIG_PATH
+from ami_lightning.pipeline import needs_witnesses, selected_attacks
 from tests.conftest import compose_config, cpu_config
 
 CONF = Path(CONFIG_PATH)
@@ -46,11 +47,22 @@ def test_every_group_option_composes(group: str, option: str, tmp_path: Path) ->
     _resolve(cfg)
 
 
-def test_default_experiment_has_all_published_sets(tmp_path: Path) -> None:
+def test_default_experiment_has_all_published_and_adaptive_sets(tmp_path: Path) -> None:
     cfg = cpu_config(compose_config("run"), tmp_path)
-    assert list(cfg.attacks) == PUBLISHED_SETS
+    sets = [*PUBLISHED_SETS, "adaptive_transfer", "adaptive_gradient"]
+    assert list(cfg.attacks) == sets
     assert cfg.model._target_ == "ami_lightning.builders.dlib_gallery"
-    assert all(cfg.attacks[name].name == name for name in PUBLISHED_SETS)
+    assert all(cfg.attacks[name].name == name for name in sets)
+    assert cfg.attacks.adaptive_transfer.params.eps == cfg.attacks.adaptive_gradient.params.eps == 2.5
+
+
+def test_attack_list_on_the_command_line_selects_sets_of_the_experiment(tmp_path: Path) -> None:
+    """``ami-run attack=[bim]`` keeps the experiment's budget entries of the other sets, without a name; only the
+    named sets are selected."""
+    cfg = cpu_config(compose_config("run", ["attack=[bim,adaptive_gradient]"]), tmp_path)
+    assert "patch_first" in cfg.attacks and "name" not in cfg.attacks.patch_first
+    assert list(selected_attacks(cfg)) == ["bim", "adaptive_gradient"] and needs_witnesses(cfg)
+    assert not needs_witnesses(cpu_config(compose_config("run", ["attack=[bim]"]), tmp_path))
 
 
 def test_seed_table_names_missing_paths(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from ami_lightning.detector import AmIDetector
 from ami_lightning.lightning_module import AmIEvalModule
 from ami_lightning.metrics import FlagRate
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
-from ami_lightning.rates import flag_rate
+from ami_lightning.rates import eligible_mask, flag_rate
+from ami_lightning.steering import detection_score
 from ami_lightning.witnesses import WitnessSet
 from tests.toy import toy_classifier, toy_faces
 
@@ -121,22 +122,52 @@ def test_eval_module_matches_direct_computation() -> None:
     x, y = toy_faces(32)
     witnesses = WitnessSet.from_mapping({"leye": {"relu1": [0, 1, 2], "relu2": [3, 4, 5]}}, model.hook_layers)
     detector = AmIDetector(model, witnesses, 5.0, (2.15, 5.0))
-    noisy = (x + 70 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
+    noisy = (x + 200 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
     wrong_labels = (y + 1) % 10  # 'adversarial' set where the model is wrong on every sample
     datamodule = AmIDataModule(_Pixels(x, y), {"noise": _Pixels(noisy, y), "shifted": _Pixels(x, wrong_labels)}, 3)
-    module = AmIEvalModule(detector, datamodule.set_names)
+    module = AmIEvalModule(detector, datamodule.set_names, fpr_targets=[0.3, 0.1, 0.3])
+    assert module.fpr_targets == [0.1, 0.3]
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, use_distributed_sampler=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
+    scores = {}
     with torch.no_grad():
         for name, (pixels, labels) in {"benign": (x, y), "noise": (noisy, y), "shifted": (x, wrong_labels)}.items():
             original, steered = detector(pixels)
             expected = flag_rate(original.argmax(1), steered.argmax(1), labels, adversarial=name != "benign")
             row = module.results[name]
             assert (row["flagged"], row["eligible"], row["n"]) == (expected.flagged, expected.eligible, 10)
+            batches = [detector(pixels[i:i + 3]) for i in range(0, 10, 3)]  # the module's batches: the same floats
+            score = torch.cat([detection_score(o, s) for o, s in batches])
+            scores[name] = score[eligible_mask(original.argmax(1), labels, adversarial=name != "benign")].double()
+    benign = scores["benign"]
+    assert len(benign) == 10 and 0 < len(scores["noise"]) < 10  # the noise fools the toy model on some faces
+    for name, set_scores in scores.items():
+        row, eligible = module.results[name], len(set_scores)
+        assert [p.target_fpr for p in row["operating_points"]] == [0.1, 0.3]
+        for point, k in zip(row["operating_points"], (1, 3), strict=True):  # 10 % and 30 % of 10 benign scores
+            threshold = benign.sort(descending=True).values[k].item()
+            assert point.threshold == threshold and point.benign_fpr == k / 10
+            assert point.detected == int((set_scores > threshold).sum())
+            if name != "benign":
+                metrics = trainer.callback_metrics
+                assert float(metrics[f"{name}/detection_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
+                    point.detected / eligible)
+                assert float(metrics[f"{name}/undetected_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
+                    (eligible - point.detected) / 10)
+        if name != "benign":
+            assert float(trainer.callback_metrics[f"{name}/undetected"]) == pytest.approx(
+                (row["eligible"] - row["flagged"]) / row["n"])
+    assert float(trainer.callback_metrics["benign/threshold_at_fpr_0.3"]) == pytest.approx(
+        module.results["benign"]["operating_points"][1].threshold)
     shifted = module.results["shifted"]
     assert shifted["eligible"] == 10 and shifted["auroc"] is not None
-    # 'shifted' holds the benign pixels again, as positives: the same scores as the negatives, so AUROC is 0.5
+    # 'shifted' holds the benign pixels again, as positives: the same scores as the negatives, so AUROC is 0.5 and
+    # exactly the benign fraction is detected at each calibrated threshold
     assert shifted["auroc"] == pytest.approx(0.5)
+    assert [p.detected for p in shifted["operating_points"]] == [1, 3]
+    assert trainer.callback_metrics["shifted/undetected"] == pytest.approx((10 - shifted["flagged"]) / 10)
     with pytest.raises(ValueError, match="first set must be 'benign'"):
         AmIEvalModule(detector, ["noise"])
+    with pytest.raises(ValueError, match=r"a target FPR is a fraction in \[0, 1\], got 5"):
+        AmIEvalModule(detector, ["benign"], fpr_targets=[0.05, 5])

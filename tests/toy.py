@@ -1,4 +1,5 @@
-"""A small face classifier trained in seconds, for attack tests: 10 shipped identities at 32x32 or 64x64 pixels."""
+"""A small face classifier trained in seconds, for attack tests: 10 shipped identities at 32x32 or 64x64 pixels,
+and an AmI detector on it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ami_lightning.detector import AmIDetector
 from ami_lightning.embedded import face_files
 from ami_lightning.images import load_image
+from ami_lightning.layers import hook_layer_names, layer_channels
 from ami_lightning.models.base import Normalize, PixelModel
 from ami_lightning.probes import shift
+from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
 
 NUM_CLASSES = 10
 
@@ -64,3 +68,24 @@ def toy_classifier(size: int = 32, seed: int = 0, steps: int = 150) -> PixelMode
     with torch.no_grad():
         assert bool((model(images).argmax(1) == labels).all()), "toy classifier failed to fit its faces"
     return model
+
+
+@lru_cache(maxsize=4)
+def toy_witnesses(size: int = 32, fraction: float = 0.25, seed: int = 0) -> WitnessSet:
+    """A fixed random ``fraction`` of the channels of each hooked layer of :func:`toy_classifier` as the witnesses
+    of each of the four attributes (the toy has no landmarks to mutate); the same set for a given seed."""
+    model = toy_classifier(size)
+    layers = hook_layer_names(model)
+    generator = torch.Generator().manual_seed(seed)
+    channels = layer_channels(model, layers, size)
+    return WitnessSet.from_mapping(
+        {a: {layer: torch.randperm(c, generator=generator)[: max(1, int(c * fraction))].tolist()
+             for layer, c in channels.items()} for a in ATTRIBUTES},
+        layers,
+    )
+
+
+def toy_detector(size: int = 32) -> AmIDetector:
+    """AmI with the published steering parameters (60, (2.15, 50)), no crop, on :func:`toy_classifier` with
+    :func:`toy_witnesses`: it flags none of the 10 clean faces."""
+    return AmIDetector(toy_classifier(size), toy_witnesses(size), 60.0, (2.15, 50.0), crop_layers=())

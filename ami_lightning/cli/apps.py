@@ -25,18 +25,21 @@ def _witness(cfg: DictConfig) -> None:
 def _eval(cfg: DictConfig) -> float | None:
     classifier = instantiate(cfg.model)
     witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
-    return pipeline.evaluate_and_report(cfg, classifier, witnesses, pipeline.attack_dirs(cfg, classifier))
+    return pipeline.evaluate_and_report(cfg, classifier, witnesses, pipeline.attack_dirs(cfg, classifier, witnesses))
 
 
 def _run(cfg: DictConfig) -> float | None:
     classifier = instantiate(cfg.model)
     witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
-    dirs = pipeline.attack_stage(cfg, classifier)
+    dirs = pipeline.attack_stage(cfg, classifier, witnesses)
     return pipeline.evaluate_and_report(cfg, classifier, witnesses, dirs)
 
 
 def _attack(cfg: DictConfig) -> None:
-    dirs = pipeline.attack_stage(cfg, instantiate(cfg.model))
+    classifier = instantiate(cfg.model)
+    out = Path(cfg.paths.output_dir)
+    witnesses = pipeline.witness_stage(cfg, classifier, out) if pipeline.needs_witnesses(cfg) else None
+    dirs = pipeline.attack_stage(cfg, classifier, witnesses)
     for name, folder in dirs.items():
         print(f"{name}: {folder}")
 

@@ -1,0 +1,156 @@
+"""Adaptive attacks on AmI: attackers who know the detector (Carlini 2019, "Is AmI (Attacks Meet Interpretability)
+Robust to Adversarial Examples?", arXiv 1902.02322).
+
+Both attacks try ``k_targets`` target identities per face at once (one batch of B x K candidates), run targeted
+L-infinity PGD from the clean face (``steps`` signed steps of ``rel_stepsize * eps`` pixel units, projected onto the
+``eps`` ball and [0, 255]), and keep per face the best candidate: one that fools the plain model *and* is not flagged
+by AmI (the steered model agrees on the top-1), else one that fools the plain model with the lowest AmI score, else
+the candidate with the lowest score. Targets: the given ones (K = 1), or, untargeted, the plain model's K likeliest
+wrong identities on the clean face (the cheapest to reach).
+
+* :class:`TransferFilter` (set ``adaptive_transfer``): Carlini's attack. PGD against the plain model only (eps 2.5
+  pixel units = 2.5/255 of the range, 100 steps); AmI is used only to filter the candidates.
+* :class:`AmIGradient` (set ``adaptive_gradient``): PGD through AmI itself on the sum of the plain and the steered
+  model's cross-entropy towards the target, so that both agree on it. The steering factors depend on the sample's
+  own activation statistics (mean, std, min of the witnesses' spatial sums) through clamps and exponentials whose
+  gradients vanish or explode; by default (``gradient="straight_through"``) the backward pass treats them as
+  constants (the steered layer is ``x * f`` with ``f`` fixed at its forward value: BPDA, Athalye et al. 2018),
+  ``gradient="exact"`` differentiates through them.
+
+Both need the detector: ``attack = AmIGradient(detector)``; ``attack(model, images, labels)`` with ``model`` the
+detector's own plain model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ami_lightning.detector import AmIDetector
+from ami_lightning.steering import detection_score
+from attacks.base import Attack, AttackResult, TargetMode
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Gradient = Literal["straight_through", "exact"]
+
+
+def linf_pgd(
+    loss_fn: LossFn,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    eps: float,
+    steps: int,
+    stepsize: float,
+    bounds: tuple[float, float] = (0.0, 255.0),
+) -> torch.Tensor:
+    """Targeted L-infinity PGD without random start: ``steps`` times ``x <- x - stepsize * sign(grad)`` of
+    ``loss_fn(x, targets)`` (per-sample losses (N,) to minimise), projected onto the ``eps`` ball around ``images``
+    (N, 3, H, W) and onto ``bounds``; ``eps`` and ``stepsize`` in pixel units. Returns the adversarial batch."""
+    low, high = bounds
+    x = images.clone()
+    for _ in range(steps):
+        leaf = x.requires_grad_()
+        (grad,) = torch.autograd.grad(loss_fn(leaf, targets).sum(), leaf)
+        x = leaf.detach() - stepsize * grad.sign()
+        x = torch.minimum(torch.maximum(x, images - eps), images + eps).clamp(low, high)
+    return x
+
+
+def likeliest_targets(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) long: per sample, the ``k`` classes of highest logit (B, K) other than the label (B,), highest first;
+    ``ValueError`` if fewer than ``k`` other classes exist."""
+    if not 1 <= k < logits.shape[1]:
+        raise ValueError(f"k_targets must lie in [1, {logits.shape[1] - 1}] for {logits.shape[1]} classes, got {k}")
+    masked = logits.detach().float().scatter(1, labels[:, None], float("-inf"))
+    return masked.topk(k, dim=1).indices
+
+
+def choose_candidates(fools: torch.Tensor, flagged: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Per face, the index (B,) of the best of its K candidates, given (B, K) ``fools`` (the plain model predicts
+    the target), ``flagged`` (AmI flags it) and AmI ``score`` (finite): first those that fool and are not flagged,
+    then those that fool, then the rest; within a group, the lowest score."""
+    group = torch.where(fools & ~flagged, 0, torch.where(fools, 1, 2)).to(score.dtype)
+    span = (score.max() - score.min()).clamp_min(1.0) + 1.0  # orders groups before scores
+    return (group * span + score - score.min()).argmin(1)
+
+
+class AdaptiveAttack(Attack):
+    """Targeted PGD over ``k_targets`` candidate targets per face against an AmI ``detector``, keeping the best
+    candidate (module docstring). Subclasses define the per-sample loss :meth:`loss` (N,) to minimise.
+
+    ``eps`` (pixel units), ``steps``, ``rel_stepsize`` (step = ``rel_stepsize * eps``). :class:`AttackResult`
+    ``targets`` holds the target each face ended with; ``success``: the plain model predicts it.
+    """
+
+    default_target: TargetMode = "untargeted"
+
+    def __init__(
+        self, detector: AmIDetector, eps: float = 2.5, steps: int = 100, rel_stepsize: float = 0.1, k_targets: int = 8
+    ) -> None:
+        if eps <= 0 or rel_stepsize <= 0:
+            raise ValueError(f"eps and rel_stepsize must be positive, got {eps}, {rel_stepsize}")
+        if steps < 1 or k_targets < 1:
+            raise ValueError(f"steps and k_targets must be >= 1, got {steps}, {k_targets}")
+        if not isinstance(detector, AmIDetector):
+            raise TypeError(f"detector must be an AmIDetector, got {type(detector).__name__}")
+        self.detector, self.eps, self.steps, self.k_targets = detector, eps, steps, k_targets
+        self.stepsize = rel_stepsize * eps
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (N,) of pixels x (N, 3, H, W) towards targets (N,); lower is closer to the goal."""
+        raise NotImplementedError
+
+    def run(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+    ) -> AttackResult:
+        if model is not self.detector.model:
+            raise ValueError("the attacked model must be the detector's own plain model (detector.model)")
+        batch = len(images)
+        if targets is None:
+            with torch.no_grad():
+                candidates = likeliest_targets(model(images), labels, self.k_targets)  # (B, K)
+        else:
+            candidates = targets[:, None]
+        k = candidates.shape[1]
+        repeated = images.repeat_interleave(k, 0)  # (B*K, 3, H, W), face-major
+        with torch.enable_grad():
+            adversarial = linf_pgd(self.loss, repeated, candidates.flatten(), self.eps, self.steps, self.stepsize,
+                                   self.bounds)
+        with torch.no_grad():
+            original, steered = self.detector(adversarial)
+        fools = (original.argmax(1) == candidates.flatten()).view(batch, k)
+        flagged = (original.argmax(1) != steered.argmax(1)).view(batch, k)
+        best = choose_candidates(fools, flagged, detection_score(original, steered).view(batch, k))
+        rows = torch.arange(batch, device=images.device)
+        chosen = adversarial.view(batch, k, *images.shape[1:])[rows, best]
+        return AttackResult.build(chosen, images, fools[rows, best], torch.full_like(labels, self.steps),
+                                  targets=candidates[rows, best])
+
+
+class TransferFilter(AdaptiveAttack):
+    """Carlini's transfer-and-filter attack: PGD on the plain model's cross-entropy towards each candidate target;
+    AmI only picks among the results (defaults: eps 2.5 pixel units, 100 steps, 8 targets)."""
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.detector.model(x), targets, reduction="none")
+
+
+class AmIGradient(AdaptiveAttack):
+    """PGD through AmI: the sum of the plain and the steered model's cross-entropy towards the target, with the
+    steering factors straight-through (``gradient="straight_through"``, default) or differentiated
+    (``"exact"``)."""
+
+    def __init__(self, detector: AmIDetector, gradient: Gradient = "straight_through", **kwargs: float) -> None:
+        if gradient not in ("straight_through", "exact"):
+            raise ValueError(f"gradient must be 'straight_through' or 'exact', got {gradient!r}")
+        super().__init__(detector, **kwargs)
+        self.straight_through = gradient == "straight_through"
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        plain = self.detector.model(x)
+        steered = self.detector.steered_logits(x, straight_through=self.straight_through)
+        return F.cross_entropy(plain, targets, reduction="none") + F.cross_entropy(steered, targets, reduction="none")

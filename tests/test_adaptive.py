@@ -1,0 +1,173 @@
+"""Adaptive attacks on AmI (``attacks.adaptive``): PGD, target choice, candidate choice, straight-through gradients,
+and the claim that matters: an attacker who knows AmI gets at least as many undetected successes as plain BIM."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.detector import AmIDetector
+from ami_lightning.embedded import face_files
+from ami_lightning.layers import forward_hooks
+from attacks.adaptive import AmIGradient, TransferFilter, choose_candidates, likeliest_targets, linf_pgd
+from attacks.generate import generate
+from attacks.gradient import BIM
+from attacks.registry import create_attack
+from tests.toy import NUM_CLASSES, toy_detector, toy_faces
+
+BUDGET = {"eps": 32.0, "steps": 10, "rel_stepsize": 0.2}  # the toy needs Linf ~32-48 pixel units to be fooled
+
+
+@pytest.fixture(scope="module")
+def toy() -> tuple[AmIDetector, torch.Tensor, torch.Tensor]:
+    images, labels = toy_faces(32)
+    return toy_detector(32), images, labels
+
+
+def undetected_success(detector: AmIDetector, adversarial: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: fools the plain model and AmI does not flag it."""
+    with torch.no_grad():
+        original, steered = detector(adversarial)
+    return (original.argmax(1) != labels) & (original.argmax(1) == steered.argmax(1))
+
+
+def test_likeliest_targets_against_a_sort() -> None:
+    logits = torch.randn(6, 7, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 3, 6, 2, 2, 5])
+    got = likeliest_targets(logits, labels, 3)
+    for row, label, targets in zip(logits.tolist(), labels.tolist(), got.tolist(), strict=True):
+        reference = sorted((c for c in range(7) if c != label), key=lambda c: -row[c])[:3]
+        assert targets == reference
+    with pytest.raises(ValueError, match=r"k_targets must lie in \[1, 6\] for 7 classes, got 7"):
+        likeliest_targets(logits, labels, 7)
+
+
+def test_choose_candidates_prefers_undetected_then_fooling_then_low_score() -> None:
+    fools = torch.tensor([[True, True, False], [True, False, False], [False, False, False], [True, True, True]])
+    flagged = torch.tensor([[True, False, False], [True, False, False], [True, True, False], [False, False, True]])
+    score = torch.tensor([[0.1, 9.0, 0.0], [5.0, 0.0, 0.0], [3.0, 2.0, 7.0], [4.0, 1.0, 0.0]])
+    assert choose_candidates(fools, flagged, score).tolist() == [1, 0, 1, 1]
+
+
+def test_pgd_stays_in_the_ball_and_lowers_the_loss(toy) -> None:
+    detector, x, y = toy
+    targets = (y + 1) % NUM_CLASSES
+
+    def loss(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(detector.model(z), t, reduction="none")
+
+    adversarial = linf_pgd(loss, x, targets, eps=8.0, steps=5, stepsize=2.0)
+    assert (adversarial - x).abs().max() <= 8.0 + 1e-4 and adversarial.min() >= 0 and adversarial.max() <= 255
+    with torch.no_grad():
+        assert bool((loss(adversarial, targets) < loss(x, targets)).all())
+
+
+def test_straight_through_keeps_values_and_treats_factors_as_constants(toy) -> None:
+    """Reference: the steered model's layers multiplied by the factors of this input, recorded and then applied as
+    constants; its input gradient must equal the straight-through one, and differ from the exact one."""
+    detector, x, y = toy
+    x = x[:3].clone()
+    recorded: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            steered = detector._hook(detector.layers.index(name), name, False)(_module, _inputs, output)
+            recorded[name] = (steered / output).detach()  # the factors (outputs are > 0 where it matters)
+            return steered
+        return hook
+
+    with torch.no_grad(), forward_hooks(detector.model, {name: record(name) for name in detector.layers}):
+        detector.model(x)
+
+    def fixed(name: str):
+        return lambda _module, _inputs, output: output * torch.nan_to_num(recorded[name], nan=1.0)
+
+    gradients = {}
+    for mode in ("reference", "straight_through", "exact"):
+        leaf = x.clone().requires_grad_()
+        if mode == "reference":
+            with forward_hooks(detector.model, {name: fixed(name) for name in detector.layers}):
+                logits = detector.model(leaf)
+        else:
+            logits = detector.steered_logits(leaf, straight_through=mode == "straight_through")
+        (gradients[mode],) = torch.autograd.grad(F.cross_entropy(logits, (y[:3] + 1) % NUM_CLASSES), leaf)
+        gradients[mode + "_logits"] = logits.detach()
+    torch.testing.assert_close(gradients["straight_through_logits"], gradients["exact_logits"])
+    scale = gradients["reference"].abs().max()
+    assert scale > 0
+    torch.testing.assert_close(gradients["straight_through"], gradients["reference"], rtol=1e-4, atol=1e-5 * scale)
+    assert (gradients["straight_through"] - gradients["exact"]).abs().max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("attack_class", [TransferFilter, AmIGradient])
+def test_adaptive_attacks_evade_at_least_as_often_as_bim(toy, attack_class) -> None:
+    detector, x, y = toy
+    assert not detector.is_adversarial(x).any()  # no false positives on the clean faces
+    bim = BIM(**BUDGET)(detector.model, x, y)
+    result = attack_class(detector, k_targets=NUM_CLASSES - 1, **BUDGET)(detector.model, x, y)
+    assert (result.adversarial - x).abs().amax() <= BUDGET["eps"] + 1e-4
+    evaded = undetected_success(detector, result.adversarial, y)
+    bim_evaded = undetected_success(detector, bim.adversarial, y)
+    assert bim_evaded.sum() < len(y)  # AmI catches some of BIM: the comparison means something
+    assert evaded.sum() >= bim_evaded.sum()
+    # the result's fields describe what it returns: success = the plain model predicts the chosen target
+    with torch.no_grad():
+        predicted = detector.model(result.adversarial).argmax(1)
+    assert torch.equal(result.success, predicted == result.targets)
+    assert bool((result.targets != y).all()) and result.iterations.tolist() == [BUDGET["steps"]] * len(y)
+
+
+def test_transfer_keeps_an_undetected_candidate_whenever_one_exists(toy) -> None:
+    """Per face: if any of its K target runs gives an undetected success, the chosen sample is one."""
+    detector, x, y = toy
+    attack = TransferFilter(detector, k_targets=3, **BUDGET)
+    result = attack(detector.model, x, y)
+    with torch.no_grad():
+        candidates = likeliest_targets(detector.model(x), y, 3)
+    any_evades = torch.zeros(len(y), dtype=torch.bool)
+    for j in range(3):
+        single = attack(detector.model, x, y, candidates[:, j])
+        any_evades |= single.success & undetected_success(detector, single.adversarial, y)
+    assert any_evades.any()
+    assert bool((undetected_success(detector, result.adversarial, y) | ~any_evades).all())
+
+
+def test_adaptive_errors(toy) -> None:
+    detector, x, y = toy
+    with pytest.raises(ValueError, match="'adaptive_gradient' attacks the AmI detector itself: pass detector="):
+        create_attack("adaptive_gradient")
+    with pytest.raises(ValueError, match="must be the detector's own plain model"):
+        TransferFilter(detector, steps=1)(copy.deepcopy(detector.model), x[:1], y[:1])
+    with pytest.raises(ValueError, match="gradient must be 'straight_through' or 'exact', got 'bpda'"):
+        AmIGradient(detector, gradient="bpda")
+    with pytest.raises(TypeError, match="detector must be an AmIDetector, got Sequential"):
+        TransferFilter(torch.nn.Sequential())
+
+
+def test_generate_records_the_chosen_targets(toy, tmp_path: Path) -> None:
+    """The generator writes adaptive sets like the others; ``target`` is the attack's choice, success is judged
+    against it on the stored file."""
+    detector, _, _ = toy
+    model = detector.model
+
+    class Small(FaceFiles):
+        def __getitem__(self, index: int):
+            pixels, label, i = super().__getitem__(index)
+            return F.interpolate(pixels[None], size=(32, 32), mode="bilinear", antialias=True)[0].round(), label, i
+
+    dataset = Small(face_files()[:4], list(range(4)))
+    with pytest.raises(ValueError, match="attacks the AmI detector itself"):
+        generate("adaptive_transfer", model, dataset, tmp_path, BUDGET, progress=False)
+    folder = generate("adaptive_transfer", model, dataset, tmp_path, {**BUDGET, "k_targets": 2}, batch_size=3,
+                      detector=detector, progress=False)
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in rows] == [f.with_suffix(".npy").name for f in face_files()[:4]]
+    for row in rows:
+        assert row["target"] != row["label"] and row["target"] >= 0
+        assert row["success"] == (row["adversarial_pred"] == row["target"]) and row["linf"] <= BUDGET["eps"] + 1e-3
