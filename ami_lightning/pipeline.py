@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,22 @@ def cache_key(*parts: Any) -> str:
     blob = json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts],
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def stage_device(cfg: DictConfig) -> torch.device:
+    """Where the witness and attack stages run: the GPU of this process (``cuda:LOCAL_RANK``) when the trainer's
+    accelerator is ``gpu`` / ``cuda`` / ``auto`` and CUDA is available, else the CPU (the test stage goes wherever
+    the trainer puts it)."""
+    if str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def classifier_from(cfg: DictConfig) -> Classifier:
+    """``instantiate(cfg.model)``, moved to :func:`stage_device`."""
+    classifier: Classifier = instantiate(cfg.model)
+    classifier.model.to(stage_device(cfg))
+    return classifier
 
 
 def witness_stage(cfg: DictConfig, classifier: Classifier, out_dir: Path) -> WitnessSet:

@@ -56,7 +56,8 @@ def steering_factors(v: torch.Tensor, witnesses: torch.Tensor, params: SteeringP
     safe_std = torch.where(valid, std, torch.ones_like(std))
     d_weak = torch.where(valid, ((v - mean) / safe_std).clamp_min(0), torch.zeros_like(v))
     d_strong = torch.where(valid, (v - low).abs() / safe_std, torch.zeros_like(v))
-    multiplicity = torch.bincount(witnesses, minlength=v.shape[1]).to(v.dtype)
+    # index_add_ rather than bincount, which waits for the device to size its output
+    multiplicity = v.new_zeros(v.shape[1]).index_add_(0, witnesses, torch.ones_like(witnesses, dtype=v.dtype))
     s0, s1 = params.strengthen
     weak = torch.exp(-d_weak / params.weaken)
     strong = (s0 - torch.exp(-d_strong / s1)).pow(multiplicity)

@@ -78,6 +78,22 @@ def choose_candidates(fools: torch.Tensor, flagged: torch.Tensor, score: torch.T
     return (group * span + score - score.min()).argmin(1)
 
 
+@torch.no_grad()
+def pick_best(
+    detector: AmIDetector, adversarial: torch.Tensor, candidates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per face, the best of its K candidates (:func:`choose_candidates`): ``adversarial`` (B, K, 3, H, W) pixels
+    made for the targets ``candidates`` (B, K). Returns the chosen pixels (B, 3, H, W), whether each fools the
+    plain model (B,) bool, and its target (B,)."""
+    batch, k = candidates.shape
+    original, steered = detector(adversarial.flatten(0, 1))
+    fools = (original.argmax(1) == candidates.flatten()).view(batch, k)
+    flagged = (original.argmax(1) != steered.argmax(1)).view(batch, k)
+    best = choose_candidates(fools, flagged, detection_score(original, steered).view(batch, k))
+    rows = torch.arange(batch, device=candidates.device)
+    return adversarial[rows, best], fools[rows, best], candidates[rows, best]
+
+
 class AdaptiveAttack(Attack):
     """Targeted PGD over ``k_targets`` candidate targets per face against an AmI ``detector``, keeping the best
     candidate (module docstring). Subclasses define the per-sample loss :meth:`loss` (N,) to minimise.
@@ -109,26 +125,19 @@ class AdaptiveAttack(Attack):
     ) -> AttackResult:
         if model is not self.detector.model:
             raise ValueError("the attacked model must be the detector's own plain model (detector.model)")
-        batch = len(images)
         if targets is None:
             with torch.no_grad():
                 candidates = likeliest_targets(model(images), labels, self.k_targets)  # (B, K)
         else:
             candidates = targets[:, None]
-        k = candidates.shape[1]
+        batch, k = candidates.shape
         repeated = images.repeat_interleave(k, 0)  # (B*K, 3, H, W), face-major
         with torch.enable_grad():
             adversarial = linf_pgd(self.loss, repeated, candidates.flatten(), self.eps, self.steps, self.stepsize,
                                    self.bounds)
-        with torch.no_grad():
-            original, steered = self.detector(adversarial)
-        fools = (original.argmax(1) == candidates.flatten()).view(batch, k)
-        flagged = (original.argmax(1) != steered.argmax(1)).view(batch, k)
-        best = choose_candidates(fools, flagged, detection_score(original, steered).view(batch, k))
-        rows = torch.arange(batch, device=images.device)
-        chosen = adversarial.view(batch, k, *images.shape[1:])[rows, best]
-        return AttackResult.build(chosen, images, fools[rows, best], torch.full_like(labels, self.steps),
-                                  targets=candidates[rows, best])
+        chosen, fools, chosen_targets = pick_best(self.detector, adversarial.view(batch, k, *images.shape[1:]),
+                                                  candidates)
+        return AttackResult.build(chosen, images, fools, torch.full_like(labels, self.steps), targets=chosen_targets)
 
 
 class TransferFilter(AdaptiveAttack):

@@ -171,3 +171,23 @@ def test_generate_records_the_chosen_targets(toy, tmp_path: Path) -> None:
     for row in rows:
         assert row["target"] != row["label"] and row["target"] >= 0
         assert row["success"] == (row["adversarial_pred"] == row["target"]) and row["linf"] <= BUDGET["eps"] + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attack_class", [TransferFilter, AmIGradient])
+def test_adaptive_attacks_never_wait_for_the_gpu_per_step(toy, attack_class) -> None:
+    """PGD steps through the plain and the steered model queue work without a host sync."""
+    detector, x, y = toy
+    on_gpu = copy.deepcopy(detector).cuda()
+    x, y = x.cuda(), y.cuda()
+    attack = attack_class(on_gpu, k_targets=3, **{**BUDGET, "steps": 1})
+    attack(on_gpu.model, x, y)  # warm-up (library initialisation)
+    with torch.no_grad():
+        targets = likeliest_targets(on_gpu.model(x), y, 3).flatten()
+    repeated = x.repeat_interleave(3, 0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        adversarial = linf_pgd(attack.loss, repeated, targets, BUDGET["eps"], 5, 6.4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (adversarial - repeated).abs().amax() <= BUDGET["eps"] + 1e-3

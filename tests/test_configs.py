@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ami_lightning.cli import CONFIG_PATH
-from ami_lightning.pipeline import needs_witnesses, selected_attacks
+from ami_lightning.pipeline import needs_witnesses, selected_attacks, stage_device
 from tests.conftest import compose_config, cpu_config
 
 CONF = Path(CONFIG_PATH)
@@ -78,3 +79,18 @@ def test_trainer_options(tmp_path: Path) -> None:
         cfg = compose_config("eval", [f"trainer={option}"])
         assert (cfg.trainer.accelerator, cfg.trainer.devices) == (accelerator, devices)
         assert cfg.trainer.use_distributed_sampler is False
+
+
+def test_witness_and_attack_stages_follow_the_trainer_to_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = cpu_config(compose_config("run"), tmp_path)
+    gpu = compose_config("run", ["trainer=gpu"])
+    assert stage_device(cpu) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert stage_device(gpu) == torch.device("cpu")  # asked for a GPU, none there: the test stage will say so
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert stage_device(gpu) == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert stage_device(gpu) == torch.device("cuda", 1)
+    assert stage_device(cpu) == torch.device("cpu")

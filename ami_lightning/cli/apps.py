@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ami_lightning import pipeline
@@ -18,25 +17,25 @@ from ami_lightning.cli import CONFIG_PATH
 
 def _witness(cfg: DictConfig) -> None:
     out = Path(cfg.paths.output_dir)
-    witnesses = pipeline.witness_stage(cfg, instantiate(cfg.model), out)
+    witnesses = pipeline.witness_stage(cfg, pipeline.classifier_from(cfg), out)
     print(f"witnesses per attribute: {witnesses.count()} at {len(witnesses.steered_layers())} layers -> {out}")
 
 
 def _eval(cfg: DictConfig) -> float | None:
-    classifier = instantiate(cfg.model)
+    classifier = pipeline.classifier_from(cfg)
     witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
     return pipeline.evaluate_and_report(cfg, classifier, witnesses, pipeline.attack_dirs(cfg, classifier, witnesses))
 
 
 def _run(cfg: DictConfig) -> float | None:
-    classifier = instantiate(cfg.model)
+    classifier = pipeline.classifier_from(cfg)
     witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
     dirs = pipeline.attack_stage(cfg, classifier, witnesses)
     return pipeline.evaluate_and_report(cfg, classifier, witnesses, dirs)
 
 
 def _attack(cfg: DictConfig) -> None:
-    classifier = instantiate(cfg.model)
+    classifier = pipeline.classifier_from(cfg)
     out = Path(cfg.paths.output_dir)
     witnesses = pipeline.witness_stage(cfg, classifier, out) if pipeline.needs_witnesses(cfg) else None
     dirs = pipeline.attack_stage(cfg, classifier, witnesses)
