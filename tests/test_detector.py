@@ -14,7 +14,7 @@ from torch import nn
 from ami_lightning.detector import AmIDetector
 from ami_lightning.layers import find_layer
 from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_
-from ami_lightning.steering import PRESETS, SteeringParams, detection_score, steer
+from ami_lightning.steering import PRESETS, SteeringParams, bilinear_matrix, crop_resize, detection_score, steer
 from ami_lightning.witnesses import WitnessSet
 
 
@@ -257,3 +257,12 @@ def test_cuda_matches_cpu(tiny, tiny_x) -> None:
         got = gpu.steered_logits(tiny_x.cuda()).cpu()
     cpu.cpu()
     _assert_rel_close(got, expected, 1e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (4, 64, 14, 14), (1, 5, 13, 9), (3, 2, 7, 7)])
+def test_crop_resize_equals_torch_bilinear_interpolation(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(x[..., 2:-2, 2:-2], size=shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(crop_resize(x, 2), expected, rtol=0, atol=1e-12)
+    matrix = bilinear_matrix(shape[-1] - 4, shape[-1], torch.device("cpu"), torch.float64)
+    torch.testing.assert_close(matrix.sum(1), torch.ones(shape[-1], dtype=torch.float64))  # weights sum to one
