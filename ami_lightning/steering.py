@@ -48,7 +48,7 @@ def steering_factors(v: torch.Tensor, witnesses: torch.Tensor, params: SteeringP
     """
     vw = v.index_select(1, witnesses)
     std, mean = torch.std_mean(vw, dim=1, correction=0, keepdim=True)
-    low, high = torch.aminmax(vw, dim=1, keepdim=True)
+    low, high = vw.amin(1, keepdim=True), vw.amax(1, keepdim=True)  # aminmax has no derivative in torch < 2.12
     # std == 0 exactly when all witness sums are equal; floating-point std of equal values can be a tiny positive
     # number (the mean rounds), which would turn d into noise-sized denominators, so test equality instead: 1 / std
     # where the sums differ, 0 (d = 0) where they do not. Few, fused-friendly ops: each is a kernel launch per layer.

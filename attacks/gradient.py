@@ -39,7 +39,8 @@ class FoolboxLinfAttack(Attack):
     def run(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
     ) -> AttackResult:
-        fmodel = fb.PyTorchModel(model, bounds=self.bounds)
+        # device: foolbox would otherwise move the caller's model to cuda:0 whenever CUDA is present
+        fmodel = fb.PyTorchModel(model, bounds=self.bounds, device=images.device)
         if targets is None:
             attack, criterion = self.attack, fb.criteria.Misclassification(labels)
         else:

@@ -46,7 +46,8 @@ def _foolbox(
     criterion = (
         fb.criteria.Misclassification(labels) if targets is None else fb.criteria.TargetedMisclassification(targets)
     )
-    _, adversarial, success = attack(fb.PyTorchModel(model, bounds=(0, 255)), images, criterion, epsilons=None)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 255), device=images.device)  # not cuda:0 whenever CUDA is present
+    _, adversarial, success = attack(fmodel, images, criterion, epsilons=None)
     return adversarial, success
 
 

@@ -91,7 +91,7 @@ def test_targeted_linf_attacks_reach_their_targets(toy, mode: str) -> None:
 def test_targeted_fgsm_path_is_foolbox_fgsm(toy) -> None:
     """The one-step BIM used for targeted FGSM gives foolbox's FGSM image when both run untargeted."""
     model, x, y = toy
-    fmodel = fb.PyTorchModel(model, bounds=(0, 255))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 255), device=x.device)
     _, ours, _ = FGSM(eps=8.0).targeted_attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=8.0)
     _, theirs, _ = fb.attacks.LinfFastGradientAttack()(fmodel, x, y, epsilons=8.0)
     assert torch.equal(ours, theirs)
@@ -222,3 +222,13 @@ def test_registry_names_and_errors(toy) -> None:
         FGSM()(model, x * 2, y)
     with pytest.raises(ValueError, match="the mask covers no pixel"):
         Patch(size=1)(model, x[:1, :, :4, :4], y[:1])
+
+
+def test_foolbox_attacks_leave_the_model_where_it_is(toy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """foolbox moves a model to cuda:0 whenever CUDA is present unless told its device: FGSM / BIM on CPU inputs must
+    keep a CPU model on the CPU (here CUDA is made to look present)."""
+    model, x, y = toy
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for attack in (FGSM(eps=8.0), BIM(eps=8.0, steps=2)):
+        attack(model, x[:2], y[:2])
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
