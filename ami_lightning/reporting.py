@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -363,9 +364,11 @@ def plot_detection_rates(results: RunResults, path: str | Path) -> Path:
 
 def plot_roc(results: RunResults, path: str | Path) -> Path:
     """ROC curve of the detection score per attack set (vs the benign set), AUROC in the legend, the chance
-    diagonal dotted; a cross marks each set's top-1-disagreement operating point (benign FPR, detection rate)."""
+    diagonal dotted; a cross marks each set's top-1-disagreement operating point (benign FPR, detection rate).
+    Colours: tab10, or tab20 beyond 10 sets, so that no two curves share one."""
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot()
+    ax.set_prop_cycle(color=colormaps["tab10" if len(results.attacks) <= 10 else "tab20"].colors)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     benign = results.benign
     decisions = benign is not None and benign.eligible > 0
