@@ -51,3 +51,34 @@ def test_eval_reads_the_published_layout(reference: Path, tmp_path: Path) -> Non
         cfg.data.attacks_dir = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match=r"attack sets missing under data.attacks_dir=.*\['patch_first'"):
         apps._eval(cfg)
+
+
+@pytest.mark.slow
+def test_adaptive_sets_attack_the_run_detector_and_are_reported(tmp_path: Path) -> None:
+    """``ami-attack`` computes the witnesses the adaptive sets need; their cache depends on the AmI parameters they
+    attack (a published set's does not); ``ami-eval`` reports undetected success and calibrated operating points."""
+    overrides = ["attack=[fgsm,adaptive_transfer,adaptive_gradient]", "logger=none",
+                 "attacks.adaptive_transfer.params.steps=3", "attacks.adaptive_transfer.params.k_targets=2",
+                 "attacks.adaptive_gradient.params.steps=3", "attacks.adaptive_gradient.params.k_targets=2"]
+    cfg = _small(cpu_config(compose_config("attack", overrides), tmp_path), faces=2)
+    apps._attack(cfg)
+    cache = Path(cfg.paths.cache_dir) / "attacks"
+    first = {p.parent.name: p.parent.parent.name for p in cache.glob("*/*/manifest.jsonl")}
+    rows = [json.loads(line) for line in (cache / first["adaptive_transfer"] / "adaptive_transfer"
+                                          / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["target"] >= 0 and r["target"] != r["label"] for r in rows)
+    weaker = _small(cpu_config(compose_config("attack", [*overrides, "ami.weaken=500"]), tmp_path), faces=2)
+    apps._attack(weaker)
+    second = {}
+    for p in cache.glob("*/*/manifest.jsonl"):
+        second.setdefault(p.parent.name, set()).add(p.parent.parent.name)
+    assert second["fgsm"] == {first["fgsm"]}  # unchanged inputs: reused
+    assert len(second["adaptive_transfer"]) == len(second["adaptive_gradient"]) == 2  # a new detector: new sets
+
+    cfg = _small(cpu_config(compose_config("eval", overrides), tmp_path), faces=2)
+    apps._eval(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    for s in results["sets"][1:]:
+        assert s["undetected"] == pytest.approx((s["eligible"] - s["flagged"]) / s["n"])
+        assert [p["target_fpr"] for p in s["operating_points"]] == [0.05, 0.1]
+    assert (Path(cfg.paths.output_dir) / "undetected.png").stat().st_size > 0

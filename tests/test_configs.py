@@ -94,3 +94,14 @@ def test_witness_and_attack_stages_follow_the_trainer_to_the_gpu(
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert stage_device(gpu) == torch.device("cuda", 1)
     assert stage_device(cpu) == torch.device("cpu")
+
+
+def test_adaptive_experiment_compares_bim_at_the_adaptive_budget(tmp_path: Path) -> None:
+    cfg = cpu_config(compose_config("run", ["experiment=adaptive"]), tmp_path)
+    assert list(selected_attacks(cfg)) == ["bim", "adaptive_transfer", "adaptive_gradient"]
+    adaptive = cfg.attacks.adaptive_transfer.params
+    assert (adaptive.eps, adaptive.steps, adaptive.k_targets) == (2.5, 100, 8)
+    for name in ("bim", "adaptive_gradient"):
+        params = cfg.attacks[name].params
+        assert (params.eps, params.steps, params.rel_stepsize) == (adaptive.eps, adaptive.steps, adaptive.rel_stepsize)
+    assert cfg.data.attack_faces is None
