@@ -23,6 +23,7 @@ detector's own plain model.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Literal
 
@@ -116,9 +117,9 @@ class AdaptiveAttack(Attack):
         self.detector, self.eps, self.steps, self.k_targets = detector, eps, steps, k_targets
         self.stepsize = rel_stepsize * eps
 
+    @abstractmethod
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-sample loss (N,) of pixels x (N, 3, H, W) towards targets (N,); lower is closer to the goal."""
-        raise NotImplementedError
 
     def run(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
