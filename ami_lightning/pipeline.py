@@ -14,11 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ami_lightning.builders import Classifier, shipped_faces
+from ami_lightning.builders import Classifier
 from ami_lightning.data.datamodule import AmIDataModule
 from ami_lightning.data.datasets import FaceFiles, attack_set
 from ami_lightning.detector import AmIDetector
-from ami_lightning.embedded import witness_face_files
+from ami_lightning.embedded import face_files, witness_face_files
 from ami_lightning.identities import identity_from_filename
 from ami_lightning.images import load_image
 from ami_lightning.layers import hook_layer_names
@@ -186,23 +186,25 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet 
     from attacks.generate import generate
     from attacks.registry import get_spec
 
-    faces, files = shipped_faces(cfg.data.attack_faces)
+    files = face_files()[: cfg.data.attack_faces]  # paths only: the dataset reads the pixels batch by batch
     index = {name: i for i, name in enumerate(classifier.identities)}
     labels = [index[identity_from_filename(f)] for f in files]
     dataset = FaceFiles(files, labels)
     device = next(classifier.model.parameters()).device
+    chosen = selected_attacks(cfg)
+    detector, detector_key = None, []
+    if any(get_spec(spec.name).needs_detector for spec in chosen.values()):
+        if witnesses is None:
+            raise ValueError("the adaptive attack sets attack the AmI detector: attack_stage needs the witnesses")
+        detector = detector_from(cfg, classifier, witnesses).to(device)
+        detector_key = [cfg.ami, {a: {k: list(v) for k, v in w.items()} for a, w in witnesses.witnesses.items()}]
     dirs = {}
-    for name, spec in selected_attacks(cfg).items():
-        key: list[Any] = [cfg.model, spec, [f.name for f in files], cfg.seed]
-        detector = None
-        if get_spec(spec.name).needs_detector:
-            if witnesses is None:
-                raise ValueError(f"attack set {name!r} attacks the AmI detector: it needs the witnesses")
-            detector = detector_from(cfg, classifier, witnesses).to(device)
-            key += [cfg.ami, {a: {k: list(v) for k, v in w.items()} for a, w in witnesses.witnesses.items()}]
+    for name, spec in chosen.items():
+        needs_detector = get_spec(spec.name).needs_detector
+        key = [cfg.model, spec, [f.name for f in files], cfg.seed, *(detector_key if needs_detector else [])]
         root = Path(cfg.paths.cache_dir) / "attacks" / cache_key(*key)
         torch.manual_seed(cfg.seed)
         dirs[name] = generate(spec.name, classifier.model, dataset, root, spec.get("params", {}),
                               batch_size=cfg.data.batch_size, device=device, num_classes=len(classifier.identities),
-                              detector=detector)
+                              detector=detector if needs_detector else None)
     return dirs

@@ -91,3 +91,15 @@ def cfg_eval_global() -> DictConfig:
 @pytest.fixture
 def cfg_eval(cfg_eval_global: DictConfig, tmp_path: Path) -> DictConfig:
     return cpu_config(cfg_eval_global, tmp_path)
+
+
+def random_predictions(
+    n: int, classes: int, seed: int, p_correct: float, p_agree: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels, original_pred, steered_pred), each (n,) long: the original model right with probability
+    ``p_correct`` (else a random class), the steered one agreeing with it with probability ``p_agree``."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    original = torch.where(torch.rand(n, generator=g) < p_correct, labels, torch.randint(0, classes, (n,), generator=g))
+    steered = torch.where(torch.rand(n, generator=g) < p_agree, original, torch.randint(0, classes, (n,), generator=g))
+    return labels, original, steered

@@ -10,9 +10,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ami_lightning.builders import Classifier
 from ami_lightning.cli import CONFIG_PATH
-from ami_lightning.pipeline import needs_witnesses, selected_attacks, stage_device
+from ami_lightning.embedded import face_files
+from ami_lightning.identities import identity_from_filename
+from ami_lightning.pipeline import attack_stage, needs_witnesses, selected_attacks, stage_device
 from tests.conftest import compose_config, cpu_config
+from tests.toy import toy_classifier
 
 CONF = Path(CONFIG_PATH)
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
@@ -105,3 +109,11 @@ def test_adaptive_experiment_compares_bim_at_the_adaptive_budget(tmp_path: Path)
         params = cfg.attacks[name].params
         assert (params.eps, params.steps, params.rel_stepsize) == (adaptive.eps, adaptive.steps, adaptive.rel_stepsize)
     assert cfg.data.attack_faces is None
+
+
+def test_adaptive_sets_without_witnesses_are_refused(tmp_path: Path) -> None:
+    cfg = cpu_config(compose_config("attack", ["attack=[fgsm,adaptive_transfer]"]), tmp_path)
+    classifier = Classifier("toy", toy_classifier(32), [identity_from_filename(f) for f in face_files()])
+    with pytest.raises(ValueError, match="the adaptive attack sets attack the AmI detector: attack_stage needs"):
+        attack_stage(cfg, classifier, witnesses=None)
+    assert not (Path(cfg.paths.cache_dir) / "attacks").exists()  # refused before any set was generated

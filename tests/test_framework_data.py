@@ -20,6 +20,7 @@ from ami_lightning.models.vgg_face import VGG_FACE_MEAN
 from ami_lightning.rates import eligible_mask, flag_rate
 from ami_lightning.steering import detection_score
 from ami_lightning.witnesses import WitnessSet
+from tests.conftest import random_predictions
 from tests.toy import toy_classifier, toy_faces
 
 NAMES = ["Aaron_Tveit", "Cher", "Ed_Begley_Jr."]
@@ -90,10 +91,7 @@ def test_shard_sampler_covers_each_index_once(length: int, world: int) -> None:
 
 
 def test_flag_rate_metric_matches_kernel() -> None:
-    g = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, 5, (60,), generator=g)
-    original = torch.where(torch.rand(60, generator=g) < 0.6, labels, torch.randint(0, 5, (60,), generator=g))
-    steered = torch.where(torch.rand(60, generator=g) < 0.7, original, torch.randint(0, 5, (60,), generator=g))
+    labels, original, steered = random_predictions(60, 5, seed=1, p_correct=0.6, p_agree=0.7)
     for adversarial in (False, True):
         metric = FlagRate(adversarial)
         for chunk in range(0, 60, 7):

@@ -5,6 +5,7 @@ import math
 import torch
 
 from ami_lightning.rates import Rate, flag_rate
+from tests.conftest import random_predictions
 
 
 def _reference(original, steered, labels, adversarial):
@@ -14,10 +15,7 @@ def _reference(original, steered, labels, adversarial):
 
 
 def test_flag_rate_matches_plain_reference() -> None:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 4, (200,), generator=g)
-    original = torch.where(torch.rand(200, generator=g) < 0.7, labels, torch.randint(0, 4, (200,), generator=g))
-    steered = torch.where(torch.rand(200, generator=g) < 0.8, original, torch.randint(0, 4, (200,), generator=g))
+    labels, original, steered = random_predictions(200, 4, seed=0, p_correct=0.7, p_agree=0.8)
     for adversarial in (False, True):
         rate = flag_rate(original, steered, labels, adversarial)
         assert (rate.flagged, rate.eligible) == _reference(original.tolist(), steered.tolist(), labels.tolist(),
