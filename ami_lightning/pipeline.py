@@ -171,7 +171,7 @@ def sample_pairs(datamodule: AmIDataModule, k: int) -> dict[str, tuple[torch.Ten
 def needs_witnesses(cfg: DictConfig) -> bool:
     """Whether a selected attack set (:func:`selected_attacks`) attacks the AmI detector itself (the adaptive
     sets)."""
-    from attacks.registry import get_spec
+    from ami_lightning.attacks.registry import get_spec
 
     return any(get_spec(spec.name).needs_detector for spec in selected_attacks(cfg).values())
 
@@ -183,8 +183,8 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet 
     for the adaptive sets the AmI parameters and witnesses they attack); generation is resumable, so an
     interrupted run picks up where it stopped. The adaptive sets need ``witnesses`` (``ValueError`` without).
     """
-    from attacks.generate import generate
-    from attacks.registry import get_spec
+    from ami_lightning.attacks.generate import generate
+    from ami_lightning.attacks.registry import get_spec
 
     files = face_files()[: cfg.data.attack_faces]  # paths only: the dataset reads the pixels batch by batch
     index = {name: i for i, name in enumerate(classifier.identities)}

@@ -2,15 +2,15 @@
 
 Every attack is an :class:`Attack`: ``attack(model, images, labels, targets=None) -> AttackResult`` on float pixels
 (B, 3, H, W) in [0, 255]. The published sets are built by name (:func:`create_attack`, :data:`ATTACK_SETS`) and
-written to disk by :func:`attacks.generate.generate` (not re-exported here: the name would hide the module
-``attacks.generate``). The C&W attacks live in :mod:`attacks.cw` (imported on use).
+written to disk by :func:`ami_lightning.attacks.generate.generate` (not re-exported here: the name would hide the module
+``ami_lightning.attacks.generate``). The C&W attacks live in :mod:`ami_lightning.attacks.cw` (imported on use).
 """
 
-from attacks.base import Attack, AttackResult, distortions, is_success, make_targets
-from attacks.generate import merge_manifests, read_manifest
-from attacks.gradient import BIM, FGSM
-from attacks.masked import Eyeglasses, Patch, eyeglasses_mask, patch_mask
-from attacks.registry import ATTACK_SETS, AttackSpec, create_attack, get_spec
+from ami_lightning.attacks.base import Attack, AttackResult, distortions, is_success, make_targets
+from ami_lightning.attacks.generate import merge_manifests, read_manifest
+from ami_lightning.attacks.gradient import BIM, FGSM
+from ami_lightning.attacks.masked import Eyeglasses, Patch, eyeglasses_mask, patch_mask
+from ami_lightning.attacks.registry import ATTACK_SETS, AttackSpec, create_attack, get_spec
 
 __all__ = [
     "ATTACK_SETS",

@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from ami_lightning.detector import AmIDetector
 from ami_lightning.identities import identity_from_filename
-from attacks.base import TARGET_MODES, distortions, is_success, make_targets
-from attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
+from ami_lightning.attacks.base import TARGET_MODES, distortions, is_success, make_targets
+from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
 
 MANIFEST = "manifest.jsonl"
 Row = dict[str, Any]

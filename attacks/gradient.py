@@ -11,7 +11,7 @@ import foolbox as fb
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackResult, TargetMode
+from ami_lightning.attacks.base import Attack, AttackResult, TargetMode
 
 
 class FoolboxLinfAttack(Attack):

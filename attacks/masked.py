@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import Attack, AttackResult, TargetMode, is_success
+from ami_lightning.attacks.base import Attack, AttackResult, TargetMode, is_success
 
 REFERENCE_SIZE = 224  # the pixel frame in which mask locations are given
 

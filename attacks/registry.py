@@ -1,16 +1,16 @@
 """The attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
 
 The 12 published sets, plus the adaptive sets ``adaptive_transfer`` and ``adaptive_gradient``
-(:mod:`attacks.adaptive`), which attack the AmI detector itself and so are built with ``detector=``
+(:mod:`ami_lightning.attacks.adaptive`), which attack the AmI detector itself and so are built with ``detector=``
 (:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted`` mode).
 
 ``create_attack("cw_l2_next", steps=100)`` builds the attack of a set with its defaults overridden;
-``ATTACK_SETS[name].target_mode`` says which targets the set uses (:func:`attacks.base.make_targets`) and
+``ATTACK_SETS[name].target_mode`` says which targets the set uses (:func:`ami_lightning.attacks.base.make_targets`) and
 ``file_format`` how the published samples are stored (``npy``: float32 (3, 224, 224) RGB 0-255; ``png``: 8-bit
-image; the release used JPEG, which :func:`attacks.generate.generate` offers as an option).
+image; the release used JPEG, which :func:`ami_lightning.attacks.generate.generate` offers as an option).
 
 The C&W classes are imported when a C&W attack is built, not when this module is, so the other sets do not depend
-on :mod:`attacks.cw`.
+on :mod:`ami_lightning.attacks.cw`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from attacks.adaptive import AmIGradient, TransferFilter
-from attacks.base import TARGET_MODES, Attack
-from attacks.gradient import BIM, FGSM
-from attacks.masked import Eyeglasses, Patch
+from ami_lightning.attacks.adaptive import AmIGradient, TransferFilter
+from ami_lightning.attacks.base import TARGET_MODES, Attack
+from ami_lightning.attacks.gradient import BIM, FGSM
+from ami_lightning.attacks.masked import Eyeglasses, Patch
 
 FILE_FORMATS: tuple[str, ...] = ("npy", "png", "jpg")
 
@@ -73,9 +73,9 @@ def deferred(module: str, class_name: str) -> Callable[..., Attack]:
 for _mode in ("first", "next"):
     register(AttackSpec(f"patch_{_mode}", Patch, _mode, "png"))
     register(AttackSpec(f"glasses_{_mode}", Eyeglasses, _mode, "png"))
-    register(AttackSpec(f"cw_l0_{_mode}", deferred("attacks.cw", "CarliniWagnerL0"), _mode, "npy"))
-    register(AttackSpec(f"cw_l2_{_mode}", deferred("attacks.cw", "CarliniWagnerL2"), _mode, "npy"))
-    register(AttackSpec(f"cw_li_{_mode}", deferred("attacks.cw", "CarliniWagnerLinf"), _mode, "npy"))
+    register(AttackSpec(f"cw_l0_{_mode}", deferred("ami_lightning.attacks.cw", "CarliniWagnerL0"), _mode, "npy"))
+    register(AttackSpec(f"cw_l2_{_mode}", deferred("ami_lightning.attacks.cw", "CarliniWagnerL2"), _mode, "npy"))
+    register(AttackSpec(f"cw_li_{_mode}", deferred("ami_lightning.attacks.cw", "CarliniWagnerLinf"), _mode, "npy"))
 register(AttackSpec("fgsm", FGSM, "untargeted", "npy"))
 register(AttackSpec("bim", BIM, "untargeted", "npy"))
 register(AttackSpec("adaptive_transfer", TransferFilter, "untargeted", "npy", needs_detector=True))

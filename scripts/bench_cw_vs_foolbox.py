@@ -1,4 +1,4 @@
-"""C&W L2 of ``attacks.cw`` against foolbox's ``L2CarliniWagnerAttack`` at equal budget: success rate, median L2
+"""C&W L2 of ``ami_lightning.attacks.cw`` against foolbox's ``L2CarliniWagnerAttack`` at equal budget: success rate, median L2
 (pixel units, over each attack's successful samples) and wall time. Usage (from the repository root)::
 
     python -m scripts.bench_cw_vs_foolbox                          # toy face classifier, 32x32, CPU
@@ -21,8 +21,8 @@ import foolbox as fb
 import torch
 from torch import nn
 
-from attacks.base import make_targets
-from attacks.cw import PIXEL_SCALE, CarliniWagnerL2
+from ami_lightning.attacks.base import make_targets
+from ami_lightning.attacks.cw import PIXEL_SCALE, CarliniWagnerL2
 
 
 def _synchronise(device: torch.device) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -59,10 +59,10 @@ def faces(reference: Path) -> torch.Tensor:
 def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose ``conf/<name>.yaml`` as the entry points do (Hydra's own config included, so interpolations such as
     ``${hydra:runtime.output_dir}`` resolve once :class:`HydraConfig` is set)."""
-    from ami_lightning.cli import CONFIG_PATH  # also registers the ${asset:...} resolver
+    from ami_lightning.cli import CONFIG_MODULE  # also registers the ${asset:...} resolver
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name=name, overrides=overrides or [], return_hydra_config=True)
 
 

@@ -1,4 +1,4 @@
-"""Adaptive attacks on AmI (``attacks.adaptive``): PGD, target choice, candidate choice, straight-through gradients,
+"""Adaptive attacks on AmI (``ami_lightning.attacks.adaptive``): PGD, target choice, candidate choice, straight-through gradients,
 and the claim that matters: an attacker who knows AmI gets at least as many undetected successes as plain BIM."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from ami_lightning.data.datasets import FaceFiles
 from ami_lightning.detector import AmIDetector
 from ami_lightning.embedded import face_files
 from ami_lightning.layers import forward_hooks
-from attacks.adaptive import AmIGradient, TransferFilter, choose_candidates, likeliest_targets, linf_pgd
-from attacks.generate import generate
-from attacks.gradient import BIM
-from attacks.registry import create_attack
+from ami_lightning.attacks.adaptive import AmIGradient, TransferFilter, choose_candidates, likeliest_targets, linf_pgd
+from ami_lightning.attacks.generate import generate
+from ami_lightning.attacks.gradient import BIM
+from ami_lightning.attacks.registry import create_attack
 from tests.toy import NUM_CLASSES, toy_detector, toy_faces
 
 BUDGET = {"eps": 32.0, "steps": 10, "rel_stepsize": 0.2}  # the toy needs Linf ~32-48 pixel units to be fooled

@@ -14,10 +14,10 @@ import foolbox as fb
 import pytest
 import torch
 
-from attacks.base import Attack, make_targets
-from attacks.gradient import BIM, FGSM
-from attacks.masked import Eyeglasses, MaskedAttack, Patch, eyeglasses_mask, patch_mask
-from attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register
+from ami_lightning.attacks.base import Attack, make_targets
+from ami_lightning.attacks.gradient import BIM, FGSM
+from ami_lightning.attacks.masked import Eyeglasses, MaskedAttack, Patch, eyeglasses_mask, patch_mask
+from ami_lightning.attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register
 from tests.toy import NUM_CLASSES, toy_classifier, toy_detector, toy_faces
 
 BIG_PATCH = {"top": 40, "left": 40, "size": 144}  # in 224-frame pixels: rows / columns 6-25 of a 32 image

@@ -11,14 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ami_lightning.builders import Classifier
-from ami_lightning.cli import CONFIG_PATH
+from ami_lightning.cli import config_dir
 from ami_lightning.embedded import face_files
 from ami_lightning.identities import identity_from_filename
 from ami_lightning.pipeline import attack_stage, needs_witnesses, selected_attacks, stage_device
 from tests.conftest import compose_config, cpu_config
 from tests.toy import toy_classifier
 
-CONF = Path(CONFIG_PATH)
+CONF = config_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
 PUBLISHED_SETS = ["patch_first", "patch_next", "glasses_first", "glasses_next", "cw_l0_first", "cw_l0_next",
                   "cw_l2_first", "cw_l2_next", "cw_li_first", "cw_li_next", "fgsm", "bim"]

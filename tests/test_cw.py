@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, distortions, make_targets
-from attacks.cw import (
+from ami_lightning.attacks.base import AttackResult, distortions, make_targets
+from ami_lightning.attacks.cw import (
     CarliniWagnerAttack,
     CarliniWagnerL0,
     CarliniWagnerL2,

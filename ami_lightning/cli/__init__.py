@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from datetime import datetime
 from pathlib import Path
@@ -12,8 +13,17 @@ from omegaconf import OmegaConf
 
 from ami_lightning.embedded import ASSETS
 
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
-"""The top-level ``conf/`` of the checkout (the package is installed editable, as the README does)."""
+CONFIG_MODULE = "ami_lightning.conf"
+"""The configs' package: the repository's top-level ``conf/``, installed as ``ami_lightning.conf``."""
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+"""Hydra's primary config path, the same in a checkout, an editable install and a wheel; a user adds folders of
+their own with ``--config-dir`` or ``hydra.searchpath``."""
+
+
+def config_dir() -> Path:
+    """The folder holding the installed configs (``conf/`` of the checkout for an editable install)."""
+    return Path(str(importlib.resources.files(CONFIG_MODULE)))
+
 OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
 
 

@@ -125,7 +125,7 @@ class FaceFiles(Dataset):
 
     @classmethod
     def from_manifest(cls, manifest: Path, on_error: OnError = "raise") -> FaceFiles:
-        """An attack set written by ``attacks.generate``: its ``manifest.jsonl`` (file, true label, ...) beside the
+        """An attack set written by ``ami_lightning.attacks.generate``: its ``manifest.jsonl`` (file, true label, ...) beside the
         files."""
         manifest = Path(manifest)
         if not manifest.is_file():
