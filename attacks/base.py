@@ -44,7 +44,8 @@ def distortions(adversarial: torch.Tensor, images: torch.Tensor) -> tuple[torch.
 class AttackResult:
     """Adversarial batch (B, 3, H, W) in bounds, per-sample success (B,) bool, distortions (B,) in pixel units
     (L0 as a count of pixel positions), the iterations each sample used (B,) long, and, for attacks that choose
-    their own targets (:mod:`ami_lightning.attacks.adaptive`), the target (B,) long each sample ended with (else None)."""
+    their own targets (:mod:`ami_lightning.attacks.adaptive`), the target (B,) long each sample ended with (else
+    None)."""
 
     adversarial: torch.Tensor
     success: torch.Tensor

@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from ami_lightning.detector import AmIDetector
-from ami_lightning.identities import identity_from_filename
 from ami_lightning.attacks.base import TARGET_MODES, distortions, is_success, make_targets
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
+from ami_lightning.detector import AmIDetector
+from ami_lightning.identities import identity_from_filename
 
 MANIFEST = "manifest.jsonl"
 Row = dict[str, Any]

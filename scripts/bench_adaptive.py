@@ -5,7 +5,8 @@ Usage (from the repository root)::
     python -m scripts.bench_adaptive                                    # toy CNN of the tests, 32 px, CPU (+ CUDA)
     python -m scripts.bench_adaptive --model dlib --witnesses logs/run/<timestamp>/witnesses --faces 8
 
-``ours``: :class:`ami_lightning.attacks.adaptive.TransferFilter` / :class:`~ami_lightning.attacks.adaptive.AmIGradient` with ``k_targets``
+``ours``: :class:`ami_lightning.attacks.adaptive.TransferFilter` /
+:class:`~ami_lightning.attacks.adaptive.AmIGradient` with ``k_targets``
 candidates per face in one batch of faces x K; ``loop``: the same attack called once per target (K calls on the
 faces' batch, the candidate chosen the same way). Reported: images/s of each, the ratio, and the undetected success
 rate (fools the plain model, AmI does not flag it) of each, which must agree up to float noise. The dlib model needs
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ami_lightning.attacks.adaptive import AdaptiveAttack, AmIGradient, TransferFilter, likeliest_targets, pick_best
 from ami_lightning.detector import AmIDetector
 from ami_lightning.witnesses import WitnessSet
-from ami_lightning.attacks.adaptive import AdaptiveAttack, AmIGradient, TransferFilter, likeliest_targets, pick_best
 from scripts.bench_attacks import timed
 
 

@@ -6,7 +6,8 @@ Usage (from the repository root)::
     python -m scripts.bench_attacks                      # toy face CNN of the tests, 32x32, CPU (+ CUDA if present)
     python -m scripts.bench_attacks --model dlib         # dlib's ResNet gallery (238 identities), first 8 faces
 
-References: FGSM and BIM *are* foolbox's (``ami_lightning.attacks.gradient``), so they are compared with a plain hand-written
+References: FGSM and BIM *are* foolbox's (``ami_lightning.attacks.gradient``), so they are compared with a plain
+hand-written
 PyTorch loop of the same method (``|diff|``: mean / largest pixel difference between the two results; sign
 flips of near-zero gradients, from foolbox's own cross-entropy, may send single pixels different ways); C&W L2
 with foolbox's ``L2CarliniWagnerAttack`` at equal budget (``scripts.bench_cw_vs_foolbox.compare_with_foolbox``);

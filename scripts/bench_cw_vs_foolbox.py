@@ -1,4 +1,5 @@
-"""C&W L2 of ``ami_lightning.attacks.cw`` against foolbox's ``L2CarliniWagnerAttack`` at equal budget: success rate, median L2
+"""C&W L2 of ``ami_lightning.attacks.cw`` against foolbox's ``L2CarliniWagnerAttack`` at equal budget: success
+rate, median L2
 (pixel units, over each attack's successful samples) and wall time. Usage (from the repository root)::
 
     python -m scripts.bench_cw_vs_foolbox                          # toy face classifier, 32x32, CPU

@@ -1,4 +1,5 @@
-"""Adaptive attacks on AmI (``ami_lightning.attacks.adaptive``): PGD, target choice, candidate choice, straight-through gradients,
+"""Adaptive attacks on AmI (``ami_lightning.attacks.adaptive``): PGD, target choice, candidate choice,
+straight-through gradients,
 and the claim that matters: an attacker who knows AmI gets at least as many undetected successes as plain BIM."""
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ami_lightning.data.datasets import FaceFiles
-from ami_lightning.detector import AmIDetector
-from ami_lightning.embedded import face_files
-from ami_lightning.layers import forward_hooks
 from ami_lightning.attacks.adaptive import AmIGradient, TransferFilter, choose_candidates, likeliest_targets, linf_pgd
 from ami_lightning.attacks.generate import generate
 from ami_lightning.attacks.gradient import BIM
 from ami_lightning.attacks.registry import create_attack
+from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.detector import AmIDetector
+from ami_lightning.embedded import face_files
+from ami_lightning.layers import forward_hooks
 from tests.toy import NUM_CLASSES, toy_detector, toy_faces
 
 BUDGET = {"eps": 32.0, "steps": 10, "rel_stepsize": 0.2}  # the toy needs Linf ~32-48 pixel units to be fooled

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import ami_lightning.attacks.generate as gen
-from ami_lightning.data.datasets import FaceFiles
-from ami_lightning.images import load_image
 from ami_lightning.attacks.generate import generate, merge_manifests, read_manifest
 from ami_lightning.attacks.masked import patch_mask
 from ami_lightning.attacks.registry import get_spec
+from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.images import load_image
 from tests.toy import toy_classifier, toy_faces
 
 IDENTITIES = [f"Person_{chr(65 + i)}" for i in range(10)]  # the toy's class names, e.g. Person_A

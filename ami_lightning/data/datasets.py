@@ -125,8 +125,8 @@ class FaceFiles(Dataset):
 
     @classmethod
     def from_manifest(cls, manifest: Path, on_error: OnError = "raise") -> FaceFiles:
-        """An attack set written by ``ami_lightning.attacks.generate``: its ``manifest.jsonl`` (file, true label, ...) beside the
-        files."""
+        """An attack set written by ``ami_lightning.attacks.generate``: its ``manifest.jsonl`` (file, true label,
+        ...) beside the files."""
         manifest = Path(manifest)
         if not manifest.is_file():
             raise FileNotFoundError(f"attack manifest not found: {manifest}")
