@@ -33,9 +33,10 @@ def shipped_faces(limit: int | None = None) -> tuple[torch.Tensor, list[Path]]:
     return torch.stack([load_image(f) for f in files]), files
 
 
-def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64) -> Classifier:
-    """dlib's ResNet as a gallery classifier enrolling one identity per face file of ``faces_dir`` (default: the
-    238 shipped faces), identities from the VGG Face file names."""
+def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64, weights: str | None = None) -> Classifier:
+    """dlib's ResNet (``weights``: a ``.dat`` file, default the one of ``face_recognition_models``) as a gallery
+    classifier enrolling one identity per face file of ``faces_dir`` (default: the 238 shipped faces), identities
+    from the VGG Face file names."""
     if faces_dir is None:
         faces, files = shipped_faces()
     else:
@@ -44,7 +45,7 @@ def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64) -> Classifi
             raise FileNotFoundError(f"no face images in {faces_dir}")
         faces = torch.stack([load_image(f) for f in files])
     identities = [identity_from_filename(f) for f in files]
-    gallery = FaceGallery(create_model("dlib_resnet"), identities, batch_size=batch_size)
+    gallery = FaceGallery(create_model("dlib_resnet", weights), identities, batch_size=batch_size)
     gallery.enrol(faces.float(), torch.arange(len(files)))
     return Classifier("dlib_resnet", gallery, identities)
 

@@ -14,6 +14,14 @@ from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from ami_lightning.data.datasets import SKIPPED
 from ami_lightning.detector import AmIDetector
+from ami_lightning.intervals import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    bootstrap_auroc_interval,
+    check_resamples,
+    wilson_interval,
+)
 from ami_lightning.metrics import FlagRate
 from ami_lightning.rates import eligible_mask
 from ami_lightning.steering import detection_score
@@ -28,14 +36,29 @@ class AmIEvalModule(pl.LightningModule):
     set's :class:`~ami_lightning.thresholds.OperatingPoint` at the score threshold calibrated on the benign scores to
     each of ``fpr_targets`` (benign FPRs, fractions in [0, 1]; deduplicated and sorted). After ``trainer.test`` the
     per-set figures are in :attr:`results` (name -> dict): ``n`` (evaluated), ``skipped``, ``eligible``,
-    ``flagged``, ``rate``, ``auroc`` (None for the benign set or without scores), ``roc_fpr``, ``roc_tpr`` and
-    ``operating_points`` (one per target, ascending).
+    ``flagged``, ``rate``, ``auroc`` (None for the benign set or without scores), ``auroc_ci`` (its 95 % stratified
+    percentile bootstrap interval ``(low, high)``, :func:`~ami_lightning.intervals.bootstrap_auroc_interval` of the
+    same eligible scores with ``bootstrap_resamples`` resamples drawn from a generator seeded with
+    ``bootstrap_seed``; None where ``auroc`` is), ``roc_fpr``, ``roc_tpr`` and ``operating_points`` (one per target,
+    ascending).
+
+    Logged per set: ``<set>/rate`` with its 95 % Wilson interval ``<set>/rate_ci_low`` / ``<set>/rate_ci_high`` (nan
+    when nothing is eligible), ``<set>/auroc`` with ``<set>/auroc_ci_low`` / ``<set>/auroc_ci_high`` where there is
+    one, and the operating-point figures of :func:`~ami_lightning.thresholds.point_metrics`.
+
+    Under DDP the scores are gathered on every process (CatMetric) and the bootstrap depends only on the multisets of
+    scores (it sorts them first) and the seed, so every process computes the same interval, equal to one process's.
     """
 
     DEFAULT_FPR_TARGETS: tuple[float, ...] = (0.05, 0.10)
 
     def __init__(
-        self, detector: AmIDetector, set_names: Sequence[str], fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS
+        self,
+        detector: AmIDetector,
+        set_names: Sequence[str],
+        fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS,
+        bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+        bootstrap_seed: int = BOOTSTRAP_SEED,
     ) -> None:
         super().__init__()
         if not set_names or set_names[0] != "benign":
@@ -43,11 +66,19 @@ class AmIEvalModule(pl.LightningModule):
         self.detector = detector
         self.set_names = list(set_names)
         self.fpr_targets = sorted({check_target_fpr(t) for t in fpr_targets})
+        self.bootstrap_resamples = check_resamples(bootstrap_resamples)
+        self.bootstrap_seed = int(bootstrap_seed)
         self.rates = nn.ModuleList([FlagRate(adversarial=i > 0) for i in range(len(set_names))])
         self.scores = nn.ModuleList([CatMetric(nan_strategy="disable") for _ in set_names])
         self.seen = nn.ModuleList([SumMetric() for _ in set_names])
         self.skipped = nn.ModuleList([SumMetric() for _ in set_names])
         self.results: dict[str, dict[str, object]] = {}
+
+    @property
+    def bootstrap(self) -> dict[str, int]:
+        """The AUROC bootstrap's settings, ``{"resamples": ..., "seed": ...}`` (for
+        :attr:`ami_lightning.reporting.RunResults.bootstrap`)."""
+        return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         pixels, labels = batch[0], batch[1]
@@ -77,6 +108,7 @@ class AmIEvalModule(pl.LightningModule):
                 "flagged": flagged,
                 "rate": float(rate["rate"]),
                 "auroc": None,
+                "auroc_ci": None,
                 "roc_fpr": [],
                 "roc_tpr": [],
                 "operating_points": points,
@@ -85,11 +117,18 @@ class AmIEvalModule(pl.LightningModule):
                 preds = torch.cat([benign_scores, scores])
                 target = torch.cat([torch.zeros_like(benign_scores), torch.ones_like(scores)]).long()
                 fpr, tpr, _ = binary_roc(preds, target)
-                row.update(auroc=float(binary_auroc(preds, target)), roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist())
+                interval = bootstrap_auroc_interval(benign_scores, scores, self.bootstrap_resamples,
+                                                    self.bootstrap_seed, CONFIDENCE)
+                row.update(auroc=float(binary_auroc(preds, target)), auroc_ci=interval, roc_fpr=fpr.tolist(),
+                           roc_tpr=tpr.tolist())
             self.results[name] = row
             self.log(f"{name}/rate", row["rate"], sync_dist=False)
+            for bound, value in zip(("low", "high"), wilson_interval(flagged, eligible, CONFIDENCE), strict=True):
+                self.log(f"{name}/rate_ci_{bound}", value, sync_dist=False)
             if row["auroc"] is not None:
                 self.log(f"{name}/auroc", row["auroc"], sync_dist=False)
+                for bound, value in zip(("low", "high"), row["auroc_ci"], strict=True):
+                    self.log(f"{name}/auroc_ci_{bound}", value, sync_dist=False)
             for key, value in point_metrics(points, n, eligible, flagged, adversarial=i > 0).items():
                 self.log(f"{name}/{key}", value, sync_dist=False)
         for metric in (*self.rates, *self.scores, *self.seen, *self.skipped):

@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ami_lightning.builders import Classifier
+from ami_lightning.cache import STAGE_VERSIONS, cache_key, file_digest, model_identity
 from ami_lightning.data.datamodule import AmIDataModule
-from ami_lightning.data.datasets import FaceFiles, attack_set
+from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set
 from ami_lightning.detector import AmIDetector
 from ami_lightning.embedded import face_files, witness_face_files
+from ami_lightning.files import exclusive, private_dir, publish_dir
 from ami_lightning.identities import identity_from_filename
 from ami_lightning.images import load_image
 from ami_lightning.layers import hook_layer_names
 from ami_lightning.lightning_module import AmIEvalModule
-from ami_lightning.reporting import RunResults, SetResult, is_wandb_logger, print_results, write_all
+from ami_lightning.loggers import log_results
+from ami_lightning.models.dlib_files import CNN_FACE_DETECTOR, SHAPE_PREDICTOR_68, dlib_model_path
+from ami_lightning.provenance import provenance
+from ami_lightning.reporting import RunResults, SampleBatch, SetResult, print_results, scalar_metrics, write_all
+from ami_lightning.validation import check_model_layers
 from ami_lightning.witnesses import WitnessSet
 from ami_lightning.witnesses.from_faces import save_mutation_grid, witnesses_from_faces
-
-
-def cache_key(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (configs as containers)."""
-    blob = json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts],
-                      sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def stage_device(cfg: DictConfig) -> torch.device:
@@ -47,31 +42,48 @@ def stage_device(cfg: DictConfig) -> torch.device:
 def classifier_from(cfg: DictConfig) -> Classifier:
     """``instantiate(cfg.model)``, moved to :func:`stage_device`."""
     classifier: Classifier = instantiate(cfg.model)
+    check_model_layers(cfg, hook_layer_names(classifier.model))
     classifier.model.to(stage_device(cfg))
     return classifier
 
 
+def witness_key(cfg: DictConfig) -> str:
+    """Cache key of the extracted witnesses: stage version, model identity (weights by content), witness rule and
+    the landmark models that place the mutations."""
+    cache_dir = cfg.paths.cache_dir
+    landmarks = {name: file_digest(dlib_model_path(name), cache_dir)
+                 for name in (SHAPE_PREDICTOR_68, CNN_FACE_DETECTOR)}
+    return cache_key("witnesses", STAGE_VERSIONS["witnesses"], model_identity(cfg.model, cache_dir),
+                     bool(cfg.ami.caffe_median), landmarks)
+
+
 def witness_stage(cfg: DictConfig, classifier: Classifier, out_dir: Path) -> WitnessSet:
     """``cfg.ami.witnesses`` if given, else witnesses extracted from the release's faces, cached under
-    ``paths.cache_dir/witnesses/<key>`` (key: model config and witness rule); a copy goes to ``out_dir``."""
+    ``paths.cache_dir/witnesses/<key>`` (:func:`witness_key`); a copy goes to ``out_dir``.
+
+    Concurrent runs on a cold cache: one extracts (under a file lock), the others wait and read its entry; an entry
+    is built in a private folder and renamed into place, so a crash never leaves half of one."""
     if cfg.ami.witnesses:
         witnesses = WitnessSet.read(Path(cfg.ami.witnesses), cfg.ami.witness_format)
     else:
-        cached = Path(cfg.paths.cache_dir) / "witnesses" / cache_key(cfg.model, bool(cfg.ami.caffe_median))
-        if not (cached / "mouth_neurons.txt").is_file():
-            base, others = witness_face_files()
-            found, mutations = witnesses_from_faces(
-                classifier.model, hook_layer_names(classifier.model), base, others, caffe=bool(cfg.ami.caffe_median)
-            )
-            tmp = cached.with_name(cached.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            found.write(tmp)
-            save_mutation_grid(mutations, tmp / "mutations.png")
-            shutil.rmtree(cached, ignore_errors=True)
-            tmp.rename(cached)  # atomic: a crash leaves no half-written cache entry
+        cached = Path(cfg.paths.cache_dir) / "witnesses" / witness_key(cfg)
+        if not _complete_witnesses(cached):
+            with exclusive(cached):
+                if not _complete_witnesses(cached):  # another process may have finished it while we waited
+                    base, others = witness_face_files()
+                    found, mutations = witnesses_from_faces(classifier.model, hook_layer_names(classifier.model),
+                                                            base, others, caffe=bool(cfg.ami.caffe_median))
+                    tmp = private_dir(cached)
+                    found.write(tmp)
+                    save_mutation_grid(mutations, tmp / "mutations.png")
+                    publish_dir(tmp, cached)
         witnesses = WitnessSet.read(cached)
     witnesses.write(out_dir / "witnesses")
     return witnesses
+
+
+def _complete_witnesses(folder: Path) -> bool:
+    return (folder / "mutations.png").is_file()
 
 
 def detector_from(cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet) -> AmIDetector:
@@ -91,9 +103,9 @@ def eval_stage(
     }
     datamodule = AmIDataModule(benign, attacks, cfg.data.batch_size, cfg.data.num_workers)
     module = AmIEvalModule(detector_from(cfg, classifier, witnesses), datamodule.set_names,
-                           fpr_targets=cfg.get("fpr_targets", AmIEvalModule.DEFAULT_FPR_TARGETS))
-    logger = instantiate(cfg.logger) if cfg.get("logger") and "_target_" in cfg.logger else False
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger)
+                           fpr_targets=cfg.get("fpr_targets", AmIEvalModule.DEFAULT_FPR_TARGETS),
+                           bootstrap_resamples=cfg.auroc_bootstrap.resamples, bootstrap_seed=cfg.auroc_bootstrap.seed)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False)  # the logger gets the results once they are written
     torch.manual_seed(cfg.seed)
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module, datamodule
@@ -110,8 +122,10 @@ def attack_dirs(cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet) 
     """Folders of the selected attack sets (:func:`selected_attacks`): under ``data.attacks_dir`` when given (the
     published layout; an error names each missing set), else generated by :func:`attack_stage` (cached)."""
     names = list(selected_attacks(cfg))
-    if not names or not cfg.data.attacks_dir:
-        return attack_stage(cfg, classifier, witnesses) if names else {}
+    if not names:
+        return {}
+    if not cfg.data.attacks_dir:
+        return attack_stage(cfg, classifier, witnesses)
     root = Path(cfg.data.attacks_dir)
     missing = [name for name in names if not (root / name).is_dir()]
     if missing:
@@ -121,27 +135,29 @@ def attack_dirs(cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet) 
 
 def evaluate_and_report(
     cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet, dirs: dict[str, Path]
-) -> float:
-    """Evaluate, print and write the results (files, plots, W&B); returns the sweep objective |FPR - target|."""
+) -> dict[str, float]:
+    """Evaluate; print and write the results (files and plots first, then the logger: :mod:`ami_lightning.loggers`).
+    Returns the run's scalar metrics (:func:`~ami_lightning.reporting.scalar_metrics`) plus ``objective/fpr_gap``,
+    |benign FPR - ``objective.target_fpr``|, the objective of ``hparams_search=optuna``."""
     module, datamodule = eval_stage(cfg, classifier, witnesses, dirs)
     results = run_results(cfg, classifier, module, datamodule)
     if module.trainer.is_global_zero:
         print_results(results)
-        write_all(results, Path(cfg.paths.output_dir), module.logger)
-    if is_wandb_logger(module.logger):
-        module.logger.experiment.finish()  # the next job of a multirun starts its own W&B run
-    fpr = module.results["benign"]["rate"]
-    return abs(float(fpr) - float(cfg.objective.target_fpr))
+        figures = write_all(results, Path(cfg.paths.output_dir))
+        log_results(cfg, results, {name: path for name, path in figures.items() if path.suffix == ".png"})
+    metrics = scalar_metrics(results)
+    metrics["objective/fpr_gap"] = abs(float(module.results["benign"]["rate"]) - float(cfg.objective.target_fpr))
+    return metrics
 
 
 def run_results(
     cfg: DictConfig, classifier: Classifier, module: AmIEvalModule, datamodule: AmIDataModule
 ) -> RunResults:
-    """The module's per-set figures as :class:`~ami_lightning.reporting.RunResults`, with a few sample images."""
+    """The module's per-set figures as :class:`~ami_lightning.reporting.RunResults`, with a few labelled samples."""
     rows = [
         SetResult(name=name, adversarial=name != "benign", n=int(r["n"]), eligible=int(r["eligible"]),
                   flagged=int(r["flagged"]), auroc=r["auroc"], roc_fpr=list(r["roc_fpr"]), roc_tpr=list(r["roc_tpr"]),
-                  operating_points=list(r["operating_points"]))
+                  operating_points=list(r["operating_points"]), auroc_ci=r.get("auroc_ci"))
         for name, r in module.results.items()
     ]
     return RunResults(
@@ -149,23 +165,40 @@ def run_results(
         weaken=float(cfg.ami.weaken),
         strengthen=(float(cfg.ami.strengthen0), float(cfg.ami.strengthen1)),
         model=classifier.name,
-        extra={"skipped": {name: r["skipped"] for name, r in module.results.items()}},
-        samples=sample_pairs(datamodule, k=4),
+        extra={"skipped": {name: r["skipped"] for name, r in module.results.items()},
+               "provenance": provenance(device=module.device)},
+        bootstrap=module.bootstrap,
+        samples=sample_batches(datamodule, module.detector, classifier.identities, k=4),
     )
 
 
-def sample_pairs(datamodule: AmIDataModule, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(original, adversarial) pixels of the first ``k`` files of each attack set whose original face is known
-    (a manifest written by the generator names it)."""
-    pairs = {}
+@torch.no_grad()
+def sample_batches(
+    datamodule: AmIDataModule, detector: AmIDetector, identities: list[str], k: int
+) -> dict[str, SampleBatch]:
+    """The first ``k`` readable files of each attack set whose original face is known (a generator's manifest names
+    it): original and adversarial pixels, the true identity, the model's identity for the adversarial image and
+    whether the detector flags it."""
+    batches = {}
+    device = next(detector.parameters()).device
     for name, dataset in datamodule.datasets.items():
         originals = getattr(dataset, "originals", None)
         if name == "benign" or not originals:
             continue
-        count = min(k, len(dataset))
-        adversarial = torch.stack([dataset[i][0] for i in range(count)])
-        pairs[name] = (torch.stack([load_image(p).float() for p in originals[:count]]), adversarial)
-    return pairs
+        items = [item for item in (dataset[i] for i in range(min(k, len(dataset)))) if item[1] != SKIPPED]
+        if not items:
+            continue
+        adversarial = torch.stack([pixels for pixels, _, _ in items])
+        x = adversarial.to(device)
+        predicted = detector.model(x).argmax(1).tolist()
+        batches[name] = SampleBatch(
+            original=torch.stack([load_image(originals[index]).float() for _, _, index in items]),
+            adversarial=adversarial,
+            true_identity=[identities[label] for _, label, _ in items],
+            adversarial_identity=[identities[p] for p in predicted],
+            flagged=detector.is_adversarial(x).tolist(),
+        )
+    return batches
 
 
 def needs_witnesses(cfg: DictConfig) -> bool:
@@ -197,11 +230,16 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, witnesses: WitnessSet 
         if witnesses is None:
             raise ValueError("the adaptive attack sets attack the AmI detector: attack_stage needs the witnesses")
         detector = detector_from(cfg, classifier, witnesses).to(device)
-        detector_key = [cfg.ami, {a: {k: list(v) for k, v in w.items()} for a, w in witnesses.witnesses.items()}]
+        ami = cfg.ami
+        detector_key = [{"weaken": ami.weaken, "strengthen": [ami.strengthen0, ami.strengthen1],
+                         "crop_layers": list(ami.crop_layers)},
+                        {a: {k: list(v) for k, v in w.items()} for a, w in witnesses.witnesses.items()}]
+    model_key = model_identity(cfg.model, cfg.paths.cache_dir)
     dirs = {}
     for name, spec in chosen.items():
         needs_detector = get_spec(spec.name).needs_detector
-        key = [cfg.model, spec, [f.name for f in files], cfg.seed, *(detector_key if needs_detector else [])]
+        key = ["attacks", STAGE_VERSIONS["attacks"], model_key, spec, [f.name for f in files], cfg.seed,
+               *(detector_key if needs_detector else [])]
         root = Path(cfg.paths.cache_dir) / "attacks" / cache_key(*key)
         torch.manual_seed(cfg.seed)
         dirs[name] = generate(spec.name, classifier.model, dataset, root, spec.get("params", {}),

@@ -5,6 +5,8 @@ The 12 published sets, plus the adaptive sets ``adaptive_transfer`` and ``adapti
 (:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted`` mode).
 
 ``create_attack("cw_l2_next", steps=100)`` builds the attack of a set with its defaults overridden;
+``ATTACK_SETS[name].parameters()`` lists the keyword parameters its constructor takes (what ``attacks.<set>.params``
+of a config may set), without building an attack;
 ``ATTACK_SETS[name].target_mode`` says which targets the set uses (:func:`ami_lightning.attacks.base.make_targets`) and
 ``file_format`` how the published samples are stored (``npy``: float32 (3, 224, 224) RGB 0-255; ``png``: 8-bit
 image; the release used JPEG, which :func:`ami_lightning.attacks.generate.generate` offers as an option).
@@ -16,6 +18,7 @@ on :mod:`ami_lightning.attacks.cw`.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +51,16 @@ class AttackSpec:
             raise ValueError(f"attack set {self.name!r}: unknown file format {self.file_format!r}; "
                              f"expected one of {FILE_FORMATS}")
 
+    def constructor(self) -> Callable[..., Attack]:
+        """What :attr:`factory` calls: the attack class itself for a :class:`Deferred` factory (its module is
+        imported, nothing is built), else the factory."""
+        return self.factory.resolve() if isinstance(self.factory, Deferred) else self.factory
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The keyword parameters of :meth:`constructor`, by name (see :func:`keyword_parameters`); for a set that
+        :attr:`needs_detector`, ``detector`` is among them (the pipeline passes it, not the config)."""
+        return keyword_parameters(self.constructor())
+
 
 ATTACK_SETS: dict[str, AttackSpec] = {}
 
@@ -60,14 +73,62 @@ def register(spec: AttackSpec) -> AttackSpec:
     return spec
 
 
-def deferred(module: str, class_name: str) -> Callable[..., Attack]:
-    """A factory that imports ``module`` and builds its ``class_name`` only when called."""
+def keyword_parameters(constructor: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The parameters of ``constructor`` that can be passed by keyword, by name, in signature order.
 
-    def factory(**params: Any) -> Attack:
-        return getattr(importlib.import_module(module), class_name)(**params)
+    For a class, ``**kwargs`` of an ``__init__`` are taken to be passed on to the base class's ``__init__`` (as every
+    attack here does: ``Patch(**settings)`` -> ``MaskedAttack``, ``AmIGradient(**kwargs)`` -> ``AdaptiveAttack``),
+    so the base's parameters are added; a ``**kwargs`` that reaches ``object`` (or a function's own) is kept in the
+    result as a ``VAR_KEYWORD`` parameter: any keyword is accepted. ``self`` and positional-only parameters are left
+    out.
+    """
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if not isinstance(constructor, type):
+        return {name: p for name, p in inspect.signature(constructor).parameters.items()
+                if p.kind in keyword or p.kind is inspect.Parameter.VAR_KEYWORD}
+    found: dict[str, inspect.Parameter] = {}
+    open_ended: inspect.Parameter | None = None
+    for cls in constructor.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        if cls is object:
+            break
+        params = list(inspect.signature(init).parameters.values())[1:]  # without self
+        for p in params:
+            if p.kind in keyword:
+                found.setdefault(p.name, p)
+        open_ended = next((p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+        if open_ended is None:
+            return found
+    if open_ended is not None:
+        found[open_ended.name] = open_ended
+    return found
 
-    factory.__qualname__ = factory.__name__ = class_name
-    return factory
+
+class Deferred:
+    """A factory that imports ``module`` and builds its ``class_name`` only when called; :meth:`resolve` gives the
+    class without building anything."""
+
+    def __init__(self, module: str, class_name: str) -> None:
+        self.module, self.class_name = module, class_name
+        self.__name__ = self.__qualname__ = class_name
+
+    def resolve(self) -> type[Attack]:
+        """The class (its module imported)."""
+        cls: type[Attack] = getattr(importlib.import_module(self.module), self.class_name)
+        return cls
+
+    def __call__(self, **params: Any) -> Attack:
+        return self.resolve()(**params)
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.module!r}, {self.class_name!r})"
+
+
+def deferred(module: str, class_name: str) -> Deferred:
+    """A factory that imports ``module`` and builds its ``class_name`` only when called (:class:`Deferred`)."""
+    return Deferred(module, class_name)
 
 
 for _mode in ("first", "next"):

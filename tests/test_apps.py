@@ -9,8 +9,9 @@ import pytest
 from omegaconf import open_dict
 
 from ami_lightning.cli import apps
+from ami_lightning.validation import ConfigError
 from ami_lightning.witnesses import WitnessSet
-from tests.conftest import compose_config, cpu_config
+from tests.conftest import compose_config, cpu_config, reference_data
 
 
 def _small(cfg, faces: int = 3):
@@ -22,7 +23,8 @@ def _small(cfg, faces: int = 3):
 
 def test_eval_with_generated_sets_writes_results(tmp_path: Path) -> None:
     cfg = _small(cpu_config(compose_config("eval", ["attack=[fgsm,glasses_next]", "logger=csv",
-                                                    "+attacks.glasses_next.params.steps=30"]), tmp_path))
+                                                    "+attacks.glasses_next.params.steps=30",
+                                                    "optimized_metric=objective/fpr_gap"]), tmp_path))
     objective = apps._eval(cfg)
     out = Path(cfg.paths.output_dir)
     results = json.loads((out / "results.json").read_text())
@@ -32,25 +34,43 @@ def test_eval_with_generated_sets_writes_results(tmp_path: Path) -> None:
     assert benign["n"] == 48 and benign["auroc"] is None
     assert objective == pytest.approx(abs((benign["rate"] or 0) - 0.0991))
     assert all(s["n"] == 3 for s in results["sets"][1:])
-    for name in ("results.md", "detection_rates.png", "roc.png", "samples.png"):
+    for name in ("results.md", "detection_rates.png", "roc.png", "samples/fgsm.png", "samples/glasses_next.png"):
         assert (out / name).stat().st_size > 0
     assert WitnessSet.read(out / "witnesses").count()["leye"] > 0
+    (metrics,) = (out / "csv").rglob("metrics.csv")  # the logger got the figures after the files were written
+    assert "benign/rate" in metrics.read_text().splitlines()[0]
+    assert "weaken: 1000.0" in next((out / "csv").rglob("hparams.yaml")).read_text()  # and the whole config
     # a second run reuses the cached witnesses and attack sets (no new files in the cache)
     cache = sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file())
     apps._eval(cfg)
     assert sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file()) == cache
 
 
-def test_eval_reads_the_published_layout(reference: Path, tmp_path: Path) -> None:
+def test_eval_reads_the_published_layout(tmp_path: Path) -> None:
+    adversarial = reference_data("adversarial")  # the release's samples
     cfg = _small(cpu_config(compose_config("eval", ["attack=[patch_first,cw_l2_first]",
-                                                    f"data.attacks_dir={reference / 'adversarial'}"]), tmp_path))
+                                                    f"data.attacks_dir={adversarial}"]), tmp_path))
     apps._eval(cfg)  # the release's samples are of identities among the 238 shipped ones
     sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
     assert [(s["name"], s["n"]) for s in sets[1:]] == [("patch_first", 3), ("cw_l2_first", 3)]  # .jpg and .npy
     with open_dict(cfg):
         cfg.data.attacks_dir = str(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"attack sets missing under data.attacks_dir=.*\['patch_first'"):
+    with pytest.raises(ConfigError, match=r"data.attacks_dir='.*missing': no such folder"):
         apps._eval(cfg)
+
+
+@pytest.mark.slow
+def test_run_reads_data_attacks_dir_like_eval(tmp_path: Path) -> None:
+    """One attack-set path: ``ami-run`` with ``data.attacks_dir`` reads the sets there and generates nothing."""
+    made = _small(cpu_config(compose_config("attack", ["attack=[fgsm]", "logger=none"]), tmp_path / "made"), faces=2)
+    apps._attack(made)
+    (folder,) = (Path(made.paths.cache_dir) / "attacks").glob("*/fgsm")
+    cfg = _small(cpu_config(compose_config("run", ["attack=[fgsm]", f"data.attacks_dir={folder.parent}",
+                                                   "logger=none"]), tmp_path / "run"), faces=2)
+    apps._eval(cfg)
+    assert not (Path(cfg.paths.cache_dir) / "attacks").exists()
+    sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
+    assert [(s["name"], s["n"]) for s in sets] == [("benign", 48), ("fgsm", 2)]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ def dlib_model() -> PixelModel:
 
 @pytest.fixture(scope="module")
 def enrolled(dlib_model: PixelModel, faces: torch.Tensor) -> tuple[FaceGallery, torch.Tensor]:
-    """A gallery of the first five reference faces, one image each, and those faces (5, 3, 224, 224)."""
+    """A gallery of the first five shipped faces, one image each, and those faces (5, 3, 224, 224)."""
     gallery = FaceGallery(dlib_model, [f"person{i}" for i in range(5)])
     gallery.enrol(faces[:5], torch.arange(5))
     return gallery, faces[:5]
@@ -92,3 +92,20 @@ def test_enrol_errors() -> None:
     with pytest.raises(ValueError, match="at least one identity"):
         FaceGallery(nn.Flatten(), [])
     assert not bool(gallery.enrolled.any())
+
+
+def test_state_dict_restores_a_gallery_that_classifies() -> None:
+    """A gallery saved after enrolment and loaded into a fresh one classifies like the original (the host-side
+    enrolment flag follows the loaded buffer); a partial gallery stays refused after loading."""
+    embedder = nn.Flatten()
+    images = torch.arange(4 * 6, dtype=torch.float32).view(4, 3, 1, 2)
+    saved = FaceGallery(embedder, ["a", "b", "c"], dim=6)
+    saved.enrol(images[:3], torch.tensor([0, 1, 2]))
+    restored = FaceGallery(embedder, ["a", "b", "c"], dim=6)
+    assert restored.load_state_dict(saved.state_dict()) is not None
+    torch.testing.assert_close(restored(images), saved(images))
+    partial = FaceGallery(embedder, ["a", "b", "c"], dim=6)
+    partial.enrol(images[:1], torch.tensor([0]))
+    restored.load_state_dict(partial.state_dict())
+    with pytest.raises(RuntimeError, match=r"not enrolled.*\['b', 'c'\]"):
+        restored(images)

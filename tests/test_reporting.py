@@ -1,4 +1,5 @@
-"""The reporting of one evaluation run: tables, results files, plots, sample grid and W&B (offline) logging."""
+"""The reporting of one evaluation run: tables, results files with intervals, plots, sample figures and W&B (offline)
+logging. Wilson intervals are checked against SciPy's."""
 
 from __future__ import annotations
 
@@ -15,11 +16,18 @@ import pytest
 import torch
 from PIL import Image
 from rich.console import Console
+from scipy.stats import binomtest
 
 from ami_lightning.reporting import (
     DIFF_GAIN,
+    FLAG_COLOURS,
+    SAMPLE_ROWS,
+    THUMBNAIL,
     RunResults,
+    SampleBatch,
     SetResult,
+    error_bars,
+    interval_methods,
     log_to_wandb,
     plot_detection_rates,
     plot_roc,
@@ -27,14 +35,41 @@ from ami_lightning.reporting import (
     print_results,
     read_results,
     results_table,
-    save_sample_grid,
+    sample_caption,
+    sample_cell_box,
+    sample_figure_caption,
+    sample_figure_size,
+    save_sample_figure,
+    save_sample_figures,
     scalar_metrics,
+    thumbnail_rows,
+    wandb_table_rows,
     write_all,
     write_results,
 )
 from ami_lightning.thresholds import OperatingPoint
 
 H = W = 32
+PATCH_AUROC_CI = (0.9012, 0.9771)  # a bootstrap interval as the evaluation module would give it
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """SciPy's 95 % Wilson score interval of k of n (the independent reference)."""
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _brackets(k: int, n: int) -> str:
+    """`` [low, high]`` in % with one decimal, from SciPy's interval."""
+    low, high = _wilson(k, n)
+    return f" [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _batch(k: int, size: int = H, value: float = 100.0, step: float = 5.0) -> SampleBatch:
+    """k uniform grey samples (original ``value``, adversarial ``value + step``); flagged on even columns."""
+    original = torch.full((k, 3, size, size), value)
+    return SampleBatch(original, original + step, [f"Person_{i}" for i in range(k)],
+                       [f"Other_{i}" for i in range(k)], [i % 2 == 0 for i in range(k)])
 
 
 def _points(detected: tuple[int, int]) -> list[OperatingPoint]:
@@ -46,12 +81,10 @@ def _points(detected: tuple[int, int]) -> list[OperatingPoint]:
 def results() -> RunResults:
     """Benign 33/343 flagged (9.62 %), two attack sets with ROC points and one with nothing eligible; operating points
     at 5 % and 10 % benign FPR."""
-    original = torch.full((4, 3, H, W), 100.0)
-    adversarial = original + 5.0  # |difference| x 10 = 50
     return RunResults(
         sets=[
             SetResult("benign", False, n=400, eligible=343, flagged=33, operating_points=_points((17, 34))),
-            SetResult("patch_first", True, n=100, eligible=90, flagged=81, auroc=0.9321,
+            SetResult("patch_first", True, n=100, eligible=90, flagged=81, auroc=0.9321, auroc_ci=PATCH_AUROC_CI,
                       roc_fpr=[0.0, 0.05, 0.2, 1.0], roc_tpr=[0.0, 0.7, 0.95, 1.0], operating_points=_points((71, 80))),
             SetResult("cw_l2_next", True, n=50, eligible=48, flagged=12, auroc=0.6125,
                       roc_fpr=[0.0, 0.1, 0.5, 1.0], roc_tpr=[0.0, 0.2, 0.7, 1.0], operating_points=_points((5, 9))),
@@ -61,29 +94,36 @@ def results() -> RunResults:
         strengthen=(2.15, 50.0),
         model="dlib_resnet",
         extra={"accuracy": 0.9575, "skipped": {"benign": 0, "patch_first": 2}},
-        samples={"patch_first": (original, adversarial), "cw_l2_next": (original[:3], adversarial[:3])},
+        samples={"patch_first": _batch(4), "cw_l2_next": _batch(3)},  # |difference| x 10 = 50
+        bootstrap={"resamples": 1000, "seed": 0},
     )
 
 
 def test_rates_and_their_text(results: RunResults) -> None:
     benign, patch, _, fgsm = results.sets
     assert benign.rate == pytest.approx(33 / 343) and benign.metric == "FPR"
-    assert benign.rate_text() == "9.62 % (33/343)" and benign.auroc_text() == "-"
-    assert patch.rate_text() == "90.00 % (81/90)" and patch.metric == "detection"
+    assert benign.rate_text() == "9.62 % (33/343)" + _brackets(33, 343) and benign.auroc_text() == "-"
+    assert benign.rate_text(ci=False) == "9.62 % (33/343)"
+    assert patch.rate_text() == "90.00 % (81/90)" + _brackets(81, 90) and patch.metric == "detection"
+    assert patch.auroc_text() == "0.932 [0.901, 0.977]" and patch.auroc_text(ci=False) == "0.932"
     assert math.isnan(fgsm.rate) and fgsm.rate_text() == "n/a (0/0)"
+    assert SetResult("x", True, 8, 8, 7).rate_text() == "87.50 % (7/8)" + _brackets(7, 8)
+    assert SetResult("x", True, 8, 8, 7, auroc=0.9).auroc_text() == "0.900"  # no interval: the value alone
     assert results.benign is benign and [s.name for s in results.attacks] == ["patch_first", "cw_l2_next", "fgsm"]
 
 
 def test_operating_point_rates_and_undetected(results: RunResults) -> None:
     benign, patch, cw, fgsm = results.sets
     assert results.fpr_targets == [0.05, 0.1]
-    assert patch.detection_at(0.05) == pytest.approx(71 / 90) and patch.detection_at_text(0.05) == "78.89 % (71/90)"
-    assert patch.undetected_rate == pytest.approx(0.09) and patch.undetected_text() == "9.00 % (9/100)"
+    assert patch.detection_at(0.05) == pytest.approx(71 / 90)
+    assert patch.detection_at_text(0.05) == "78.89 % (71/90)" + _brackets(71, 90)
+    assert patch.undetected_rate == pytest.approx(0.09)
+    assert patch.undetected_text() == "9.00 % (9/100)" + _brackets(9, 100)
     assert patch.undetected_at(0.05) == pytest.approx(0.19) and patch.undetected_at(0.1) == pytest.approx(0.10)
     assert cw.undetected_rate == pytest.approx(36 / 50) and cw.undetected_at(0.1) == pytest.approx(39 / 50)
     assert benign.detection_at(0.05) == pytest.approx(17 / 343) and benign.detection_at_text(0.1) == "9.91 % (34/343)"
     assert math.isnan(benign.undetected_rate) and benign.undetected_text() == "-"
-    assert fgsm.undetected_rate == 0.0 and fgsm.undetected_text() == "0.00 % (0/20)"
+    assert fgsm.undetected_rate == 0.0 and fgsm.undetected_text() == "0.00 % (0/20)" + _brackets(0, 20)
     assert math.isnan(fgsm.detection_at(0.05)) and fgsm.detection_at_text(0.05) == "n/a (0/0)"
     assert patch.point(0.2) is None and math.isnan(patch.detection_at(0.2)) and patch.detection_at_text(0.2) == "-"
     no_threshold = SetResult("x", True, n=10, eligible=4, flagged=1,
@@ -91,20 +131,52 @@ def test_operating_point_rates_and_undetected(results: RunResults) -> None:
     assert math.isnan(no_threshold.undetected_at(0.05)) and no_threshold.detection_at_text(0.05) == "-"
 
 
+def test_wilson_intervals_follow_from_the_counts(results: RunResults) -> None:
+    benign, patch, cw, fgsm = results.sets
+    assert benign.rate_ci() == pytest.approx(_wilson(33, 343), rel=1e-12)
+    assert patch.rate_ci() == pytest.approx(_wilson(81, 90), rel=1e-12)
+    assert patch.undetected_ci() == pytest.approx(_wilson(90 - 81, 100), rel=1e-12)
+    assert patch.detection_ci_at(0.05) == pytest.approx(_wilson(71, 90), rel=1e-12)
+    assert cw.undetected_ci_at(0.1) == pytest.approx(_wilson(48 - 9, 50), rel=1e-12)
+    assert fgsm.undetected_ci() == pytest.approx(_wilson(0, 20), rel=1e-12) and fgsm.undetected_ci()[0] == 0.0
+    for interval in (fgsm.rate_ci(), fgsm.detection_ci_at(0.05), benign.undetected_ci(), benign.detection_ci_at(0.05),
+                     benign.undetected_ci_at(0.05), patch.detection_ci_at(0.2), patch.undetected_ci_at(0.2)):
+        assert all(math.isnan(bound) for bound in interval)  # undefined: nothing eligible, benign, no threshold
+    for s in (patch, cw):  # each interval holds its rate
+        for (low, high), value in ((s.rate_ci(), s.rate), (s.undetected_ci(), s.undetected_rate),
+                                   (s.detection_ci_at(0.1), s.detection_at(0.1))):
+            assert low <= value <= high
+    assert results.intervals() == interval_methods({"resamples": 1000, "seed": 0}) == {
+        "rates": "Wilson score, 95 %", "auroc": "stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0",
+        "calibrated": interval_methods(None)["calibrated"]}
+    assert interval_methods(None)["auroc"] == "stratified bootstrap, percentile, 95 % (resamples and seed not recorded)"
+    assert interval_methods({"resamples": 200, "seed": 7}, 0.9)["auroc"].endswith("90 %, 200 resamples, seed 7")
+
+
 def test_rich_table_has_counts_next_to_every_rate(results: RunResults) -> None:
     table = results_table(results)
     assert [c.header for c in table.columns] == ["set", "metric", "n", "eligible", "flagged", "rate", "AUROC",
                                                  "det@5%FPR", "det@10%FPR", "undetected"]
     assert table.row_count == 4
-    console = Console(record=True, width=220, file=io.StringIO())
+    console = Console(record=True, width=250, file=io.StringIO())
     print_results(results, console)
     text = console.export_text()
-    for expected in ("9.62 % (33/343)", "90.00 % (81/90)", "25.00 % (12/48)", "n/a (0/0)", "0.932", "strengthen",
-                     "78.89 % (71/90)", "88.89 % (80/90)", "4.96 % (17/343)", "9.00 % (9/100)", "72.00 % (36/50)"):
+    for expected in ("9.62 % (33/343)" + _brackets(33, 343), "90.00 % (81/90)" + _brackets(81, 90),
+                     "25.00 % (12/48)" + _brackets(12, 48), "n/a (0/0)", "0.932 [0.901, 0.977]", "strengthen",
+                     "78.89 % (71/90)" + _brackets(71, 90), "88.89 % (80/90)" + _brackets(80, 90),
+                     "4.96 % (17/343) ", "9.00 % (9/100)" + _brackets(9, 100), "72.00 % (36/50)" + _brackets(36, 50)):
         assert expected in text
+    caption = " ".join(text.split())  # the caption under the table, wrapped to its width
+    assert "Intervals in brackets: rates (in %): Wilson score, 95 %" in caption
+    assert "AUROC: stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0." in caption
+    assert "4.96 % (17/343) [" not in text  # the benign set's achieved FPR carries no interval
     targets = RunResults([SetResult("benign", False, 10, 10, 1, operating_points=[OperatingPoint(0.01, 3.0, 0.0, 0)])],
                          60.0, (2.15, 50.0), "m")
     assert [c.header for c in results_table(targets).columns][-2:] == ["det@1%FPR", "undetected"]
+
+
+def _interval(value: list[float] | None) -> tuple[float, float] | None:
+    return None if value is None else (value[0], value[1])
 
 
 def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> None:
@@ -126,20 +198,35 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
     assert sets["patch_first"]["undetected"] == pytest.approx(0.09) and sets["benign"]["undetected"] is None
     assert sets["patch_first"]["operating_points"][0] == {
         "target_fpr": 0.05, "threshold": 2.5, "benign_fpr": pytest.approx(17 / 343), "detected": 71,
-        "detection": pytest.approx(71 / 90), "undetected": pytest.approx(0.19)}
+        "detection": pytest.approx(71 / 90), "undetected": pytest.approx(0.19),
+        "detection_ci": pytest.approx(list(_wilson(71, 90)), rel=1e-12),
+        "undetected_ci": pytest.approx(list(_wilson(19, 100)), rel=1e-12)}
     fgsm_at_10 = sets["fgsm"]["operating_points"][1]
     assert fgsm_at_10["detection"] is None and fgsm_at_10["undetected"] == 0.0
+    assert fgsm_at_10["detection_ci"] is None
+    assert _interval(fgsm_at_10["undetected_ci"]) == pytest.approx(_wilson(0, 20))
+    assert [(p["detection_ci"], p["undetected_ci"]) for p in sets["benign"]["operating_points"]] == [(None, None)] * 2
+    # the intervals: two bounds under *_ci, None where undefined, and the methods at the top
+    assert _interval(sets["benign"]["rate_ci"]) == pytest.approx(_wilson(33, 343), rel=1e-12)
+    assert _interval(sets["patch_first"]["undetected_ci"]) == pytest.approx(_wilson(9, 100), rel=1e-12)
+    assert sets["patch_first"]["auroc_ci"] == list(PATCH_AUROC_CI) and sets["fgsm"]["auroc_ci"] is None
+    assert sets["fgsm"]["rate_ci"] is None and sets["benign"]["undetected_ci"] is None
+    assert data["intervals"]["rates"] == "Wilson score, 95 %"
+    assert data["intervals"]["auroc"] == "stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0"
+    assert data["bootstrap"] == {"resamples": 1000, "seed": 0}
 
     back = read_results(paths["json"])
     assert back.sets == results.sets and back.strengthen == results.strengthen and back.extra == results.extra
     assert back.sets[1].operating_points[1] == OperatingPoint(0.1, 1.75, 34 / 343, 80)
+    assert back.sets[1].auroc_ci == PATCH_AUROC_CI and back.bootstrap == results.bootstrap
 
 
 def test_old_results_json_reads_back_without_operating_points(results: RunResults, tmp_path: Path) -> None:
     path = write_results(results, tmp_path)["json"]
     data = json.loads(path.read_text())
-    for s in data["sets"]:  # the format before operating points
-        del s["operating_points"], s["undetected"]
+    del data["intervals"], data["bootstrap"]
+    for s in data["sets"]:  # the format before operating points and intervals
+        del s["operating_points"], s["undetected"], s["rate_ci"], s["undetected_ci"], s["auroc_ci"]
     path.write_text(json.dumps(data))
     back = read_results(path)
     assert [s.operating_points for s in back.sets] == [[]] * 4 and back.fpr_targets == []
@@ -153,11 +240,49 @@ def test_old_results_json_reads_back_without_operating_points(results: RunResult
     assert _png_size(plot_undetected(back, tmp_path / "u.png"))[0] > 0
 
 
+# results.json as the evaluation wrote it before intervals existed (operating points, no *_ci keys, no "intervals")
+OLD_RESULTS_JSON = """{
+  "model": "dlib_resnet", "weaken": 1000.0, "strengthen": [2.15, 200.0],
+  "sets": [
+    {"name": "benign", "adversarial": false, "n": 952, "eligible": 933, "flagged": 97, "auroc": null,
+     "roc_fpr": [], "roc_tpr": [], "metric": "FPR", "rate": 0.10396570203644159, "undetected": null,
+     "operating_points": [{"target_fpr": 0.05, "threshold": 3.1, "benign_fpr": 0.04930332261521972, "detected": 46,
+                           "detection": 0.04930332261521972, "undetected": null}]},
+    {"name": "glasses_next", "adversarial": true, "n": 8, "eligible": 8, "flagged": 7, "auroc": 0.933,
+     "roc_fpr": [0.0, 1.0], "roc_tpr": [0.0, 1.0], "metric": "detection", "rate": 0.875, "undetected": 0.125,
+     "operating_points": [{"target_fpr": 0.05, "threshold": 3.1, "benign_fpr": 0.04930332261521972, "detected": 5,
+                           "detection": 0.625, "undetected": 0.375}]}
+  ],
+  "extra": {"skipped": {"benign": 0, "glasses_next": 0}}
+}"""
+
+
+def test_a_results_file_from_before_intervals_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(OLD_RESULTS_JSON)
+    back = read_results(path)
+    benign, glasses = back.sets
+    assert back.bootstrap is None and glasses.auroc_ci is None and glasses.auroc == 0.933
+    assert glasses.rate_ci() == pytest.approx(_wilson(7, 8), rel=1e-12)  # derived from the counts
+    assert glasses.detection_ci_at(0.05) == pytest.approx(_wilson(5, 8), rel=1e-12)
+    assert glasses.auroc_text() == "0.933" and glasses.rate_text() == "87.50 % (7/8)" + _brackets(7, 8)
+    assert back.intervals()["auroc"].endswith("(resamples and seed not recorded)")
+    metrics = scalar_metrics(back)
+    assert "glasses_next/auroc_ci_low" not in metrics and metrics["glasses_next/auroc"] == 0.933
+    assert metrics["glasses_next/rate_ci_high"] == pytest.approx(_wilson(7, 8)[1], rel=1e-12)
+    again = write_results(back, tmp_path / "again")["json"]  # and is written again in the new format
+    data = json.loads(again.read_text())
+    assert data["sets"][1]["auroc_ci"] is None and data["bootstrap"] is None
+    assert data["sets"][1]["rate_ci"] == pytest.approx(list(_wilson(7, 8)), rel=1e-12)
+    assert read_results(again).sets == back.sets
+
+
 def test_missing_threshold_round_trips_as_nan(results: RunResults, tmp_path: Path) -> None:
     results.sets[2].operating_points = [OperatingPoint(0.05, math.nan, math.nan, None)]
     data = json.loads(write_results(results, tmp_path)["json"].read_text())
     assert data["sets"][2]["operating_points"] == [{"target_fpr": 0.05, "threshold": None, "benign_fpr": None,
-                                                    "detected": None, "detection": None, "undetected": None}]
+                                                    "detected": None, "detection": None, "undetected": None,
+                                                    "detection_ci": None, "undetected_ci": None}]
     (point,) = read_results(tmp_path / "results.json").sets[2].operating_points
     assert math.isnan(point.threshold) and math.isnan(point.benign_fpr) and point.detected is None
 
@@ -165,22 +290,27 @@ def test_missing_threshold_round_trips_as_nan(results: RunResults, tmp_path: Pat
 def test_json_is_safe_for_tensors_and_nan(results: RunResults, tmp_path: Path) -> None:
     results.extra = {"accuracy": torch.tensor(0.5), "per_class": torch.tensor([1.0, float("nan")]), "dir": tmp_path}
     results.sets[1].auroc = float("nan")
+    results.sets[2].auroc_ci = (math.nan, math.nan)
     data = json.loads(write_results(results, tmp_path)["json"].read_text())
     assert data["extra"] == {"accuracy": 0.5, "per_class": [1.0, None], "dir": str(tmp_path)}
-    assert data["sets"][1]["auroc"] is None
+    assert data["sets"][1]["auroc"] is None and data["sets"][2]["auroc_ci"] is None
+    assert read_results(tmp_path / "results.json").sets[2].auroc_ci is None
 
 
 def test_markdown_has_one_row_per_set_and_the_parameters(results: RunResults, tmp_path: Path) -> None:
     text = write_results(results, tmp_path)["md"].read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "9.62 %" in rows["benign"] and "(33/343)" in rows["benign"] and "FPR" in rows["benign"]
-    assert "90.00 % (81/90)" in rows["patch_first"] and "0.932" in rows["patch_first"]
-    assert "n/a (0/0)" in rows["fgsm"]
+    assert "9.62 %" in rows["benign"] and "(33/343)" + _brackets(33, 343) in rows["benign"] and "FPR" in rows["benign"]
+    assert "90.00 % (81/90)" + _brackets(81, 90) in rows["patch_first"]
+    assert "0.932 [0.901, 0.977]" in rows["patch_first"]
+    assert "n/a (0/0) |" in rows["fgsm"]
     assert sum(name in rows for name in ("benign", "patch_first", "cw_l2_next", "fgsm")) == 4
     assert "| det@5%FPR | det@10%FPR | undetected |" in rows["set"]
-    assert rows["patch_first"].endswith("| 78.89 % (71/90) | 88.89 % (80/90) | 9.00 % (9/100) |")
+    assert rows["patch_first"].endswith(f"| 78.89 % (71/90){_brackets(71, 90)} | 88.89 % (80/90){_brackets(80, 90)} "
+                                        f"| 9.00 % (9/100){_brackets(9, 100)} |")
     for parameter in ("| weaken | 60 |", "| strengthen (s0, s1) | (2.15, 50) |", "| accuracy | 0.9575 |"):
         assert parameter in text
+    assert "Wilson score, 95 %" in text and "stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0" in text
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -214,27 +344,120 @@ def test_undetected_plot_has_a_bar_per_rule(results: RunResults, tmp_path: Path)
     assert (214, 39, 40) not in colours  # tab:red: no fourth rule
 
 
-def test_sample_grid_has_three_rows_per_set(results: RunResults, tmp_path: Path) -> None:
-    path = save_sample_grid(results.samples, tmp_path / "grid.png")
-    assert _png_size(path) == (4 * (W + 2) + 2, 2 * 3 * (H + 2) + 2)
+def test_error_bars_reach_the_wilson_bounds(
+    results: RunResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    below, above = error_bars([0.9, math.nan, 0.5], [_wilson(81, 90), (0.1, 0.2), (math.nan, math.nan)])
+    low, high = _wilson(81, 90)
+    assert below == pytest.approx([100 * (0.9 - low), 0.0, 0.0]) and above == pytest.approx([100 * (high - 0.9), 0, 0])
+    from matplotlib.axes import Axes
+
+    drawn: list[dict[str, Any]] = []
+    original_bar = Axes.bar
+
+    def recording_bar(self: Axes, *args: Any, **kwargs: Any) -> Any:
+        drawn.append(kwargs)
+        return original_bar(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", recording_bar)
+    plot_detection_rates(results, tmp_path / "rates.png")
+    (rates,) = drawn
+    attacks = results.attacks
+    expected = error_bars([s.rate for s in attacks], [_wilson(s.flagged, s.eligible) if s.eligible else (math.nan,) * 2
+                                                      for s in attacks])
+    assert np.allclose(rates["yerr"], expected) and rates["yerr"][0][0] > 0 and rates["yerr"][1][0] > 0
+    drawn.clear()
+    plot_undetected(results, tmp_path / "undetected.png")
+    top1, at5, _ = drawn  # one bar series per rule
+    assert np.allclose(top1["yerr"], error_bars([s.undetected_rate for s in attacks],
+                                                [_wilson(s.eligible - s.flagged, s.n) for s in attacks]))
+    assert np.allclose(at5["yerr"], error_bars([s.undetected_at(0.05) for s in attacks],
+                                               [_wilson(s.eligible - s.detected_at(0.05), s.n) for s in attacks]))
+
+
+def _pixels(path: Path) -> np.ndarray:
     with Image.open(path) as image:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
-
-    def cell(row: int, column: int) -> torch.Tensor:
-        top, left = 2 + row * (H + 2), 2 + column * (W + 2)
-        return pixels[top:top + H, left:left + W]
-
-    assert (cell(0, 0) == 100).all() and (cell(1, 0) == 105).all()  # original, adversarial
-    assert (cell(2, 0) == 5 * DIFF_GAIN).all()  # |difference| amplified
-    assert (cell(3, 3) == 255).all() and (cell(5, 2) == 50).all()  # cw_l2_next has 3 samples: the 4th cell is blank
+        return np.asarray(image.convert("RGB")).astype(int)
 
 
-def test_sample_grid_rejects_mismatched_sizes(tmp_path: Path) -> None:
+def _centre(pixels: np.ndarray, row: int, column: int) -> tuple[int, ...]:
+    left, top, right, bottom = sample_cell_box(row, column)
+    return tuple(pixels[(top + bottom) // 2, (left + right) // 2])
+
+
+def _near(pixels: np.ndarray, colour: str, tolerance: int = 40) -> bool:
+    from matplotlib.colors import to_rgb
+
+    target = np.array([round(255 * c) for c in to_rgb(colour)])
+    return bool((np.abs(pixels - target).max(-1) <= tolerance).any())
+
+
+def test_one_labelled_sample_figure_per_set(results: RunResults, tmp_path: Path) -> None:
+    paths = save_sample_figures(results, tmp_path)
+    assert list(paths) == ["samples/patch_first", "samples/cw_l2_next"]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["cw_l2_next.png", "patch_first.png"]
+    for name, k in (("patch_first", 4), ("cw_l2_next", 3)):
+        path = paths[f"samples/{name}"]
+        assert path == tmp_path / "samples" / f"{name}.png" and path.stat().st_size < 2_000_000
+        assert _png_size(path) == sample_figure_size(k)
+        pixels = _pixels(path)
+        for column in range(k):  # rows: original, adversarial, |difference| x 10; drawn one to one
+            assert _centre(pixels, 0, column) == (100, 100, 100) and _centre(pixels, 1, column) == (105, 105, 105)
+            assert _centre(pixels, 2, column) == (5 * DIFF_GAIN,) * 3
+        left, _, right, bottom = sample_cell_box(2, 0)
+        captions = pixels[bottom:]
+        assert _near(captions[:, left:right], FLAG_COLOURS[True]) and not _near(captions[:, left:right], "tab:red")
+        left, _, right, _ = sample_cell_box(2, 1)
+        assert _near(captions[:, left:right], FLAG_COLOURS[False])  # column 1 is not flagged
+        assert not _near(pixels[:sample_cell_box(0, 0)[1]], "tab:green")  # the title is black
+    widths = [sample_figure_size(k)[0] for k in (1, 2, 3, 8)]
+    assert widths[2] - widths[1] == widths[1] - widths[0] > THUMBNAIL and widths[3] == widths[0] + 7 * (
+        widths[1] - widths[0])  # one column per sample, the height fixed
+    assert len({sample_figure_size(k)[1] for k in (1, 2, 3, 8)}) == 1
+
+
+def test_sample_figure_of_large_noisy_images_stays_small(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    original = torch.rand((8, 3, 224, 224), generator=generator) * 255  # incompressible: the worst case for PNG
+    adversarial = (original + 8 * torch.randn(original.shape, generator=generator)).clamp(0, 255)
+    batch = SampleBatch(original, adversarial, ["Nikolaj_Coster-Waldau"] * 8, ["Ed_Begley_Jr."] * 8, [False] * 8)
+    path = save_sample_figure(batch, tmp_path / "big.png", "fgsm: " + "a long detector title " * 6)
+    assert path.stat().st_size < 2_000_000 and _png_size(path) == sample_figure_size(8)
+    cells = thumbnail_rows(batch)
+    assert cells.shape == (3, 8, 3, THUMBNAIL, THUMBNAIL)  # area-downsampled: the mean of each 2 x 2 block
+    torch.testing.assert_close(cells[0], torch.nn.functional.avg_pool2d(original, 2) / 255)
+    difference = ((adversarial - original).abs() * DIFF_GAIN).clamp(0, 255)
+    torch.testing.assert_close(cells[2], torch.nn.functional.avg_pool2d(difference, 2) / 255)
+    small = thumbnail_rows(_batch(2, size=32, value=100, step=30))  # smaller images are left as they are
+    assert small.shape == (3, 2, 3, 32, 32) and (small[1] == 130 / 255).all()
+    assert (small[2] == 1).all()  # |difference| x 10 = 300, clipped at 255
+
+
+def test_sample_captions() -> None:
+    assert sample_caption("Aaron_Tveit", "Cher", True) == ("true: Aaron_Tveit", "model: Cher", "flagged")
+    assert sample_caption("Cher", "Cher", False) == ("true: Cher", "model: Cher (not fooled)", "NOT flagged")
+    assert FLAG_COLOURS == {True: "tab:green", False: "tab:red"}
+    caption = sample_figure_caption("cw_l2_next")
+    assert caption.startswith("cw_l2_next: rows original / adversarial / |difference| x 10")
+    assert "identity the model gives the adversarial image" in caption and "flags" in caption
+    assert [row.format(gain=DIFF_GAIN) for row in SAMPLE_ROWS] == ["original", "adversarial", "|difference| x 10"]
+
+
+def test_sample_batches_are_checked(results: RunResults, tmp_path: Path) -> None:
     a, b = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 16, 16)
-    with pytest.raises(ValueError, match="one size"):
-        save_sample_grid({"x": (a, a), "y": (b, b)}, tmp_path / "g.png")
-    with pytest.raises(ValueError, match="no sample"):
-        save_sample_grid({}, tmp_path / "g.png")
+    with pytest.raises(ValueError, match=r"original \(2, 3, 8, 8\) and adversarial \(2, 3, 16, 16\) pixels differ"):
+        SampleBatch(a, b, ["x", "y"], ["y", "x"], [True, False])
+    with pytest.raises(ValueError, match=r"2 samples but \{'flagged': 1\} entries"):
+        SampleBatch(a, a, ["x", "y"], ["y", "x"], [True])
+    with pytest.raises(ValueError, match=r"must be \(k, 3, H, W\) RGB"):
+        SampleBatch(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), ["x", "y"], ["y", "x"], [True, False])
+    batch = _batch(2)
+    batch.adversarial = b  # changed after construction: caught when drawn
+    with pytest.raises(ValueError, match="differ in shape"):
+        save_sample_figure(batch, tmp_path / "s.png", "t")
+    results.samples = {"fgsm": (a, a)}  # the former (original, adversarial) pair
+    with pytest.raises(TypeError, match=r"samples\['fgsm'\] must be a SampleBatch"):
+        write_all(results, tmp_path)
 
 
 class _FakeRun:
@@ -251,8 +474,10 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
     import wandb
 
     files = write_all(results, tmp_path)  # no logger: files only
-    assert set(files) == {"json", "md", "detection_rates", "roc", "undetected", "samples"}
+    assert set(files) == {"json", "md", "detection_rates", "roc", "undetected", "samples/patch_first",
+                          "samples/cw_l2_next"}
     assert (tmp_path / "undetected.png").is_file() and not (tmp_path / "wandb").exists()
+    assert not (tmp_path / "samples.png").exists() and files["samples/cw_l2_next"].parent == tmp_path / "samples"
     run = _FakeRun()
     log_to_wandb(results, run, {k: v for k, v in files.items() if v.suffix == ".png"})
     (logged,) = run.logged
@@ -261,20 +486,47 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
     assert "benign/auroc" not in logged and logged["patch_first/auroc"] == 0.9321
     assert logged["extra/accuracy"] == 0.9575 and logged["extra/skipped/patch_first"] == 2
     assert isinstance(logged["results"], wandb.Table) and len(logged["results"].data) == 4
-    figures = ("detection_rates", "roc", "undetected", "samples")
+    figures = ("detection_rates", "roc", "undetected", "samples/patch_first", "samples/cw_l2_next")
     assert all(isinstance(logged[f"figures/{k}"], wandb.Image) for k in figures)
+    assert logged["figures/samples/cw_l2_next"]._caption == sample_figure_caption("cw_l2_next")
+    assert logged["figures/roc"]._caption is None
     assert logged["patch_first/undetected"] == pytest.approx(0.09) and "benign/undetected" not in logged
     assert logged["patch_first/detection_at_fpr_0.05"] == pytest.approx(71 / 90)
     assert logged["cw_l2_next/undetected_at_fpr_0.1"] == pytest.approx(39 / 50)
     assert logged["benign/threshold_at_fpr_0.05"] == 2.5 and logged["benign/achieved_fpr_at_fpr_0.1"] == 34 / 343
     assert math.isnan(logged["fgsm/detection_at_fpr_0.05"]) and logged["fgsm/undetected_at_fpr_0.05"] == 0.0
+    # every interval's bounds as <set>/<figure>_ci_low / _ci_high
+    assert (logged["benign/rate_ci_low"], logged["benign/rate_ci_high"]) == pytest.approx(_wilson(33, 343), rel=1e-12)
+    assert (logged["patch_first/auroc_ci_low"], logged["patch_first/auroc_ci_high"]) == PATCH_AUROC_CI
+    assert "benign/auroc_ci_low" not in logged and "fgsm/auroc_ci_low" not in logged
+    assert (logged["cw_l2_next/undetected_ci_low"], logged["cw_l2_next/undetected_ci_high"]) == pytest.approx(
+        _wilson(36, 50), rel=1e-12)
+    assert (logged["patch_first/detection_at_fpr_0.05_ci_low"],
+            logged["patch_first/detection_at_fpr_0.05_ci_high"]) == pytest.approx(_wilson(71, 90), rel=1e-12)
+    assert (logged["cw_l2_next/undetected_at_fpr_0.1_ci_low"],
+            logged["cw_l2_next/undetected_at_fpr_0.1_ci_high"]) == pytest.approx(_wilson(39, 50), rel=1e-12)
+    assert math.isnan(logged["fgsm/rate_ci_low"]) and "benign/detection_at_fpr_0.05_ci_low" not in logged
     table = logged["results"]
-    assert table.columns[7:] == ["detection_at_fpr_0.05", "detection_at_fpr_0.1", "undetected",
-                                 "undetected_at_fpr_0.05", "undetected_at_fpr_0.1"]
-    patch_row = table.data[1]
-    assert patch_row[7:] == [pytest.approx(71 / 90), pytest.approx(80 / 90), pytest.approx(0.09),
-                             pytest.approx(0.19), pytest.approx(0.1)]
-    assert table.data[0][9] is None  # the benign set has no undetected rate
+    assert table.columns == wandb_table_rows(results)[0]
+    assert table.columns[5:] == ["rate", "rate_ci_low", "rate_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
+                                 "detection_at_fpr_0.05", "detection_at_fpr_0.05_ci_low",
+                                 "detection_at_fpr_0.05_ci_high", "detection_at_fpr_0.1",
+                                 "detection_at_fpr_0.1_ci_low", "detection_at_fpr_0.1_ci_high", "undetected",
+                                 "undetected_ci_low", "undetected_ci_high", "undetected_at_fpr_0.05",
+                                 "undetected_at_fpr_0.05_ci_low", "undetected_at_fpr_0.05_ci_high",
+                                 "undetected_at_fpr_0.1", "undetected_at_fpr_0.1_ci_low",
+                                 "undetected_at_fpr_0.1_ci_high"]
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.data}
+    patch = rows["patch_first"]
+    assert [patch[c] for c in ("detection_at_fpr_0.05", "detection_at_fpr_0.1", "undetected", "undetected_at_fpr_0.05",
+                               "undetected_at_fpr_0.1")] == [pytest.approx(71 / 90), pytest.approx(80 / 90),
+                                                             pytest.approx(0.09), pytest.approx(0.19),
+                                                             pytest.approx(0.1)]
+    assert (patch["auroc_ci_low"], patch["auroc_ci_high"]) == PATCH_AUROC_CI
+    assert [patch["undetected_at_fpr_0.05_ci_low"], patch["undetected_at_fpr_0.05_ci_high"]] == pytest.approx(
+        list(_wilson(19, 100)), rel=1e-12)
+    assert rows["benign"]["undetected"] is None and rows["benign"]["undetected_ci_low"] is None
+    assert rows["benign"]["auroc_ci_low"] is None and rows["fgsm"]["rate_ci_high"] is None
     assert scalar_metrics(results)["benign/rate"] == pytest.approx(33 / 343)
 
 
@@ -335,11 +587,19 @@ def test_write_all_logs_offline_to_a_wandb_logger(
     assert logged["benign/rate"] == pytest.approx(33 / 343) and logged["patch_first/auroc"] == 0.9321
     assert logged["cw_l2_next/eligible"] == 48 and logged["extra/accuracy"] == 0.9575
     assert logged["results"]["_type"] == "table-file" and logged["results"]["nrows"] == 4
-    assert logged["figures/samples"]["_type"] == "image-file"
+    for name in ("patch_first", "cw_l2_next"):
+        assert logged[f"figures/samples/{name}"]["_type"] == "image-file"
+        assert logged[f"figures/samples/{name}"]["caption"] == sample_figure_caption(name)
     (table,) = (run_dir / "files" / "media" / "table").glob("results_*.table.json")
-    rows = {row[0]: row for row in json.loads(table.read_text())["data"]}
-    assert rows["benign"][2:7] == [400, 343, 33, pytest.approx(33 / 343), None] and rows["fgsm"][5] is None
-    assert rows["patch_first"][7:] == [pytest.approx(71 / 90), pytest.approx(80 / 90), pytest.approx(0.09),
-                                       pytest.approx(0.19), pytest.approx(0.1)]
+    content = json.loads(table.read_text())
+    rows = {row[0]: dict(zip(content["columns"], row, strict=True)) for row in content["data"]}
+    assert [rows["benign"][c] for c in ("n", "eligible", "flagged", "rate", "auroc")] == [
+        400, 343, 33, pytest.approx(33 / 343), None] and rows["fgsm"]["rate"] is None
+    assert [rows["benign"]["rate_ci_low"], rows["benign"]["rate_ci_high"]] == pytest.approx(list(_wilson(33, 343)))
+    assert [rows["patch_first"][c] for c in ("detection_at_fpr_0.05", "detection_at_fpr_0.1", "undetected",
+                                             "undetected_at_fpr_0.05", "undetected_at_fpr_0.1")] == [
+        pytest.approx(71 / 90), pytest.approx(80 / 90), pytest.approx(0.09), pytest.approx(0.19), pytest.approx(0.1)]
+    assert (rows["patch_first"]["auroc_ci_low"], rows["patch_first"]["auroc_ci_high"]) == PATCH_AUROC_CI
     assert logged["patch_first/undetected_at_fpr_0.05"] == pytest.approx(0.19)
-    assert len(list((run_dir / "files" / "media" / "images" / "figures").glob("*.png"))) == 4
+    assert logged["patch_first/auroc_ci_high"] == PATCH_AUROC_CI[1]
+    assert len(list((run_dir / "files" / "media" / "images" / "figures").rglob("*.png"))) == 5

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
-import json
+import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from ami_lightning.embedded import ASSETS
+from ami_lightning.models.dlib_files import dlib_model_path
 
 CONFIG_MODULE = "ami_lightning.conf"
 """The configs' package: the repository's top-level ``conf/``, installed as ``ami_lightning.conf``."""
@@ -24,12 +25,22 @@ def config_dir() -> Path:
     """The folder holding the installed configs (``conf/`` of the checkout for an editable install)."""
     return Path(str(importlib.resources.files(CONFIG_MODULE)))
 
+
+@functools.cache
+def run_stamp() -> str:
+    """This process's run-folder name: ``YYYY-MM-DD_HH-MM-SS_<6 hex>``, fixed at its first call. The random suffix
+    keeps runs started in the same second (on one machine or on several sharing a file system) apart."""
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{uuid.uuid4().hex[:6]}"
+
+
 OmegaConf.register_new_resolver("asset", lambda name: str(ASSETS / name), replace=True)
+OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
+OmegaConf.register_new_resolver("dlib_model", lambda name: str(dlib_model_path(name)), replace=True)
 
 
 def make_run_dir(task: str, out: str | Path | None = None, root: str | Path = "logs") -> Path:
-    """``out`` if given, else ``<root>/<task>/<YYYY-MM-DD_HH-MM-SS>/``; created."""
-    path = Path(out) if out is not None else Path(root) / task / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    """``out`` if given, else ``<root>/<task>/<run_stamp()>/``; created."""
+    path = Path(out) if out is not None else Path(root) / task / run_stamp()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -42,10 +53,3 @@ def pick_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"device {name!r} requested but no CUDA GPU is available")
     return device
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (a crash never leaves half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -1,11 +1,17 @@
 """Hydra entry points: ``ami-witness``, ``ami-attack``, ``ami-eval`` and ``ami-run`` (all stages chained).
 
-Thin: compose the config, instantiate the objects, call the stages of :mod:`ami_lightning.pipeline`, write results
-under ``logs/<task>/<timestamp>/`` (multiruns: ``logs/<task>/multiruns/<timestamp>/<job>``).
+Thin: each job is wrapped by :func:`task`, which checks the composed config and the logger before any work, runs
+the stages of :mod:`ami_lightning.pipeline` and closes whatever logger is open in ``finally``. Results go under
+``logs/<task>/<timestamp>_<id>/`` (multiruns: ``logs/<task>/multiruns/<timestamp>_<id>/<job>``); a sweep optimises
+the logged metric named by ``optimized_metric`` (e.g. ``objective/fpr_gap``, ``fgsm/auroc``).
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import hydra
@@ -13,27 +19,76 @@ from omegaconf import DictConfig
 
 from ami_lightning import pipeline
 from ami_lightning.cli import CONFIG_PATH
+from ami_lightning.loggers import check_logger
+from ami_lightning.validation import check_config
+
+Job = Callable[[DictConfig], Mapping[str, float] | None]
 
 
+def optimized_value(cfg: DictConfig, metrics: Mapping[str, float] | None) -> float | None:
+    """The value of the metric ``cfg.optimized_metric`` names (None when it names none); ``KeyError`` listing the
+    job's metrics when it names one the job did not produce."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if not metrics or name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} is not a metric of this job; it has: {sorted(metrics or {})}")
+    return float(metrics[name])
+
+
+def _close_open_runs(failed: bool) -> None:
+    """Finish a W&B run left open by a failure (the lightning-hydra-template's safety net)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def _drop_if_empty(folder: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's own files (a run refused before any work)."""
+    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def task(job: Job) -> Callable[[DictConfig], float | None]:
+    """Wrap a job: validate ``cfg`` and the logger first (a mistake fails in seconds; its empty run folder is
+    removed), run it, close loggers in ``finally``; return the optimised metric for sweepers."""
+
+    @functools.wraps(job)
+    def wrapped(cfg: DictConfig) -> float | None:
+        try:
+            check_config(cfg)
+            check_logger(cfg)
+        except Exception:
+            _drop_if_empty(Path(cfg.paths.output_dir))
+            raise
+        failed = True
+        try:
+            value = optimized_value(cfg, job(cfg))
+            failed = False
+            return value
+        finally:
+            _close_open_runs(failed)
+
+    return wrapped
+
+
+@task
 def _witness(cfg: DictConfig) -> None:
     out = Path(cfg.paths.output_dir)
     witnesses = pipeline.witness_stage(cfg, pipeline.classifier_from(cfg), out)
     print(f"witnesses per attribute: {witnesses.count()} at {len(witnesses.steered_layers())} layers -> {out}")
 
 
-def _eval(cfg: DictConfig) -> float | None:
+@task
+def _eval(cfg: DictConfig) -> dict[str, float]:
+    """Witnesses, the attack sets (read from ``data.attacks_dir`` or generated), evaluation: the same path as
+    ``ami-run``; they differ only in their default experiment."""
     classifier = pipeline.classifier_from(cfg)
     witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
     return pipeline.evaluate_and_report(cfg, classifier, witnesses, pipeline.attack_dirs(cfg, classifier, witnesses))
 
 
-def _run(cfg: DictConfig) -> float | None:
-    classifier = pipeline.classifier_from(cfg)
-    witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
-    dirs = pipeline.attack_stage(cfg, classifier, witnesses)
-    return pipeline.evaluate_and_report(cfg, classifier, witnesses, dirs)
-
-
+@task
 def _attack(cfg: DictConfig) -> None:
     classifier = pipeline.classifier_from(cfg)
     out = Path(cfg.paths.output_dir)
@@ -46,4 +101,4 @@ def _attack(cfg: DictConfig) -> None:
 witness = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="witness")(_witness)
 evaluate = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")(_eval)
 attack = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="attack")(_attack)
-run = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="run")(_run)
+run = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="run")(_eval)

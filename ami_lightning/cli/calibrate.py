@@ -11,19 +11,23 @@ and parameters calibrated on half of the identities to a target FPR (reported on
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from tqdm import tqdm
 
 from ami_lightning.builders import dlib_gallery, shipped_faces
 from ami_lightning.calibration import calibrate, predictions, steering_grid
-from ami_lightning.cli import make_run_dir, pick_device, write_json
+from ami_lightning.cli import make_run_dir, pick_device
 from ami_lightning.detector import AmIDetector
 from ami_lightning.embedded import witness_face_files
+from ami_lightning.files import write_text
+from ami_lightning.intervals import wilson_interval
 from ami_lightning.probes import VARIANTS, benign_variants
+from ami_lightning.provenance import provenance
 from ami_lightning.rates import flag_rate
 from ami_lightning.steering import PRESETS, SteeringParams
 from ami_lightning.witnesses.from_faces import save_mutation_grid, witnesses_from_faces
@@ -34,6 +38,24 @@ GRID = {
     "strengthen0": (2.0, 2.15),
     "strengthen1": (50.0, 200.0),
 }
+
+
+CALIBRATION_COLUMNS = ("parameters", "weaken", "strengthen", "benign probes (correctly classified)",
+                       "FPR [95 % Wilson]")
+
+
+def calibration_markdown(results: dict[str, Any]) -> str:
+    """The FPR table of an ``ami-calibrate`` results.json: one row per parameter set, the FPR with its counts and
+    95 % Wilson interval (the calibrated row over the held-out identities)."""
+    lines = ["| " + " | ".join(CALIBRATION_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in results["fpr"].items():
+        scope = "held-out half" if name == "calibrated" else "all"  # of the probes the model gets right
+        low, high = wilson_interval(r["flagged"], r["eligible"])
+        cells = (name, f"{r['weaken']:g}", f"({r['strengthen'][0]:g}, {r['strengthen'][1]:g})",
+                 f"{scope}, {r['eligible']}",
+                 f"{100 * r['fpr']:.2f} % ({r['flagged']}/{r['eligible']}) [{100 * low:.1f}, {100 * high:.1f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,28 +109,17 @@ def main(argv: list[str] | None = None) -> None:
                         "chosen_fpr_on_calibration_half": best_rate.value,
                         "grid": [{"weaken": p.weaken, "strengthen": list(p.strengthen), "fpr": r.value}
                                  for p, r in calibration.points]},
+        "provenance": provenance(device=device),
     }
-    write_json(out / "results.json", results)
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
 
-    table = Table(title=f"AmI on the embedded default: benign false-positive rate ({out})")
-    columns = ("parameters", "weaken", "strengthen", "benign probes (correctly classified)", "FPR")
-    for column in columns:
-        table.add_column(column, justify="right" if column != "parameters" else "left")
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    for name, (p, r) in rows.items():
-        scope = "held-out half" if name == "calibrated" else "all"  # of the probes the model gets right
-        cells = (name, f"{p.weaken:g}", f"({p.strengthen[0]:g}, {p.strengthen[1]:g})", f"{scope}, {r['eligible']}",
-                 f"{100 * r['fpr']:.2f} % ({r['flagged']}/{r['eligible']})")
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
     console.print(f"top-1 accuracy on {len(probes)} benign probes: {100 * results['probes']['top1_accuracy']:.2f} % "
                   + ", ".join(f"{v} {100 * a:.1f} %" for v, a in accuracy.items()))
     console.print(f"witnesses per attribute: {witnesses.count()}")
-    console.print(table)
-    (out / "results.md").write_text(
-        f"# AmI on the embedded default\n\nTop-1 accuracy on {len(probes)} benign probes: "
-        f"{100 * results['probes']['top1_accuracy']:.2f} %\n\n" + "\n".join(lines) + "\n", encoding="utf-8"
-    )
+    markdown = calibration_markdown(results)
+    console.print(markdown)
+    write_text(out / "results.md", f"# AmI on the embedded default\n\nTop-1 accuracy on {len(probes)} benign probes: "
+                                   f"{100 * results['probes']['top1_accuracy']:.2f} %\n\n{markdown}\n")
     console.print(f"results in {out}")
 
 

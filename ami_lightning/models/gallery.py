@@ -42,6 +42,11 @@ class FaceGallery(nn.Module):
         self.register_buffer("centroids", torch.zeros(len(self.identities), dim))
         self.register_buffer("enrolled", torch.zeros(len(self.identities), dtype=torch.bool))
         self._complete = False  # host-side copy of enrolled.all(): no device sync per forward
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module._refresh())
+
+    def _refresh(self) -> None:
+        """Recompute the host-side :attr:`_complete` from the ``enrolled`` buffer (after enrolment or loading)."""
+        self._complete = bool(self.enrolled.all())
 
     @property
     def hook_layers(self) -> tuple[str, ...]:
@@ -80,7 +85,7 @@ class FaceGallery(nn.Module):
         present = counts > 0
         self.centroids[present] = sums[present] / counts[present, None]
         self.enrolled |= present
-        self._complete = bool(self.enrolled.all())
+        self._refresh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, K), ``-scale`` times the Euclidean distance of each embedding to each centroid."""

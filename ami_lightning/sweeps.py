@@ -1,0 +1,491 @@
+"""The summary of a Hydra multirun: one table of every job's parameters and figures, one plot of the trade-off.
+
+A multirun (``-m``: the basic grid sweeper or ``hparams_search=optuna``) writes each job under
+``<sweep dir>/<job num>/`` with its ``results.json`` (:func:`ami_lightning.reporting.results_dict`) and Hydra's
+``.hydra/overrides.yaml`` (the job's command-line overrides, its parameters). :class:`SweepSummary`, a Hydra callback
+registered in ``conf/hydra/default.yaml``, then writes into the sweep folder:
+
+* ``summary.md`` and ``summary.csv`` (:func:`summary_markdown`, :func:`summary_csv`): one row per job, failed jobs
+  (no readable ``results.json``) included: its overrides, the benign FPR, the mean detection rate and the mean
+  undetected success rate over its attack sets, each attack set's detection rate, whether the job is on a Pareto
+  front, its status;
+* ``tradeoff.png`` (:func:`plot_tradeoff`): benign FPR against mean detection and against mean undetected success,
+  one point per job labelled with its number, the Pareto fronts drawn as step lines.
+
+Means are unweighted, over the attack sets whose value is defined (detection: at least one eligible sample;
+undetected: at least one sample). The Pareto fronts (:func:`pareto_front`): lowest benign FPR with highest mean
+detection, and lowest benign FPR with lowest mean undetected success.
+
+Only the keys that the summary needs are read from ``results.json`` (``sets[i]``: ``name``, ``adversarial``, ``n``,
+``eligible``, ``flagged``, ``rate``, ``undetected``); others are ignored, a missing ``rate`` / ``undetected`` is
+derived from the counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ami_lightning.files import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+NAN = float("nan")
+RESULTS = "results.json"
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+FILES = {"md": "summary.md", "csv": "summary.csv", "png": "tradeoff.png"}
+"""What :func:`write_summary` writes into the sweep folder."""
+OK, FAILED = "ok", "failed"
+
+Sense = Literal["min", "max"]
+
+
+@dataclass
+class JobSummary:
+    """One job of a sweep: its number, folder, parameters (``overrides``, key -> value as written on the command
+    line) and figures. ``status`` is :data:`OK` when its ``results.json`` was read, else :data:`FAILED` with the
+    ``reason``; a failed job's figures are nan.
+
+    ``benign_fpr``: the flag rate of the first non-adversarial set (``benign_flagged / benign_eligible``);
+    ``detection`` / ``undetected``: per attack set (in the file's order) its detection rate and its undetected
+    success rate, fractions in [0, 1] (nan where undefined).
+    """
+
+    job: int
+    path: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    status: str = FAILED
+    reason: str = ""
+    benign_fpr: float = NAN
+    benign_flagged: int | None = None
+    benign_eligible: int | None = None
+    detection: dict[str, float] = field(default_factory=dict)
+    undetected: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job's results were read."""
+        return self.status == OK
+
+    @property
+    def mean_detection(self) -> float:
+        """Unweighted mean of the defined detection rates of the attack sets (nan when there is none)."""
+        return _mean(self.detection.values())
+
+    @property
+    def mean_undetected(self) -> float:
+        """Unweighted mean of the defined undetected success rates of the attack sets (nan when there is none)."""
+        return _mean(self.undetected.values())
+
+
+def _mean(values: Any) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else NAN
+
+
+def _number(value: Any) -> float:
+    """A JSON number as a float; None, strings and the like as nan."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return NAN
+    return float(value)
+
+
+def _fraction(count: Any, total: Any) -> float:
+    count, total = _number(count), _number(total)
+    return count / total if math.isfinite(count) and math.isfinite(total) and total > 0 else NAN
+
+
+# ---- reading a sweep ------------------------------------------------------------------------------------------------
+def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
+    """Hydra's override strings as key -> value, in order: ``"ami.weaken=500"`` -> ``{"ami.weaken": "500"}``
+    (a prefix such as ``+`` / ``++`` / ``~`` stays part of the key; a deletion without ``=`` has value ``""``)."""
+    out: dict[str, str] = {}
+    for line in lines:
+        key, _, value = str(line).partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_overrides(folder: Path) -> dict[str, str]:
+    """The job's ``.hydra/overrides.yaml`` as :func:`parse_overrides` (empty when it is missing)."""
+    path = folder / OVERRIDES
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if data is None:
+        return {}
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of overrides, got {type(data).__name__}")
+    return parse_overrides(data)
+
+
+def _job_number(folder: Path) -> int | None:
+    """The job number of a sweep's sub-folder: its name when it is an integer (Hydra's default ``subdir``), else
+    ``hydra.job.num`` of its ``.hydra/hydra.yaml``; None when it is not a job's folder."""
+    if folder.name.isdigit():
+        return int(folder.name)
+    hydra_yaml = folder / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    try:
+        num = yaml.safe_load(hydra_yaml.read_text(encoding="utf-8"))["hydra"]["job"]["num"]
+        return int(num)
+    except Exception:  # not a readable job folder: not one of ours
+        return None
+
+
+def read_job(folder: Path, job: int) -> JobSummary:
+    """One job folder as a :class:`JobSummary`; never raises: an unreadable file makes the job failed, with the
+    reason (unreadable overrides alone are noted in ``reason`` but keep a job with results ``ok``)."""
+    summary = JobSummary(job=job, path=folder)
+    notes = []
+    try:
+        summary.overrides = read_overrides(folder)
+    except Exception as error:
+        notes.append(f"unreadable {OVERRIDES}: {error}")
+    path = folder / RESULTS
+    if not path.is_file():
+        summary.reason = "; ".join([f"no {RESULTS}", *notes])
+        return summary
+    try:
+        sets = json.loads(path.read_text(encoding="utf-8"))["sets"]
+        if not isinstance(sets, list):
+            raise TypeError(f"'sets' is a {type(sets).__name__}, not a list")
+        _read_sets(summary, sets)
+    except Exception as error:
+        summary.reason = "; ".join([f"unreadable {RESULTS}: {type(error).__name__}: {error}", *notes])
+        summary.benign_fpr, summary.detection, summary.undetected = NAN, {}, {}
+        return summary
+    summary.status, summary.reason = OK, "; ".join(notes)
+    return summary
+
+
+def _read_sets(summary: JobSummary, sets: list[dict[str, Any]]) -> None:
+    """Fill ``summary``'s figures from ``results.json``'s ``sets``."""
+    benign_seen = False
+    for s in sets:
+        name = str(s["name"])
+        rate = _number(s.get("rate"))
+        if not math.isfinite(rate):
+            rate = _fraction(s.get("flagged"), s.get("eligible"))
+        if not s.get("adversarial", name != "benign"):
+            if not benign_seen:  # the first benign set, as RunResults.benign
+                benign_seen = True
+                summary.benign_fpr = rate
+                summary.benign_flagged, summary.benign_eligible = s.get("flagged"), s.get("eligible")
+            continue
+        undetected = _number(s.get("undetected"))
+        if not math.isfinite(undetected) and "eligible" in s and "flagged" in s:
+            undetected = _fraction(_number(s["eligible"]) - _number(s["flagged"]), s.get("n"))
+        summary.detection[name] = rate
+        summary.undetected[name] = undetected
+
+
+def collect_jobs(sweep_dir: str | Path) -> list[JobSummary]:
+    """Every job of the sweep in ``sweep_dir``, by job number: its sub-folders named by an integer (or holding a
+    ``.hydra/hydra.yaml`` with the job's number). A job without a readable ``results.json`` is listed as failed,
+    not dropped. Empty when the folder is missing or holds no job."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    jobs = []
+    for folder in sweep_dir.iterdir():
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        num = _job_number(folder)
+        if num is not None:
+            jobs.append(read_job(folder, num))
+    return sorted(jobs, key=lambda j: (j.job, j.path.name))
+
+
+# ---- Pareto fronts --------------------------------------------------------------------------------------------------
+def pareto_front(points: Sequence[tuple[float, float]], senses: tuple[Sense, Sense] = ("min", "max")) -> list[bool]:
+    """Which of ``points`` are on the Pareto front, ``x`` and ``y`` each minimised or maximised per ``senses``.
+
+    A point is on the front when no other point dominates it: is at least as good on both axes and strictly better
+    on one. Ties: points equal on both axes do not dominate each other, so duplicates of a front point are all on
+    it; of points with the same ``x``, only those with the best ``y`` can be (and likewise for the same ``y``). A
+    point with a non-finite coordinate is never on the front and dominates nothing. O(n log n).
+    """
+    for sense in senses:
+        if sense not in ("min", "max"):
+            raise ValueError(f"senses must be 'min' or 'max', got {senses!r}")
+    signs = tuple(1.0 if sense == "min" else -1.0 for sense in senses)
+    keyed = [(signs[0] * x, signs[1] * y, i) for i, (x, y) in enumerate(points)
+             if math.isfinite(x) and math.isfinite(y)]  # both minimised from here on
+    keyed.sort()
+    front = [False] * len(points)
+    best_before = math.inf  # the lowest y of the points with a strictly lower x
+    start = 0
+    while start < len(keyed):
+        end = start
+        while end < len(keyed) and keyed[end][0] == keyed[start][0]:
+            end += 1
+        group_best = keyed[start][1]  # sorted: the group's lowest y comes first
+        if group_best < best_before:
+            for _, y, i in keyed[start:end]:
+                front[i] = y == group_best
+        best_before = min(best_before, group_best)
+        start = end
+    return front
+
+
+def _fronts(jobs: Sequence[JobSummary]) -> tuple[list[bool], list[bool]]:
+    """Per job: on the (min FPR, max mean detection) front; on the (min FPR, min mean undetected) front (failed
+    jobs never)."""
+    ok = [j.ok for j in jobs]
+    detection = pareto_front([(j.benign_fpr, j.mean_detection) if j.ok else (NAN, NAN) for j in jobs], ("min", "max"))
+    undetected = pareto_front([(j.benign_fpr, j.mean_undetected) if j.ok else (NAN, NAN) for j in jobs], ("min", "min"))
+    return ([a and b for a, b in zip(ok, detection, strict=True)],
+            [a and b for a, b in zip(ok, undetected, strict=True)])
+
+
+# ---- tables ---------------------------------------------------------------------------------------------------------
+def _override_keys(jobs: Sequence[JobSummary]) -> list[str]:
+    """Every override key of the jobs, in order of first appearance."""
+    return list(dict.fromkeys(k for j in jobs for k in j.overrides))
+
+
+def _varying_keys(jobs: Sequence[JobSummary]) -> tuple[list[str], list[str]]:
+    """The override keys whose value differs between jobs (or is missing from some), and the others."""
+    keys = _override_keys(jobs)
+    varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    return varying, [k for k in keys if k not in varying]
+
+
+def _attack_sets(jobs: Sequence[JobSummary]) -> list[str]:
+    """Every attack set of the jobs, in order of first appearance."""
+    return list(dict.fromkeys(name for j in jobs for name in j.detection))
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f} %" if math.isfinite(fraction) else "-"
+
+
+def _fpr_text(job: JobSummary) -> str:
+    if not math.isfinite(job.benign_fpr):
+        return "-"
+    if isinstance(job.benign_flagged, int) and isinstance(job.benign_eligible, int):
+        return f"{_percent(job.benign_fpr)} ({job.benign_flagged}/{job.benign_eligible})"
+    return _percent(job.benign_fpr)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _job_list(jobs: Sequence[JobSummary], flags: list[bool]) -> str:
+    numbers = [str(j.job) for j, flag in zip(jobs, flags, strict=True) if flag]
+    return ", ".join(numbers) if numbers else "none"
+
+
+def summary_markdown(jobs: Sequence[JobSummary], sweep_dir: str | Path | None = None) -> str:
+    """Markdown: the counts, the overrides common to all jobs, one table row per job (job, the overrides that vary,
+    benign FPR with its counts, mean detection, mean undetected, whether on each Pareto front, each attack set's
+    detection rate, status), then the jobs of each front and a link to ``tradeoff.png``."""
+    failed = sum(not j.ok for j in jobs)
+    where = f"`{sweep_dir}`: " if sweep_dir is not None else ""
+    lines = ["# Sweep summary", "", f"{where}{len(jobs)} jobs, {len(jobs) - failed} ok, {failed} failed.", ""]
+    if not jobs:
+        return "\n".join([*lines, "No job folder found (`<sweep dir>/<job num>/`)."]) + "\n"
+    varying, fixed = _varying_keys(jobs)
+    if fixed:
+        common = ", ".join(f"`{k}={jobs[0].overrides[k]}`" if k in jobs[0].overrides else f"`{k}`" for k in fixed)
+        lines += [f"Overrides of every job: {common}", ""]
+    sets = _attack_sets(jobs)
+    front_det, front_und = _fronts(jobs)
+    header = ["job", *varying, "benign FPR", "mean detection", "mean undetected", "front (detection)",
+              "front (undetected)", *(f"{name} detection" for name in sets), "status"]
+    rows = []
+    for j, on_det, on_und in zip(jobs, front_det, front_und, strict=True):
+        status = j.status if not j.reason else f"{j.status}: {j.reason}"
+        rows.append([str(j.job), *(j.overrides.get(k, "") for k in varying), _fpr_text(j),
+                     _percent(j.mean_detection), _percent(j.mean_undetected), "yes" if on_det else "",
+                     "yes" if on_und else "", *(_percent(j.detection.get(name, NAN)) for name in sets), status])
+    figures = {"benign FPR", "mean detection", "mean undetected", *(f"{name} detection" for name in sets)}
+    lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+    lines.append("|" + "|".join(" ---: " if h in figures else " --- " for h in header) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines += [
+        "",
+        "Benign FPR: the benign set's flag rate; mean detection / mean undetected: unweighted means over the job's "
+        "attack sets of the detection rate (flagged among the samples that fool the model) and the undetected "
+        "success rate (fooling and not flagged, among all samples).",
+        "",
+        f"Pareto front, lowest benign FPR and highest mean detection: jobs {_job_list(jobs, front_det)}.",
+        "",
+        f"Pareto front, lowest benign FPR and lowest mean undetected success: jobs {_job_list(jobs, front_und)}.",
+        "",
+        f"![trade-off]({FILES['png']})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_number(value: float) -> str:
+    return repr(float(value)) if math.isfinite(value) else ""
+
+
+def summary_csv(jobs: Sequence[JobSummary]) -> str:
+    """CSV, one row per job: ``job``, every override key (empty where a job has none), ``benign_fpr``,
+    ``benign_flagged``, ``benign_eligible``, ``mean_detection``, ``mean_undetected``, ``front_detection``,
+    ``front_undetected`` (``true`` / ``false``), ``detection:<set>`` then ``undetected:<set>`` per attack set,
+    ``status``, ``reason``. Rates are fractions in [0, 1], empty where undefined."""
+    keys, sets = _override_keys(jobs), _attack_sets(jobs)
+    front_det, front_und = _fronts(jobs)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["job", *keys, "benign_fpr", "benign_flagged", "benign_eligible", "mean_detection",
+                     "mean_undetected", "front_detection", "front_undetected", *(f"detection:{s}" for s in sets),
+                     *(f"undetected:{s}" for s in sets), "status", "reason"])
+    for j, on_det, on_und in zip(jobs, front_det, front_und, strict=True):
+        counts = ["" if c is None else str(c) for c in (j.benign_flagged, j.benign_eligible)]
+        writer.writerow([j.job, *(j.overrides.get(k, "") for k in keys), _csv_number(j.benign_fpr), *counts,
+                         _csv_number(j.mean_detection), _csv_number(j.mean_undetected), str(on_det).lower(),
+                         str(on_und).lower(), *(_csv_number(j.detection.get(s, NAN)) for s in sets),
+                         *(_csv_number(j.undetected.get(s, NAN)) for s in sets), j.status, j.reason])
+    return buffer.getvalue()
+
+
+# ---- plot -----------------------------------------------------------------------------------------------------------
+def _panel(ax: Any, jobs: Sequence[JobSummary], ys: list[float], sense: Sense, ylabel: str) -> None:
+    """One panel: benign FPR (%) against ``ys`` (fractions), a point per job with its number, the front as a step
+    line over its marked points."""
+    points = [(j.benign_fpr, y) if j.ok else (NAN, NAN) for j, y in zip(jobs, ys, strict=True)]
+    shown = [(j, x, y) for j, (x, y) in zip(jobs, points, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    ax.set_xlabel("benign FPR (%)")
+    ax.set_ylabel(f"{ylabel} (%)")
+    ax.grid(True, alpha=0.3)
+    if not shown:
+        ax.text(0.5, 0.5, "no job with a benign FPR\nand an attack set", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+        return
+    front = pareto_front(points, ("min", sense))
+    ax.scatter([100 * x for _, x, _ in shown], [100 * y for _, _, y in shown], color="tab:grey", s=25, zorder=2,
+               label="job")
+    on_front = sorted((x, y) for (x, y), flag in zip(points, front, strict=True) if flag)
+    ax.step([100 * x for x, _ in on_front], [100 * y for _, y in on_front], where="post", color="tab:red",
+            zorder=3, label=f"Pareto front ({'max' if sense == 'max' else 'min'} {ylabel}, min FPR)")
+    ax.scatter([100 * x for x, _ in on_front], [100 * y for _, y in on_front], color="tab:red", s=45, zorder=4)
+    labels: dict[tuple[float, float], list[str]] = {}
+    for j, x, y in shown:
+        labels.setdefault((x, y), []).append(str(j.job))
+    for (x, y), numbers in labels.items():
+        ax.annotate(",".join(numbers), (100 * x, 100 * y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
+
+
+def plot_tradeoff(jobs: Sequence[JobSummary], path: str | Path, title: str = "") -> Path:
+    """Two panels, benign FPR (%) against mean detection and against mean undetected success (%): one point per job
+    that has both values, labelled with its job number (jobs at the same point share a label), the Pareto front as a
+    step line with its points marked in red. Failed jobs are counted in the title. Written atomically as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(11, 4.8))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    _panel(left, jobs, [j.mean_detection for j in jobs], "max", "mean detection")
+    _panel(right, jobs, [j.mean_undetected for j in jobs], "min", "mean undetected success")
+    failed = sum(not j.ok for j in jobs)
+    counts = f"{len(jobs)} jobs" + (f", {failed} failed (not shown)" if failed else "")
+    fig.suptitle(f"{title}: {counts}" if title else counts, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
+# ---- writing and the Hydra callback ---------------------------------------------------------------------------------
+def write_summary(sweep_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Collect the jobs of ``sweep_dir`` and write ``summary.md``, ``summary.csv`` and (``plot``) ``tradeoff.png``
+    into it, each atomically. Never raises: what cannot be written is skipped with a warning. Returns what was
+    written (``md``, ``csv``, ``png``)."""
+    sweep_dir = Path(sweep_dir)
+    try:
+        jobs = collect_jobs(sweep_dir)
+    except Exception as error:  # e.g. the folder cannot be listed
+        warnings.warn(f"sweep summary: cannot read {sweep_dir}: {error}", stacklevel=2)
+        jobs = []
+    if not jobs:
+        warnings.warn(f"sweep summary: no job folder in {sweep_dir}", stacklevel=2)
+    elif not any(j.ok for j in jobs):
+        warnings.warn(f"sweep summary: no job of {sweep_dir} has a readable {RESULTS}", stacklevel=2)
+    writers = {
+        "md": lambda p: write_text(p, summary_markdown(jobs, sweep_dir)),
+        "csv": lambda p: write_text(p, summary_csv(jobs)),
+    }
+    if plot:
+        writers["png"] = lambda p: plot_tradeoff(jobs, p, title=sweep_dir.name)
+    written = {}
+    for key, writer in writers.items():
+        try:
+            written[key] = writer(sweep_dir / FILES[key])
+        except Exception as error:  # the sweep's own results matter more than its summary
+            warnings.warn(f"sweep summary: cannot write {sweep_dir / FILES[key]}: {type(error).__name__}: {error}",
+                          stacklevel=2)
+    return written
+
+
+def _job_sweep_dir(config: DictConfig) -> Path:
+    """A job's sweep folder: its output folder less ``hydra.sweep.subdir`` (the same in a launcher's other process,
+    where ``hydra.sweep.dir`` may resolve to another time stamp)."""
+    out = Path(str(config.hydra.runtime.output_dir))
+    depth = len(Path(str(config.hydra.sweep.subdir)).parts)
+    return out.parents[depth - 1] if 0 < depth <= len(out.parents) else Path(str(config.hydra.sweep.dir))
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, :func:`write_summary` into ``hydra.sweep.dir`` and print where.
+
+    It also rewrites the summary after each job of a multirun (silently), so that a sweep stopped by a failed job
+    (Hydra then skips ``on_multirun_end``) still has one. ``tasks``: the ``task_name`` values it summarises (None:
+    all; ``ami-witness`` and ``ami-attack`` write no ``results.json``); ``plot``: whether to draw ``tradeoff.png``.
+    Never raises: a failure becomes a warning, the multirun goes on.
+    """
+
+    def __init__(self, tasks: Sequence[str] | None = None, plot: bool = True) -> None:
+        self.tasks = None if tasks is None else [str(t) for t in tasks]
+        self.plot = plot
+
+    def _wanted(self, config: DictConfig) -> bool:
+        return self.tasks is None or OmegaConf.select(config, "task_name") in self.tasks
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """In a multirun, refresh the summary once the job's results are written."""
+        try:
+            from hydra.types import RunMode
+
+            if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN or not self._wanted(config):
+                return
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the final summary warns; the running one stays quiet
+                write_summary(_job_sweep_dir(config), plot=self.plot)
+        except Exception as error:
+            log.warning("sweep summary after a job failed: %s: %s", type(error).__name__, error)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write ``summary.md``, ``summary.csv`` and ``tradeoff.png`` into the sweep folder and print their paths."""
+        try:
+            if not self._wanted(config):
+                return
+            sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+            written = write_summary(sweep_dir, plot=self.plot)
+            if written:
+                print(f"sweep summary ({', '.join(p.name for p in written.values())}) -> {sweep_dir}")
+                for path in written.values():
+                    print(f"  {path}")
+        except Exception as error:
+            warnings.warn(f"sweep summary failed: {type(error).__name__}: {error}", stacklevel=2)

@@ -1,0 +1,558 @@
+"""Checks of a composed configuration, before anything is built: configuration is an interface.
+
+A misspelt key or an impossible value fails in seconds, with one line per problem naming the key, the bad value and
+what is allowed, instead of doing nothing (Hydra accepts ``+attacks.cw_l2_nxt.params.steps=5`` and the run ignores
+it) or failing minutes later without the key (``ami.weaken=abc``).
+
+* :func:`check_config`: called by every entry point right after Hydra composes ``cfg``. Unknown keys (top level,
+  ``ami``, ``data``, ``paths``; the keyword arguments of every ``_target_`` node), unknown attack sets and attack
+  parameters, values (AmI factors, FPR targets, batch size, workers, faces to attack, seed, formats, the trainer's
+  device), and the files and folders the run needs. It collects every problem and raises one :class:`ConfigError`
+  listing them, one per line. Pure and fast: no model, no data read beyond ``is_file`` / ``is_dir``, the count of
+  the shipped faces and the YAML files of the config sources.
+* :func:`check_model_layers`: called once the model is built, before the witnesses: every ``ami.crop_layers`` entry
+  must be one of the model's hookable layers.
+
+Where the allowed keys come from
+--------------------------------
+From the config files themselves, not from a second, hand-written schema: a key someone adds to a config file is
+allowed at once (no schema to keep in step, which is the usual way such checks rot), and a user's own config
+folder (``--config-dir``, ``hydra.searchpath``, read from ``hydra.runtime.config_sources``) extends what is
+allowed. Composing every option of every group would cost seconds; instead each YAML file is read as it is
+(:func:`config_files`, milliseconds, cached): the primary configs at the root of each source, and every option of
+every group, placed at its package (the ``# @package`` header; the group's name when there is none; ``_global_``
+at the root). Then
+
+* top level: the primary config's own keys (the one named by ``hydra.job.config_name``; those of all primaries
+  when it is not known), the package of every group (``attack/*`` -> ``attacks``), the keys the ``_global_``
+  options set (``experiment``, ``hparams_search``), and ``hydra``. So ``ami-witness +fpr_targets=[0.1]`` is refused:
+  ``witness.yaml`` defines no ``fpr_targets`` and nothing reads it there;
+* ``ami``, ``data``, ``paths``: the keys that any option of the group, or a ``_global_`` option, sets there;
+* a node with a ``_target_`` (``model``, ``trainer``, ``data.benign``): the keyword parameters of the target
+  (``inspect.signature``), as ``instantiate`` would call it; not checked when the target takes ``**kwargs``. The
+  logger is left to :func:`ami_lightning.loggers.check_logger`, Hydra's own node to Hydra;
+* ``attacks.<set>``: a registered set (:data:`ami_lightning.attacks.registry.ATTACK_SETS`), keys ``name`` (the set's
+  own name) and ``params``, the parameters of the set's attack constructor
+  (:meth:`~ami_lightning.attacks.registry.AttackSpec.parameters`; ``detector`` is the pipeline's).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.resources
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from ami_lightning import builders
+from ami_lightning.attacks.registry import ATTACK_SETS, keyword_parameters
+from ami_lightning.cli import config_dir
+from ami_lightning.data.datasets import OnError
+from ami_lightning.embedded import face_files
+from ami_lightning.probes import VARIANTS
+from ami_lightning.witnesses.witness_set import Format
+
+CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
+"""Groups whose keys must be among those their config files define."""
+UNCHECKED_TARGETS: tuple[str, ...] = ("hydra", "logger")
+"""Top-level nodes whose ``_target_`` keyword arguments are left alone (Hydra's own; the logger's own check)."""
+ATTACK_KEYS: tuple[str, ...] = ("name", "params")
+WITNESS_FORMATS: tuple[str, ...] = tuple(get_args(Format))
+ON_ERROR: tuple[str, ...] = tuple(get_args(OnError))
+CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
+
+
+def _target(function: Callable[..., Any]) -> str:
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+VGG_FACE_TARGET = _target(builders.vgg_face_classifier)
+DLIB_TARGET = _target(builders.dlib_gallery)
+BENIGN_FOLDER_TARGET = _target(builders.benign_folder)
+SHIPPED_PROBES_TARGET = _target(builders.shipped_probes)
+
+_ABSENT: Any = object()  # no such key
+_BROKEN: Any = object()  # a value that cannot be resolved (reported once, where it is read)
+_INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
+_PACKAGE = re.compile(r"^#\s*@package\s+(\S+)")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run as meant; ``problems`` holds one line per problem, each naming the key, the
+    bad value and what is allowed, and the message lists them all."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        count = len(self.problems)
+        super().__init__(f"invalid configuration ({count} problem{'' if count == 1 else 's'}):\n"
+                         + "\n".join(f"  {problem}" for problem in self.problems))
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[tuple[str, ...]]]:
+        return type(self), (self.problems,)
+
+
+# ---- what the config files define -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConfigFiles:
+    """What the YAML files of some config sources define (module docstring): ``primaries``: each primary config's
+    own top-level keys; ``packages``: the top-level keys that group options fill; ``nodes``: for each place (a key
+    path), the mappings that files set there."""
+
+    primaries: Mapping[str, frozenset[str]]
+    packages: frozenset[str]
+    nodes: Mapping[tuple[str, ...], tuple[Mapping[str, Any], ...]]
+
+    def top_level(self, primary: str | None) -> frozenset[str]:
+        """Top-level keys allowed in a config composed from ``primary`` (all primaries' keys if it is unknown)."""
+        if primary in self.primaries:
+            return self.primaries[primary] | self.packages
+        return frozenset().union(*self.primaries.values()) | self.packages
+
+    def keys_at(self, place: tuple[str, ...]) -> frozenset[str] | None:
+        """Every key that some file sets in the mapping at ``place``; None if no file sets one there."""
+        nodes = self.nodes.get(place)
+        return frozenset().union(*(node.keys() for node in nodes)) if nodes else None
+
+
+def _package_header(text: str) -> str | None:
+    """The ``# @package`` of a config file (in its leading comment lines), or None."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            break
+        if match := _PACKAGE.match(line):
+            return match.group(1)
+    return None
+
+
+def _package_place(header: str | None, group: tuple[str, ...]) -> tuple[str, ...]:
+    """Where an option of ``group`` goes: its package header as a key path (``_global_``: the root)."""
+    if header is None:
+        return group
+    parts = tuple(header.split("."))
+    if parts[0] == "_global_":
+        return parts[1:]
+    if parts[0] == "_group_":
+        return group + parts[1:]
+    return parts
+
+
+def _record(nodes: dict[tuple[str, ...], list[Mapping[str, Any]]], place: tuple[str, ...], node: Any) -> None:
+    if isinstance(node, Mapping):
+        nodes.setdefault(place, []).append(node)
+        for key, child in node.items():
+            _record(nodes, (*place, str(key)), child)
+
+
+@functools.lru_cache(maxsize=8)
+def config_files(sources: tuple[str, ...]) -> ConfigFiles:
+    """Read every ``*.yaml`` under the config folders ``sources`` (module docstring); cached."""
+    primaries: dict[str, frozenset[str]] = {}
+    packages = {"hydra"}
+    nodes: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for root in map(Path, sources):
+        for path in sorted(root.rglob("*.yaml")) if root.is_dir() else []:
+            text = path.read_text(encoding="utf-8")
+            content = OmegaConf.to_container(OmegaConf.create(text), resolve=False) if text.strip() else {}
+            if not isinstance(content, dict):
+                continue
+            content.pop("defaults", None)
+            group = path.relative_to(root).parent.parts
+            if not group:
+                primaries[path.stem] = primaries.get(path.stem, frozenset()) | frozenset(map(str, content))
+                place: tuple[str, ...] = ()
+            else:
+                place = _package_place(_package_header(text), group)
+                packages.update([place[0]] if place else map(str, content))
+            _record(nodes, place, content)
+    return ConfigFiles(primaries, frozenset(packages), {place: tuple(found) for place, found in nodes.items()})
+
+
+def _hydra_node(cfg: DictConfig) -> Any:
+    """Hydra's node of ``cfg`` (composed with ``return_hydra_config``), else the running job's, else None."""
+    node = OmegaConf.select(cfg, "hydra", default=None, throw_on_resolution_failure=False)
+    if isinstance(node, DictConfig):
+        return node
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def config_sources(cfg: DictConfig) -> tuple[str, ...]:
+    """The config folders ``cfg`` was composed from: the shipped ``ami_lightning.conf`` and the ``file://`` and
+    ``pkg://`` sources of Hydra's search path (Hydra's own aside)."""
+    folders = [config_dir()]
+    hydra = _hydra_node(cfg)
+    sources = OmegaConf.select(hydra, "runtime.config_sources", default=None) if hydra is not None else None
+    for source in sources or []:
+        if source.get("provider") == "hydra" or not source.get("path"):
+            continue
+        if source.get("schema") == "file":
+            folders.append(Path(source.path))
+        elif source.get("schema") == "pkg":
+            try:
+                folders.append(Path(str(importlib.resources.files(source.path))))
+            except (ModuleNotFoundError, TypeError):
+                continue
+    return tuple(dict.fromkeys(str(folder.resolve()) for folder in folders))
+
+
+def _primary_name(cfg: DictConfig) -> str | None:
+    hydra = _hydra_node(cfg)
+    return OmegaConf.select(hydra, "job.config_name", default=None) if hydra is not None else None
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------------
+@functools.cache
+def shipped_face_count() -> int:
+    """How many faces ship with the package (what ``data.attack_faces`` can take)."""
+    try:
+        return len(face_files())
+    except FileNotFoundError:
+        return 0
+
+
+def _show(value: Any) -> str:
+    """A value as the problem lines show it: YAML words for null and booleans, ``repr`` otherwise."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=False)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _item(key: str, value: Any) -> str:
+    """``key=value`` for a scalar, ``key`` alone for a mapping."""
+    return key if isinstance(value, DictConfig | Mapping) else f"{key}={_show(value)}"
+
+
+def _did_you_mean(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Problems:
+    """The problems found so far, and reading values of ``cfg`` without letting a resolution error escape."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        if line not in self.lines:
+            self.lines.append(line)
+
+    def get(self, key: str) -> Any:
+        """The resolved value at ``key``; ``_ABSENT`` if there is none; ``_BROKEN`` (and a problem) if it is ``???``
+        or cannot be resolved."""
+        try:
+            return OmegaConf.select(self.cfg, key, default=_ABSENT, throw_on_missing=True)
+        except MissingMandatoryValue:
+            self.add(f"{key}=???: no value given")
+        except OmegaConfBaseException as err:
+            self.add(f"{key}: cannot be resolved: {str(err).splitlines()[0]}")
+        return _BROKEN
+
+    def source(self, key: str) -> str:
+        """The key that ``key`` takes its value from, following plain interpolations (``data.attacks_dir`` ->
+        ``paths.attacks_dir``), for messages that name what the user should set."""
+        seen = []
+        while key not in seen:
+            seen.append(key)
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(self.cfg, parent, default=None) if parent else self.cfg
+            if not isinstance(node, DictConfig) or leaf not in node.keys():
+                break
+            raw = OmegaConf.to_container(node, resolve=False).get(leaf)
+            match = _INTERPOLATION.match(raw) if isinstance(raw, str) else None
+            if match is None:
+                break
+            key = match.group(1)
+        return key
+
+    def value(self, key: str, ok: Callable[[Any], bool], expected: str, required: bool = True) -> Any:
+        """Check the value at ``key`` (``ok``); a problem ``key=value: expected ...`` if it fails, or ``key: missing``
+        if there is none and it is ``required``. Returns the value (or ``_ABSENT`` / ``_BROKEN``)."""
+        value = self.get(key)
+        if value is _ABSENT:
+            if required:
+                self.add(f"{key}: missing; expected {expected}")
+        elif value is not _BROKEN and not ok(value):
+            self.add(f"{key}={_show(value)}: expected {expected}")
+        return value
+
+
+# ---- check_config --------------------------------------------------------------------------------------------------
+def check_config(cfg: DictConfig) -> None:
+    """Check a composed config before anything is built (module docstring); one :class:`ConfigError` listing every
+    problem found, one per line."""
+    problems = _Problems(cfg)
+    files = config_files(config_sources(cfg))
+    _check_top_level(cfg, files, problems)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for group in CHECKED_GROUPS:
+        if isinstance(raw.get(group), Mapping):
+            _check_keys(raw[group], (group,), files, problems)
+    _check_targets(cfg, problems)
+    _check_attacks(problems)
+    _check_values(problems)
+    _check_trainer(problems)
+    _check_paths(problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+
+
+def _check_top_level(cfg: DictConfig, files: ConfigFiles, problems: _Problems) -> None:
+    allowed = files.top_level(_primary_name(cfg))
+    in_groups = {key: f"{group}.{key}" for group in CHECKED_GROUPS for key in files.keys_at((group,)) or ()}
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for key in cfg.keys():
+        key = str(key)
+        if key not in allowed:
+            hint = f" (did you mean {in_groups[key]}?)" if key in in_groups else _did_you_mean(key, allowed)
+            problems.add(f"{_item(key, raw[key])}: unknown top-level key{hint}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _check_keys(node: Mapping[str, Any], place: tuple[str, ...], files: ConfigFiles, problems: _Problems) -> None:
+    """Keys of ``node`` (raw, unresolved) at ``place`` against those the config files set there; nodes with a
+    ``_target_`` are left to :func:`_check_targets`."""
+    allowed = files.keys_at(place)
+    if allowed is None or "_target_" in node:
+        return
+    where = ".".join(place)
+    for key, child in node.items():
+        if key not in allowed:
+            problems.add(f"{_item(f'{where}.{key}', child)}: unknown key in {where}{_did_you_mean(key, allowed)}; "
+                         f"the config files define: {', '.join(sorted(allowed))}")
+        elif isinstance(child, Mapping):
+            _check_keys(child, (*place, key), files, problems)
+
+
+def _check_targets(cfg: DictConfig, problems: _Problems) -> None:
+    """Every ``_target_`` node (but Hydra's and the logger's): its keys must be keyword parameters of the target."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+
+    def visit(node: Any, where: str) -> None:
+        if isinstance(node, list):
+            for i, child in enumerate(node):
+                visit(child, f"{where}[{i}]")
+            return
+        if not isinstance(node, Mapping):
+            return
+        target = node.get("_target_")
+        if isinstance(target, str) and "${" not in target:
+            _check_target_keys(node, where, target, problems)
+        for key, child in node.items():
+            visit(child, f"{where}.{key}" if where else str(key))
+
+    for key, node in raw.items():
+        if key not in UNCHECKED_TARGETS:
+            visit(node, str(key))
+
+
+def _check_target_keys(node: Mapping[str, Any], where: str, target: str, problems: _Problems) -> None:
+    try:
+        parameters = keyword_parameters(get_object(target))
+    except Exception as err:  # any failure to import the target is the config's problem here
+        problems.add(f"{where}._target_={target!r}: cannot be imported: {err}")
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    for key, value in node.items():
+        if not (key.startswith("_") and key.endswith("_")) and key not in parameters:
+            problems.add(f"{_item(f'{where}.{key}', value)}: not a parameter of {target}"
+                         f"{_did_you_mean(key, parameters)}; it takes: {', '.join(parameters)}")
+
+
+def _check_attacks(problems: _Problems) -> None:
+    attacks = problems.get("attacks")
+    if attacks is _ABSENT or attacks is _BROKEN or attacks is None:
+        return
+    if not isinstance(attacks, DictConfig):
+        problems.add(f"attacks={_show(attacks)}: expected a mapping of attack set -> {{name, params}}")
+        return
+    registered = ", ".join(sorted(ATTACK_SETS))
+    for set_name in map(str, attacks.keys()):
+        key = f"attacks.{set_name}"
+        if set_name not in ATTACK_SETS:
+            problems.add(f"{key}: unknown attack set{_did_you_mean(set_name, ATTACK_SETS)}; registered: {registered}")
+            continue
+        node = problems.get(key)
+        if not isinstance(node, DictConfig):
+            if node is not _BROKEN:
+                problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(ATTACK_KEYS)}")
+            continue
+        for extra in (str(k) for k in node.keys() if k not in ATTACK_KEYS):
+            problems.add(f"{key}.{extra}: unknown key of an attack set{_did_you_mean(extra, ATTACK_KEYS)}; "
+                         f"allowed: {', '.join(ATTACK_KEYS)}")
+        name = problems.get(f"{key}.name")
+        named = name is not _ABSENT and name is not _BROKEN and name is not None
+        if named and name != set_name:
+            problems.add(f"{key}.name={_show(name)}: expected the set's own name {set_name!r} (or no name: a budget "
+                         f"for a set that attack=[...] may select)")
+        params = problems.get(f"{key}.params")
+        if params is _ABSENT or params is _BROKEN:
+            continue
+        if not isinstance(params, DictConfig):
+            problems.add(f"{key}.params={_show(params)}: expected a mapping of parameter -> value")
+            continue
+        _check_attack_params(set_name, params, selected=named, problems=problems)
+
+
+def _check_attack_params(set_name: str, params: DictConfig, selected: bool, problems: _Problems) -> None:
+    spec = ATTACK_SETS[set_name]
+    constructor = spec.constructor()
+    accepted = spec.parameters()
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    configurable = {name: p for name, p in accepted.items()
+                    if p.kind is not p.VAR_KEYWORD and not (spec.needs_detector and name == "detector")}
+    label = f"{set_name} ({getattr(constructor, '__name__', constructor)})"
+    raw = OmegaConf.to_container(params, resolve=False)
+    for param in map(str, params.keys()):
+        key = f"attacks.{set_name}.params.{param}"
+        if spec.needs_detector and param == "detector":
+            problems.add(f"{key}: the pipeline passes the run's AmI detector; it is not set by the config")
+        elif param not in configurable and not open_ended:
+            problems.add(f"{_item(key, raw[param])}: not a parameter of {label}{_did_you_mean(param, configurable)}; "
+                         f"allowed: {', '.join(configurable)}")
+    if selected:
+        for name, p in configurable.items():
+            if p.default is p.empty and name not in params.keys():
+                problems.add(f"attacks.{set_name}.params.{name}: missing; {label} needs it")
+
+
+def _check_values(problems: _Problems) -> None:
+    positive = "a finite number > 0"
+    for key in ("ami.weaken", "ami.strengthen0", "ami.strengthen1"):
+        problems.value(key, lambda v: _is_number(v) and math.isfinite(v) and v > 0, positive)
+    problems.value("ami.crop_layers", lambda v: isinstance(v, ListConfig) and all(isinstance(x, str) for x in v),
+                   "a list of layer names, like [pool3] or []")
+    problems.value("ami.caffe_median", lambda v: isinstance(v, bool), "true or false")
+    problems.value("ami.witness_format", lambda v: v in WITNESS_FORMATS, f"one of {', '.join(WITNESS_FORMATS)}")
+    problems.value("fpr_targets", lambda v: isinstance(v, ListConfig) and len(v) > 0
+                   and all(_is_number(t) and 0 < t < 1 for t in v),
+                   "a non-empty list of numbers in (0, 1), like [0.05]", required=False)
+    problems.value("auroc_bootstrap.resamples", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=False)
+    problems.value("auroc_bootstrap.seed", _is_int, "an integer", required=False)
+    problems.value("optimized_metric", lambda v: v is None or (isinstance(v, str) and "/" in v),
+                   "null or a logged metric name <set>/<metric>, like objective/fpr_gap or fgsm/auroc", required=False)
+    problems.value("objective.target_fpr", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
+                   required=False)
+    problems.value("seed", _is_int, "an integer")
+    problems.value("data.batch_size", lambda v: _is_int(v) and v > 0, "an integer > 0")
+    problems.value("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    faces = shipped_face_count()
+    problems.value("data.attack_faces", lambda v: v is None or (_is_int(v) and 0 <= v <= faces),
+                   f"null (all {faces} shipped faces) or an integer in [0, {faces}]")
+    problems.value("data.on_error", lambda v: v in ON_ERROR, f"one of {', '.join(ON_ERROR)}")
+    problems.value("data.npy_legacy", lambda v: isinstance(v, bool), "true or false")
+
+
+def _check_trainer(problems: _Problems) -> None:
+    devices = problems.value("trainer.devices", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=False)
+    accelerator = problems.get("trainer.accelerator")
+    if not isinstance(accelerator, str) or accelerator.lower() not in CUDA_ACCELERATORS:
+        return
+    if not torch.cuda.is_available():
+        problems.add(f"trainer.accelerator={_show(accelerator)}: no CUDA GPU is available here; use trainer=cpu "
+                     f"(trainer=ddp_sim: DDP on the CPU)")
+    elif _is_int(devices) and devices > (count := torch.cuda.device_count()):
+        problems.add(f"trainer.devices={devices}: expected an integer in [1, {count}] (the CUDA GPUs here)")
+
+
+def _check_paths(problems: _Problems) -> None:
+    """The files and folders the run reads: all missing ones are reported together."""
+    model = problems.get("model._target_")
+    if model == VGG_FACE_TARGET:
+        _need_path(problems, "model.weights", "file", "VGG-Face's weights (vgg_face_dag.pth)")
+        _need_path(problems, "model.names", "file", "VGG-Face's 2622 identity names (names.txt)")
+    elif model == DLIB_TARGET:
+        _need_path(problems, "model.faces_dir", "folder", "the gallery's faces, one photo per identity", False)
+        _need_path(problems, "model.weights", "file", "a dlib ResNet .dat file", False)
+    benign = problems.get("data.benign._target_")
+    if benign == BENIGN_FOLDER_TARGET:
+        _need_path(problems, "data.benign.benign_dir", "folder", "the benign images")
+        _need_path(problems, "data.benign.benign_list", "file", "the list of benign file names to use", False)
+    elif benign == SHIPPED_PROBES_TARGET:
+        faces = shipped_face_count()
+        problems.value("data.benign.limit", lambda v: v is None or (_is_int(v) and 1 <= v <= faces),
+                       f"null (all {faces} shipped faces) or an integer in [1, {faces}]", required=False)
+        problems.value("data.benign.variants", lambda v: isinstance(v, ListConfig) and len(v) > 0
+                       and all(x in VARIANTS for x in v),
+                       f"a non-empty list of {', '.join(VARIANTS)}", required=False)
+    _need_path(problems, "ami.witnesses", "folder", "the witness files to use (null: extract them)", False)
+    _check_attacks_dir(problems)
+
+
+def _need_path(problems: _Problems, key: str, kind: str, what: str, required: bool = True) -> None:
+    """A problem naming the key the path comes from unless ``key`` holds an existing ``kind`` (file or folder);
+    null is a problem only if ``required``."""
+    value = problems.get(key)
+    if value is _ABSENT or value is _BROKEN:
+        return
+    source = problems.source(key)
+    if value is None or value == "":
+        if required:
+            problems.add(f"{source}=null: not given; the run needs {what}")
+        return
+    path = Path(str(value))
+    if not (path.is_file() if kind == "file" else path.is_dir()):
+        problems.add(f"{source}={_show(str(value))}: no such {kind}; the run needs {what} there")
+
+
+def _check_attacks_dir(problems: _Problems) -> None:
+    """Selected attack sets are read from ``data.attacks_dir`` when it is given (each set a sub-folder), else
+    generated from the first ``data.attack_faces`` shipped faces, which must then be at least one."""
+    attacks = problems.get("attacks")
+    if not isinstance(attacks, DictConfig):
+        return
+    selected = [name for name in map(str, attacks.keys()) if name in ATTACK_SETS
+                and isinstance(attacks.get(name), DictConfig) and attacks[name].get("name")]
+    if not selected:
+        return
+    root = problems.get("data.attacks_dir")
+    key = problems.source("data.attacks_dir")
+    if root is None or root == "" or root is _ABSENT:
+        if problems.get("data.attack_faces") == 0:
+            problems.add(f"{key}=null: not given, and data.attack_faces=0 generates no attack samples; give the "
+                         f"folder of the attack sets ({', '.join(selected)}), one sub-folder each, or select none "
+                         f"with attack=[]")
+    elif root is not _ABSENT and root is not _BROKEN:
+        folder = Path(str(root))
+        if not folder.is_dir():
+            problems.add(f"{key}={_show(str(root))}: no such folder; the run reads the attack sets "
+                         f"({', '.join(selected)}) there, one sub-folder each")
+        elif missing := [name for name in selected if not (folder / name).is_dir()]:
+            problems.add(f"{key}={_show(str(root))}: no sub-folder for the attack sets {', '.join(missing)}")
+
+
+# ---- check_model_layers --------------------------------------------------------------------------------------------
+def check_model_layers(cfg: DictConfig, layer_names: Sequence[str]) -> None:
+    """Once the model is built (before the witnesses): every ``ami.crop_layers`` entry must be one of the model's
+    hookable layers ``layer_names`` (:func:`ami_lightning.layers.hook_layer_names`); else :class:`ConfigError`
+    listing them."""
+    crop_layers = OmegaConf.select(cfg, "ami.crop_layers", default=None)
+    names = list(crop_layers) if isinstance(crop_layers, ListConfig | list | tuple) else []
+    unknown = [name for name in names if name not in layer_names]
+    if unknown:
+        raise ConfigError([f"ami.crop_layers={_show(crop_layers)}: {', '.join(map(str, unknown))} "
+                           f"{'is' if len(unknown) == 1 else 'are'} not among the model's hookable layers; "
+                           f"expected some of: {', '.join(layer_names)} (or [] to crop none)"])

@@ -1,0 +1,97 @@
+"""Write the README's tables of figures from the runs that produced them, with the command, commit and machine.
+
+Each table sits in README.md between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; this script replaces
+what is between the markers by the table rendered from a run folder's ``results.json`` and a line naming the
+command, the commit and the machine recorded there (:mod:`ami_lightning.provenance`). Usage (repository root)::
+
+    .venv/bin/ami-run                                    # or any run whose table the README shows
+    python -m scripts.readme_tables default-run logs/run/<stamp>
+    .venv/bin/ami-calibrate
+    python -m scripts.readme_tables calibration logs/calibrate/<stamp>
+    python -m scripts.readme_tables default-run logs/run/<stamp> --check   # exit 1 if the README differs
+
+Kinds of table: ``default-run`` (any ``ami-run`` / ``ami-eval`` results) and ``calibration`` (``ami-calibrate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ami_lightning.cli.calibrate import calibration_markdown
+from ami_lightning.provenance import describe
+from ami_lightning.reporting import RunResults, read_results
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def run_table(results: RunResults) -> str:
+    """The README's table of an evaluation run: one row per set, rates with their counts and 95 % Wilson
+    intervals, AUROC with its bootstrap interval, detection at each calibrated FPR and undetected success."""
+    targets = results.fpr_targets
+    header = ["set", "n", "eligible", "rate (FPR / detection)", "AUROC",
+              *(f"det@{100 * t:g}%FPR" for t in targets), "undetected"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for s in results.sets:
+        name = s.name if s.adversarial else f"{s.name} (FPR)"
+        cells = [name, str(s.n), str(s.eligible), s.rate_text(), s.auroc_text(),
+                 *(s.detection_at_text(t) for t in targets), s.undetected_text()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(kind: str, run_dir: Path) -> str:
+    """The block's new content: the table of ``run_dir`` and its provenance line."""
+    path = run_dir / "results.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if kind == "default-run":
+        table = run_table(read_results(path))
+        record = (data.get("extra") or {}).get("provenance")
+    elif kind == "calibration":
+        table, record = calibration_markdown(data), data.get("provenance")
+    else:
+        raise SystemExit(f"unknown table kind {kind!r}; expected default-run or calibration")
+    if not record:
+        raise SystemExit(f"{path} records no provenance (command, commit, machine): rerun it with this version")
+    return f"{table}\n\nWritten by `scripts/readme_tables.py {kind}` from {describe(record)}."
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with the block ``name`` holding ``content``; SystemExit when the README has no such block."""
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README has no block <!-- results:{name} --> ... <!-- /results:{name} -->")
+    return pattern.sub(lambda m: m.group(1) + content + m.group(2), text, count=1)
+
+
+def _tables(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith("Written by `scripts/readme_tables.py")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("default-run", "calibration"))
+    parser.add_argument("run_dir", type=Path, help="the run folder holding results.json")
+    parser.add_argument("--block", help="README block name (default: the kind)")
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--check", action="store_true",
+                        help="compare the tables only (not the provenance line); exit 1 when the README differs")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    new = replace_block(text, args.block or args.kind, render(args.kind, args.run_dir))
+    if args.check:  # the tables must match; the provenance line names another run
+        if _tables(new) != _tables(text):
+            print(f"{args.readme}: block {args.block or args.kind} differs from {args.run_dir}", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(new, encoding="utf-8")
+    print(f"{args.readme}: block {args.block or args.kind} written from {args.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

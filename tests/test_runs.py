@@ -1,0 +1,186 @@
+"""A run's life: unique folders, cache keys of exactly the right inputs, the logger checked first and fed last, the
+task wrapper closing what is open, the optimised metric by name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, open_dict
+
+from ami_lightning import cache, loggers
+from ami_lightning.cli import apps, run_stamp
+from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
+from ami_lightning.pipeline import witness_key
+from tests.conftest import compose_config, cpu_config
+
+
+# ---- run folders ----------------------------------------------------------------------------------------------------
+def test_runs_started_in_the_same_second_get_their_own_folders() -> None:
+    """Each process names its run folder once (timestamp + random suffix): two processes started together differ."""
+    code = "from ami_lightning.cli import run_stamp; print(run_stamp())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    stamps = [p.communicate()[0].strip() for p in procs]
+    assert stamps[0] != stamps[1]
+    assert all(len(s) == len("2026-12-01_02-50-20_") + 6 for s in stamps)
+    assert run_stamp() == run_stamp()  # fixed within a process
+
+
+def test_run_and_sweep_folders_carry_the_stamp(tmp_path: Path) -> None:
+    cfg = compose_config("eval")
+    assert cfg.hydra.run.dir.endswith(run_stamp()) and cfg.hydra.sweep.dir.endswith(run_stamp())
+
+
+# ---- cache keys -----------------------------------------------------------------------------------------------------
+def test_file_digest_is_sha256_remembered_by_size_and_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"a" * 1000)
+    calls = []
+    real = cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda path: calls.append(path) or real(path))
+    store = tmp_path / "cache"
+    assert cache.file_digest(weights, store) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert cache.file_digest(weights, store) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert len(calls) == 1  # the second call read the memo, not the file
+    weights.write_bytes(b"b" * 1001)  # replaced at the same path
+    assert cache.file_digest(weights, store) == hashlib.sha256(b"b" * 1001).hexdigest() and len(calls) == 2
+    (store / "digests.json").write_text("{torn")  # a damaged memo is rebuilt
+    assert cache.file_digest(weights, store) == hashlib.sha256(b"b" * 1001).hexdigest()
+
+
+def test_keys_ignore_batch_size_and_follow_the_weights_content(tmp_path: Path) -> None:
+    """Batch size and workers never change a key; the weights file's content does, its path does not."""
+    base = cpu_config(compose_config("run"), tmp_path)
+    other_batch = cpu_config(compose_config("run", ["data.batch_size=7", "data.num_workers=3"]), tmp_path)
+    assert witness_key(base) == witness_key(other_batch)
+    assert cache.model_identity(base.model, base.paths.cache_dir) == cache.model_identity(other_batch.model)
+
+    copy = tmp_path / "copy.dat"
+    shutil.copyfile(dlib_model_path(FACE_RECOGNITION_RESNET), copy)
+    same = cpu_config(compose_config("run", [f"model.weights={copy}"]), tmp_path)
+    assert witness_key(same) == witness_key(base)  # same content elsewhere: same witnesses
+    with open(copy, "ab") as handle:
+        handle.write(b"\0")
+    assert witness_key(same) != witness_key(base)  # a changed file at that path: new witnesses and attack sets
+    caffe = cpu_config(compose_config("run", ["ami=caffe"]), tmp_path)
+    assert witness_key(caffe) != witness_key(base)  # the witness rule
+
+
+def test_a_stage_version_bump_invalidates_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = cpu_config(compose_config("run"), tmp_path)
+    before = witness_key(cfg)
+    monkeypatch.setitem(cache.STAGE_VERSIONS, "witnesses", cache.STAGE_VERSIONS["witnesses"] + 1)
+    assert witness_key(cfg) != before
+
+
+# ---- loggers --------------------------------------------------------------------------------------------------------
+def _wandb_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    return cpu_config(compose_config("eval", ["logger=wandb", *overrides]), tmp_path)
+
+
+def test_wandb_online_without_key_or_server_fails_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    online = _wandb_cfg(tmp_path, "logger.offline=false")
+    with pytest.raises(loggers.LoggerError, match="needs a W&B API key .* logger.offline=true"):
+        loggers.check_logger(online)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    with socket_closed_port() as port:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        with pytest.raises(loggers.LoggerError, match=rf"127.0.0.1:{port} cannot be reached within 1 s "
+                                                      r"\(ConnectionRefusedError"):
+            loggers.check_logger(online, probe_timeout=1)
+
+    def hang(*_args: object, **_kwargs: object) -> None:
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(loggers.socket, "create_connection", hang)
+    with pytest.raises(loggers.LoggerError, match=r"within 10 s \(TimeoutError: timed out\)"):
+        loggers.check_logger(online)
+    loggers.check_logger(_wandb_cfg(tmp_path))  # offline (the default): nothing to check
+
+
+class socket_closed_port:
+    """A local TCP port with nothing listening (bound, then closed)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *_args: object) -> None:
+        return None
+
+
+class BrokenLogger:
+    """A logger whose construction fails, as a W&B logger without network may."""
+
+    def __init__(self, **_kwargs: object) -> None:
+        raise ConnectionError("logger service unavailable")
+
+
+def test_results_are_written_before_the_logger_starts(tmp_path: Path) -> None:
+    """A logger that fails loses nothing: results.json and the plots are already on disk."""
+    cfg = cpu_config(compose_config("eval", ["attack=[]"]), tmp_path)
+    with open_dict(cfg):
+        cfg.data.benign.limit = 3
+        cfg.logger = {"_target_": f"{__name__}.BrokenLogger"}
+    with pytest.raises(Exception, match="logger service unavailable"):
+        apps._eval(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert results["sets"][0]["name"] == "benign" and results["sets"][0]["n"] == 12
+
+
+def test_wandb_run_gets_the_whole_config_and_is_closed_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
+    cfg = _wandb_cfg(tmp_path, "ami.weaken=777")
+    logger = loggers.logger_from(cfg)
+    assert logger is not None and logger._wandb_init.get("group") is None  # a single run has no group
+    logger.log_hyperparams(loggers.run_config(cfg))
+    assert logger.experiment.config["ami"]["weaken"] == 777 and "hydra" not in logger.experiment.config
+    assert wandb.run is not None
+
+    @apps.task
+    def failing(_cfg: DictConfig) -> None:
+        raise RuntimeError("job failed")
+
+    with pytest.raises(RuntimeError, match="job failed"):
+        failing(cpu_config(compose_config("eval"), tmp_path))
+    assert wandb.run is None  # closed by the task wrapper's finally
+
+
+# ---- the task wrapper -----------------------------------------------------------------------------------------------
+def test_optimized_metric_is_named_and_checked(tmp_path: Path) -> None:
+    assert compose_config("eval", ["hparams_search=optuna"]).optimized_metric == "objective/fpr_gap"
+    cfg = cpu_config(compose_config("eval", ["optimized_metric=fgsm/auroc"]), tmp_path)
+    assert apps.optimized_value(cfg, {"fgsm/auroc": 0.75, "benign/rate": 0.1}) == 0.75
+    with pytest.raises(KeyError, match=r"optimized_metric='fgsm/auroc' is not a metric of this job; it has: "
+                                       r"\['benign/rate'\]"):
+        apps.optimized_value(cfg, {"benign/rate": 0.1})
+    assert apps.optimized_value(cpu_config(compose_config("eval"), tmp_path), {"benign/rate": 0.1}) is None
+
+
+def test_a_refused_config_leaves_no_run_folder(tmp_path: Path) -> None:
+    cfg = cpu_config(compose_config("eval", ["ami.weaken=-1"]), tmp_path)
+    out = Path(cfg.paths.output_dir)
+    (out / ".hydra").mkdir(parents=True)
+    (out / "eval.log").write_text("")
+    with pytest.raises(ValueError, match="ami.weaken"):
+        apps._eval(cfg)
+    assert not out.exists()

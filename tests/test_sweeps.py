@@ -1,0 +1,313 @@
+"""The sweep summary (``ami_lightning.sweeps``): reading fabricated sweep folders, the tables, the Pareto fronts, the
+plot, the Hydra callback, and (slow) a real multirun of ``ami-eval``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ami_lightning.reporting import RunResults, SetResult, write_results
+from ami_lightning.sweeps import (
+    FILES,
+    SweepSummary,
+    collect_jobs,
+    pareto_front,
+    parse_overrides,
+    plot_tradeoff,
+    summary_csv,
+    summary_markdown,
+    write_summary,
+)
+from tests.conftest import compose_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+COMMON = ["attack=[fgsm,bim]", "data.benign.limit=4"]
+# job -> (weaken, benign (eligible, flagged), fgsm (n, eligible, flagged), bim (n, eligible, flagged))
+JOBS = {
+    0: (500, (100, 10), (10, 10, 8), (10, 5, 5)),  # FPR 10 %, detection 80 / 100 -> 90 %, undetected 20 / 0 -> 10 %
+    1: (1000, (100, 5), (10, 10, 6), (10, 8, 4)),  # FPR 5 %, detection 60 / 50 -> 55 %, undetected 40 / 40 -> 40 %
+    2: (2000, (100, 20), (10, 10, 7), (10, 10, 7)),  # FPR 20 %, 70 %, 30 %: dominated by job 0 on both fronts
+}
+FAILED_JOB = 10  # only its overrides (a crashed job); numbered 10 to check the numeric order
+
+
+def _write_overrides(folder: Path, overrides: list[str]) -> None:
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides), encoding="utf-8")
+
+
+def _results(weaken: float, benign: tuple[int, int], *attacks: tuple[str, tuple[int, int, int]]) -> RunResults:
+    sets = [SetResult(name="benign", adversarial=False, n=benign[0] + 3, eligible=benign[0], flagged=benign[1])]
+    sets += [SetResult(name=name, adversarial=True, n=n, eligible=eligible, flagged=flagged, auroc=0.9)
+             for name, (n, eligible, flagged) in attacks]
+    return RunResults(sets=sets, weaken=weaken, strengthen=(2.15, 200.0), model="toy")
+
+
+def _sweep(root: Path) -> Path:
+    """A sweep folder as Hydra's basic sweeper leaves it: three finished jobs and one failed."""
+    sweep = root / "sweep"
+    for job, (weaken, benign, fgsm, bim) in JOBS.items():
+        write_results(_results(weaken, benign, ("fgsm", fgsm), ("bim", bim)), sweep / str(job))
+        _write_overrides(sweep / str(job), [f"ami.weaken={weaken}", *COMMON])
+    _write_overrides(sweep / str(FAILED_JOB), ["ami.weaken=4000", *COMMON])
+    (sweep / "multirun.yaml").write_text("hydra: {}\n", encoding="utf-8")
+    (sweep / "notes").mkdir()  # not a job folder: ignored
+    return sweep
+
+
+def _md_rows(text: str) -> list[list[str]]:
+    """The cells of the Markdown table's rows (header first, the rule left out)."""
+    lines = [line.strip() for line in text.splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])] for line in lines]
+    return [row for row in rows if not all(re.fullmatch(r"-+:?", c) for c in row)]
+
+
+# ---- reading --------------------------------------------------------------------------------------------------------
+def test_collect_jobs_reads_every_job_and_keeps_the_failed_one(tmp_path: Path) -> None:
+    jobs = collect_jobs(_sweep(tmp_path))
+    assert [j.job for j in jobs] == [0, 1, 2, FAILED_JOB]
+    assert [j.status for j in jobs] == ["ok", "ok", "ok", "failed"]
+    assert jobs[0].overrides == {"ami.weaken": "500", "attack": "[fgsm,bim]", "data.benign.limit": "4"}
+    assert jobs[0].benign_fpr == pytest.approx(0.10)
+    assert (jobs[0].benign_flagged, jobs[0].benign_eligible) == (10, 100)
+    assert jobs[0].detection == pytest.approx({"fgsm": 0.8, "bim": 1.0})
+    assert jobs[0].undetected == pytest.approx({"fgsm": 0.2, "bim": 0.0})
+    assert jobs[0].mean_detection == pytest.approx(0.9)
+    assert jobs[0].mean_undetected == pytest.approx(0.1)
+    assert jobs[1].mean_detection == pytest.approx(0.55)
+    assert jobs[1].mean_undetected == pytest.approx(0.4)
+    failed = jobs[3]
+    assert failed.overrides["ami.weaken"] == "4000"
+    assert failed.reason == "no results.json"
+    assert math.isnan(failed.benign_fpr) and math.isnan(failed.mean_detection) and not failed.detection
+
+
+def test_collect_jobs_tolerates_extra_missing_and_broken_files(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # extra keys (confidence intervals, say) and no derived rates: read from the counts
+    sets = [{"name": "benign", "adversarial": False, "n": 8, "eligible": 8, "flagged": 2, "rate_ci": [0.1, 0.5]},
+            {"name": "fgsm", "adversarial": True, "n": 4, "eligible": 2, "flagged": 1, "auroc_ci": None,
+             "undetected_ci": [0, 1]},
+            {"name": "none_eligible", "adversarial": True, "n": 4, "eligible": 0, "flagged": 0, "rate": None,
+             "undetected": 0.0}]
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "results.json").write_text(json.dumps({"sets": sets, "new_key": 1}), encoding="utf-8")
+    (sweep / "1").mkdir()
+    (sweep / "1" / "results.json").write_text("{not json", encoding="utf-8")
+    _write_overrides(sweep / "1", ["ami.weaken=7"])
+    (sweep / "2" / ".hydra").mkdir(parents=True)
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text("a: [unclosed", encoding="utf-8")
+    write_results(_results(60, (10, 1), ("fgsm", (4, 4, 4))), sweep / "2")
+    jobs = collect_jobs(sweep)
+    assert [j.status for j in jobs] == ["ok", "failed", "ok"]
+    assert jobs[0].overrides == {}
+    assert jobs[0].benign_fpr == pytest.approx(0.25)
+    assert jobs[0].detection["fgsm"] == pytest.approx(0.5) and jobs[0].undetected["fgsm"] == pytest.approx(0.25)
+    assert math.isnan(jobs[0].detection["none_eligible"])
+    assert jobs[0].mean_detection == pytest.approx(0.5)  # the undefined rate is left out of the mean
+    assert jobs[0].mean_undetected == pytest.approx(0.125)
+    assert jobs[1].reason.startswith("unreadable results.json") and jobs[1].overrides == {"ami.weaken": "7"}
+    assert jobs[2].benign_fpr == pytest.approx(0.1) and "unreadable .hydra/overrides.yaml" in jobs[2].reason
+    assert collect_jobs(tmp_path / "missing") == []
+
+
+def test_parse_overrides_splits_at_the_first_equals_sign() -> None:
+    assert parse_overrides(["a.b=1", "+c=x=y", "~d", "e=[1,2]"]) == {"a.b": "1", "+c": "x=y", "~d": "", "e": "[1,2]"}
+
+
+# ---- Pareto fronts --------------------------------------------------------------------------------------------------
+def _dominated_brute(points: list[tuple[float, float]], senses: tuple[str, str]) -> list[bool]:
+    """O(n^2) reference: on the front when finite and no other finite point is at least as good on both axes and
+    strictly better on one."""
+    sign = [1 if s == "min" else -1 for s in senses]
+
+    def better_or_equal(a: float, b: float, axis: int) -> bool:
+        return sign[axis] * a <= sign[axis] * b
+
+    finite = [math.isfinite(x) and math.isfinite(y) for x, y in points]
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(
+            finite[j] and j != i and better_or_equal(q[0], p[0], 0) and better_or_equal(q[1], p[1], 1)
+            and (q[0] != p[0] or q[1] != p[1])
+            for j, q in enumerate(points)
+        )
+        front.append(finite[i] and not dominated)
+    return front
+
+
+@pytest.mark.parametrize("senses", [("min", "max"), ("min", "min"), ("max", "max"), ("max", "min")])
+def test_pareto_front_matches_brute_force_on_random_points(senses: tuple[str, str]) -> None:
+    rng = random.Random(0)
+    for trial in range(300):
+        n = rng.randint(0, 25)
+        if trial % 2:  # few distinct values: many ties on one axis or both
+            points = [(float(rng.randint(0, 4)), float(rng.randint(0, 4))) for _ in range(n)]
+        else:
+            points = [(rng.random(), rng.random()) for _ in range(n)]
+        for k in range(n):
+            if rng.random() < 0.05:
+                points[k] = (math.nan, points[k][1]) if rng.random() < 0.5 else (points[k][0], math.inf)
+        assert pareto_front(points, senses) == _dominated_brute(points, senses), (senses, points)
+
+
+def test_pareto_front_ties() -> None:
+    # min x, max y: duplicates of a front point are all on it; same x -> only the best y; same y -> only the least x
+    points = [(0.1, 0.9), (0.1, 0.9), (0.1, 0.5), (0.2, 0.9), (0.05, 0.3), (0.05, 0.3), (0.3, 0.95), (math.nan, 1.0)]
+    assert pareto_front(points) == [True, True, False, False, True, True, True, False]
+    assert pareto_front(points, ("min", "min")) == [False, False, False, False, True, True, False, False]
+    assert pareto_front([]) == []
+    with pytest.raises(ValueError, match="senses"):
+        pareto_front([(0.0, 0.0)], ("min", "up"))  # type: ignore[arg-type]
+
+
+# ---- tables and plot ------------------------------------------------------------------------------------------------
+def test_summary_csv_rows_numbers_and_fronts(tmp_path: Path) -> None:
+    rows = list(csv.DictReader(io.StringIO(summary_csv(collect_jobs(_sweep(tmp_path))))))
+    assert [r["job"] for r in rows] == ["0", "1", "2", str(FAILED_JOB)]
+    assert [r["ami.weaken"] for r in rows] == ["500", "1000", "2000", "4000"]
+    assert {r["attack"] for r in rows} == {"[fgsm,bim]"}
+    assert [float(r["benign_fpr"]) for r in rows[:3]] == pytest.approx([0.10, 0.05, 0.20])
+    assert [float(r["mean_detection"]) for r in rows[:3]] == pytest.approx([0.9, 0.55, 0.7])
+    assert [float(r["mean_undetected"]) for r in rows[:3]] == pytest.approx([0.1, 0.4, 0.3])
+    assert [float(r["detection:fgsm"]) for r in rows[:3]] == pytest.approx([0.8, 0.6, 0.7])
+    assert [float(r["undetected:bim"]) for r in rows[:3]] == pytest.approx([0.0, 0.4, 0.3])
+    assert [(r["benign_flagged"], r["benign_eligible"]) for r in rows] == [("10", "100"), ("5", "100"),
+                                                                           ("20", "100"), ("", "")]
+    assert [r["front_detection"] for r in rows] == ["true", "true", "false", "false"]
+    assert [r["front_undetected"] for r in rows] == ["true", "true", "false", "false"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
+    failed = rows[3]
+    assert failed["reason"] == "no results.json"
+    assert failed["benign_fpr"] == failed["mean_detection"] == failed["detection:fgsm"] == ""
+
+
+def test_summary_markdown_rows(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path)
+    text = summary_markdown(collect_jobs(sweep), sweep)
+    assert "4 jobs, 3 ok, 1 failed." in text
+    assert "Overrides of every job: `attack=[fgsm,bim]`, `data.benign.limit=4`" in text
+    header, *rows = _md_rows(text)
+    assert header == ["job", "ami.weaken", "benign FPR", "mean detection", "mean undetected", "front (detection)",
+                      "front (undetected)", "fgsm detection", "bim detection", "status"]
+    assert rows[0] == ["0", "500", "10.00 % (10/100)", "90.00 %", "10.00 %", "yes", "yes", "80.00 %", "100.00 %",
+                       "ok"]
+    assert rows[1][:5] == ["1", "1000", "5.00 % (5/100)", "55.00 %", "40.00 %"]
+    assert rows[2][5:7] == ["", ""]
+    assert rows[3] == [str(FAILED_JOB), "4000", "-", "-", "-", "", "", "-", "-", "failed: no results.json"]
+    assert "lowest benign FPR and highest mean detection: jobs 0, 1." in text
+    assert "lowest benign FPR and lowest mean undetected success: jobs 0, 1." in text
+
+
+def test_plot_tradeoff_writes_a_png(tmp_path: Path) -> None:
+    jobs = collect_jobs(_sweep(tmp_path))
+    path = plot_tradeoff(jobs, tmp_path / "tradeoff.png", title="sweep")
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (11 * 120, int(4.8 * 120))
+    assert plot_tradeoff([], tmp_path / "empty.png").read_bytes()[:8] == PNG_MAGIC  # nothing to show: still a PNG
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_summary_writes_all_three_files(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path)
+    written = write_summary(sweep)
+    assert written == {key: sweep / name for key, name in FILES.items()}
+    assert (sweep / "summary.md").read_text().startswith("# Sweep summary")
+    assert len((sweep / "summary.csv").read_text().splitlines()) == 5
+    assert (sweep / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_write_summary_without_jobs_warns_and_writes_what_it_can(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="no job folder"):
+        written = write_summary(tmp_path)
+    assert set(written) == {"md", "csv", "png"}
+    assert "0 jobs, 0 ok, 0 failed." in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "summary.csv").read_text().startswith("job,benign_fpr,")
+
+
+# ---- the Hydra callback ---------------------------------------------------------------------------------------------
+def test_callback_is_registered_in_the_hydra_config() -> None:
+    cfg = compose_config("eval")
+    callback = instantiate(cfg.hydra.callbacks.sweep_summary)
+    assert isinstance(callback, SweepSummary)
+    assert callback.tasks == ["eval", "run"]
+
+
+def test_callback_on_multirun_end_writes_and_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = _sweep(tmp_path)
+    SweepSummary(tasks=["eval"]).on_multirun_end(OmegaConf.create({"task_name": "eval",
+                                                                    "hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert all((sweep / name).is_file() for name in FILES.values())
+    out = capsys.readouterr().out
+    assert str(sweep / "summary.md") in out and str(sweep / "tradeoff.png") in out
+
+
+def test_callback_skips_other_tasks_and_run_mode(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path)
+    SweepSummary(tasks=["eval"]).on_multirun_end(OmegaConf.create({"task_name": "witness",
+                                                                    "hydra": {"sweep": {"dir": str(sweep)}}}))
+    job = {"task_name": "eval", "hydra": {"mode": RunMode.RUN, "runtime": {"output_dir": str(sweep / "2")},
+                                          "sweep": {"dir": "elsewhere", "subdir": "2"}}}
+    SweepSummary().on_job_end(OmegaConf.create(job), job_return=None)
+    assert not any((sweep / name).exists() for name in FILES.values())
+
+
+def test_callback_on_job_end_refreshes_the_summary(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path)
+    # the job's own output folder locates the sweep (hydra.sweep.dir may resolve differently in a job's process)
+    job = {"task_name": "eval", "hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(sweep / "2")},
+                                          "sweep": {"dir": str(tmp_path / "elsewhere"), "subdir": "2"}}}
+    SweepSummary(plot=False).on_job_end(OmegaConf.create(job), job_return=None)
+    assert (sweep / "summary.csv").is_file() and (sweep / "summary.md").is_file()
+    assert not (sweep / "tradeoff.png").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_callback_never_raises(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(blocker / "sweep")}}}))
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {}}))  # no sweep folder at all
+        SweepSummary().on_job_end(OmegaConf.create({}), job_return=None)
+    messages = [str(w.message) for w in caught]
+    assert sum("cannot write" in m for m in messages) == 3
+    assert any("sweep summary failed" in m for m in messages)
+
+
+# ---- a real multirun ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_multirun_writes_the_summary(tmp_path: Path) -> None:
+    command = [str(Path(sys.executable).parent / "ami-eval"), "-m", "attack=[]", "ami.weaken=500,1000",
+               "data.benign.limit=4", "logger=none", "trainer.enable_progress_bar=false",
+               f"paths.log_dir={tmp_path / 'logs'}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "eval" / "multiruns").iterdir()
+    assert f"{sweep.absolute() / 'summary.md'}" in done.stdout
+    text = (sweep / "summary.md").read_text()
+    header, *rows = _md_rows(text)
+    assert header[:3] == ["job", "ami.weaken", "benign FPR"]
+    assert [row[:2] for row in rows] == [["0", "500"], ["1", "1000"]]
+    assert all(row[-1] == "ok" and re.fullmatch(r"\d+\.\d\d % \(\d+/\d+\)", row[2]) for row in rows)
+    table = list(csv.DictReader(io.StringIO((sweep / "summary.csv").read_text())))
+    assert [r["ami.weaken"] for r in table] == ["500", "1000"]
+    assert (sweep / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
