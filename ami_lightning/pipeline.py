@@ -19,7 +19,7 @@ from ami_lightning.embedded import face_files, witness_face_files
 from ami_lightning.files import exclusive, private_dir, publish_dir
 from ami_lightning.identities import identity_from_filename
 from ami_lightning.images import load_image
-from ami_lightning.layers import hook_layer_names
+from ami_lightning.layers import hook_layer_names, layer_channels
 from ami_lightning.lightning_module import AmIEvalModule
 from ami_lightning.loggers import log_results
 from ami_lightning.models.dlib_files import CNN_FACE_DETECTOR, SHAPE_PREDICTOR_68, dlib_model_path
@@ -78,6 +78,7 @@ def witness_stage(cfg: DictConfig, classifier: Classifier, out_dir: Path) -> Wit
                     save_mutation_grid(mutations, tmp / "mutations.png")
                     publish_dir(tmp, cached)
         witnesses = WitnessSet.read(cached)
+    witnesses.validate(layer_channels(classifier.model, hook_layer_names(classifier.model)))
     witnesses.write(out_dir / "witnesses")
     return witnesses
 
@@ -166,7 +167,9 @@ def run_results(
         strengthen=(float(cfg.ami.strengthen0), float(cfg.ami.strengthen1)),
         model=classifier.name,
         extra={"skipped": {name: r["skipped"] for name, r in module.results.items()},
-               "provenance": provenance(device=module.device)},
+               "skipped_files": {name: {str(path): reason for path, reason in files.items()}
+                                 for name, files in datamodule.skipped.items() if files}},
+        provenance=provenance(device=module.device),
         bootstrap=module.bootstrap,
         samples=sample_batches(datamodule, module.detector, classifier.identities, k=4),
     )

@@ -45,6 +45,7 @@ from rich.table import Table
 
 from ami_lightning.files import atomic_path, write_text
 from ami_lightning.intervals import CONFIDENCE, NAN_INTERVAL, Interval, wilson_interval
+from ami_lightning.provenance import describe
 from ami_lightning.thresholds import OperatingPoint, fpr_suffix, point_metrics, ratio, undetected_rate
 
 COLUMNS = ("set", "metric", "n", "eligible", "flagged", "rate", "AUROC")  # then those of table_columns
@@ -222,7 +223,8 @@ class RunResults:
     AmI steering parameters; ``model``: the model's name; ``extra``: free-form JSON-able figures (e.g. accuracy);
     ``samples``: per attack set, a few of its samples (:class:`SampleBatch`); ``bootstrap``: the settings of the
     AUROC intervals' bootstrap, ``{"resamples": int, "seed": int}`` (``AmIEvalModule.bootstrap``; None when not
-    known, e.g. results written before intervals existed).
+    known, e.g. results written before intervals existed); ``provenance``: the command, commit and machine of the
+    run (:func:`ami_lightning.provenance.provenance`; None for older files).
     """
 
     sets: list[SetResult]
@@ -232,6 +234,7 @@ class RunResults:
     extra: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, SampleBatch] = field(default_factory=dict)
     bootstrap: dict[str, int] | None = None
+    provenance: dict[str, Any] | None = None
 
     @property
     def benign(self) -> SetResult | None:
@@ -364,6 +367,8 @@ def results_markdown(results: RunResults) -> str:
     targets = results.fpr_targets
     lines += _md_table(table_columns(targets), [_row(s, targets) for s in results.sets], left=2)
     lines += ["", intervals_note(results)]
+    if results.provenance:
+        lines += ["", f"Run: {describe(results.provenance)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -413,6 +418,7 @@ def results_dict(results: RunResults) -> dict[str, Any]:
         "bootstrap": results.bootstrap,
         "sets": [_set_dict(s) for s in results.sets],
         "extra": results.extra,
+        "provenance": results.provenance,
     })
 
 
@@ -462,6 +468,7 @@ def read_results(path: str | Path) -> RunResults:
         model=data["model"],
         extra=data["extra"],
         bootstrap=data.get("bootstrap"),
+        provenance=data.get("provenance"),
     )
 
 

@@ -13,10 +13,19 @@ Formats: ``npy`` float32 (3, H, W), RGB, pixels 0-255, no mean subtracted (the p
 stored its patch and eyeglass samples.
 
 Resuming: a sample is done when it has a manifest entry and its file exists; those are skipped. Each file is written
-to ``<name>.tmp``, synced and renamed into place, and only then is its entry appended (flushed and synced), so a kill
+through :func:`ami_lightning.files.write_bytes` (a temporary name private to this process, synced, renamed into
+place, removed on any error such as a full disk) and only then is its entry appended (flushed and synced), so a kill
 at any point leaves no half-written file under a real name and no entry without its file; a torn last manifest line
-is cut off when the manifest is next opened. At the end the manifest is rewritten with exactly one entry per file
-(the last one), sorted by file name.
+is ignored by the reader (:mod:`ami_lightning.data.manifest`, shared with the datasets) and cut off when the manifest
+is next appended to. At the end the manifest is rewritten with exactly one entry per file (the last one), sorted by
+file name.
+
+Concurrent runs: the work on one set (one share of it when sharded) is done holding a file lock
+(:func:`ami_lightning.files.exclusive`: ``<out_dir>/<set>.lock``, for a shard ``<set>.manifest.rank<r>.jsonl.lock``);
+a second process on the same set waits, then reads the manifest again and attacks only what is still missing (after
+a first process that finished: nothing). Temporary files that killed writers of the share left are removed then.
+A share that is already finished, with a tidy manifest, is returned without creating, locking or opening anything
+for writing, so a complete cache also works on a read-only filesystem.
 
 Sharding: process ``rank`` of ``world_size`` takes the samples ``rank::world_size`` and logs to its own
 ``manifest.rank<r>.jsonl``; :func:`merge_manifests` joins the shards into ``manifest.jsonl`` (done by rank 0 after a
@@ -28,8 +37,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -45,12 +56,26 @@ from tqdm import tqdm
 
 from ami_lightning.attacks.base import TARGET_MODES, distortions, is_success, make_targets
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
+from ami_lightning.data.manifest import MANIFEST, Row, manifest_text, read_manifest
 from ami_lightning.detector import AmIDetector
+from ami_lightning.files import exclusive, write_bytes, write_text
 from ami_lightning.identities import identity_from_filename
 
-MANIFEST = "manifest.jsonl"
-Row = dict[str, Any]
 Item = tuple[torch.Tensor, int, int]
+_TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp|(.+)\.tmp")  # files.py's private names; the former ones
+
+
+def _running(pid: int) -> bool:
+    """Whether another process ``pid`` runs on this machine (this process's own temporaries count as stale)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; a number no process can have
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class FaceDataset(Protocol):
@@ -91,36 +116,10 @@ def decode(data: bytes, file_format: str) -> torch.Tensor:
         return pil_to_tensor(image.convert("RGB")).float()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is only ever absent, old or complete: temporary file, fsync,
-    rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-# ---- manifests ----------------------------------------------------------------------------------------------------
-def read_manifest(path: str | Path) -> dict[str, Row]:
-    """Entries of a JSON-lines manifest by file name (the last entry of a file wins); lines that do not parse (one
-    torn by a kill) are ignored; a missing manifest is empty."""
-    rows: dict[str, Row] = {}
-    path = Path(path)
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["file"]] = row
-    return rows
-
-
+# ---- manifests (read by ami_lightning.data.manifest.read_manifest) ---------------------------------------------------
 def write_manifest(path: Path, rows: Mapping[str, Row]) -> None:
-    """Atomically replace ``path`` with ``rows``, one line each, sorted by file name."""
-    write_atomic(path, "".join(json.dumps(rows[name]) + "\n" for name in sorted(rows)).encode())
+    """Atomically replace ``path`` with ``rows``, one line each, sorted by file name (synced)."""
+    write_text(path, manifest_text(rows), durable=True)
 
 
 def drop_torn_line(path: Path) -> None:
@@ -143,17 +142,28 @@ def shard_manifest(rank: int | str) -> str:
     return f"manifest.rank{rank}.jsonl"
 
 
+def share_lock(folder: Path, manifest: Path) -> Path:
+    """The path whose lock (:func:`ami_lightning.files.exclusive`, ``<path>.lock``) guards the share of set folder
+    ``folder`` logged to ``manifest``: the folder itself for an unsharded run, ``<folder>.<shard manifest>`` beside it
+    for a shard (lock files stay out of the set folder)."""
+    return folder if manifest.name == MANIFEST else folder.with_name(f"{folder.name}.{manifest.name}")
+
+
 def merge_manifests(folder: str | Path) -> Path:
     """Join the shards ``manifest.rank*.jsonl`` of ``folder`` (and any ``manifest.jsonl`` already there) into one
-    ``manifest.jsonl`` sorted by file, one entry per file that exists; the shards are then removed."""
+    ``manifest.jsonl`` sorted by file, one entry per file that exists; the shards are then removed. Holds the set's
+    lock and each shard's (as :func:`generate` does), so it waits for runs still writing to them."""
     folder = Path(folder)
-    shards = sorted(folder.glob(shard_manifest("*")))
-    rows = read_manifest(folder / MANIFEST)
-    for shard in shards:
-        rows.update(read_manifest(shard))
-    write_manifest(folder / MANIFEST, {name: row for name, row in rows.items() if (folder / name).is_file()})
-    for shard in shards:
-        shard.unlink()
+    with exclusive(folder), ExitStack() as locks:
+        shards = sorted(folder.glob(shard_manifest("*")))
+        for shard in shards:
+            locks.enter_context(exclusive(share_lock(folder, shard)))
+        rows = read_manifest(folder / MANIFEST)
+        for shard in shards:
+            rows.update(read_manifest(shard))
+        write_manifest(folder / MANIFEST, {name: row for name, row in rows.items() if (folder / name).is_file()})
+        for shard in shards:
+            shard.unlink()
     return folder / MANIFEST
 
 
@@ -234,9 +244,14 @@ def generate(
 
     Bad input raises before any sample is attacked where it can be seen up front: an unknown set (``KeyError``),
     parameters the attack rejects (``TypeError``), an unknown target mode or format, a source file name that does
-    not follow the VGG Face rule, two sources with one output name, a first image that is not (3, H, W)
-    (``ValueError``); an unreadable image, or one of another shape than the first, raises ``ValueError`` naming the
-    file when its batch is loaded (the samples before it are kept).
+    not follow the VGG Face rule, two sources with one output name, a bad line in the middle of a manifest
+    (:class:`~ami_lightning.data.manifest.ManifestError`), a first image that is not (3, H, W) (``ValueError``); a
+    bad file (unreadable, truncated, of another size than the first: for ``FaceFiles`` a
+    :class:`~ami_lightning.data.datasets.FaceFileError`) raises a ``ValueError`` naming the file when its batch is
+    loaded (the samples before it are kept).
+
+    Another process generating the same set (the same share) is waited for (file lock), and its samples are reused.
+    When the share is already finished and its manifest tidy, nothing is written, locked or created.
     """
     spec = attack_set if isinstance(attack_set, AttackSpec) else get_spec(attack_set)
     attack = create_attack(spec, **dict(params or {}), **({"detector": detector} if spec.needs_detector else {}))
@@ -256,54 +271,128 @@ def generate(
     mine = list(range(rank, len(dataset), world_size))
     identities = {i: identity_from_filename(dataset.paths[i]) for i in mine}  # ValueError naming a bad file name
     folder = Path(out_dir) / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / (MANIFEST if world_size == 1 else shard_manifest(rank))
-    logged = {**read_manifest(folder / MANIFEST), **read_manifest(manifest)}
-    finished = {i for i in mine if names[i] in logged and (folder / names[i]).is_file()}
-    todo = [i for i in mine if i not in finished]
-
-    model.eval()
-    shape = image_shape(dataset, mine[0]) if mine else ()  # no items: nothing to check
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=CheckingCollate(dataset.paths, shape))
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress,
-               desc=spec.name if world_size == 1 else f"{spec.name} [{rank}/{world_size}]")
-    drop_torn_line(manifest)
-    with bar, open(manifest, "a", encoding="utf-8") as log:
-        for pixels, labels, index in loader:
-            pixels, labels = pixels.to(device), labels.to(device)
-            with torch.no_grad():
-                logits = model(pixels)
-            targets = make_targets(labels, target_mode, num_classes or logits.shape[1])
-            synchronise(device)
-            start = time.perf_counter()
-            result = attack(model, pixels, labels, targets)
-            synchronise(device)
-            seconds = (time.perf_counter() - start) / len(labels)
-            targets = result.targets if result.targets is not None else targets
-            files = [encode(adversarial, file_format, jpeg_quality) for adversarial in result.adversarial]
-            stored = torch.stack([decode(data, file_format) for data in files]).to(device)
-            with torch.no_grad():
-                stored_logits = model(stored)
-            columns = {
-                "label": labels,
-                "target": targets if targets is not None else torch.full_like(labels, -1),
-                "original_pred": logits.argmax(1),
-                "adversarial_pred": stored_logits.argmax(1),
-                "success": is_success(stored_logits, labels, targets),
-                **dict(zip(("l0", "l2", "linf"), distortions(stored, pixels), strict=True)),
-                "iterations": result.iterations,
-            }
-            values = {key: column.tolist() for key, column in columns.items()}
-            for j, i in enumerate(index.tolist()):
-                write_atomic(folder / names[i], files[j])
-                append_row(log, {"file": names[i], "source": str(dataset.paths[i]), "identity": identities[i],
-                                 **{key: column[j] for key, column in values.items()}, "seconds": seconds})
-            bar.update(len(index))
-    write_manifest(manifest, {name: row for name, row in read_manifest(manifest).items() if (folder / name).is_file()})
+    share = Share(folder, manifest, [names[i] for i in mine])
+    if share.todo() or not share.tidy():  # else finished: nothing is created, locked or opened for writing
+        with exclusive(share_lock(folder, manifest)):
+            folder.mkdir(parents=True, exist_ok=True)
+            share.remove_stale_temporaries()
+            pending = set(share.todo())  # read again: another process may have done them while this one waited
+            todo = [i for i in mine if names[i] in pending]
+            if todo:
+                run = Run(attack, model, dataset, names, identities, folder, file_format, target_mode, jpeg_quality,
+                          device, num_classes)
+                bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress,
+                           desc=spec.name if world_size == 1 else f"{spec.name} [{rank}/{world_size}]")
+                with bar:
+                    run.attack_samples(todo, image_shape(dataset, mine[0]), manifest, batch_size, num_workers, bar)
+            if not share.tidy():
+                write_manifest(manifest, share.finished_rows())
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
-        if rank == 0:
+        if rank == 0 and any(folder.glob(shard_manifest("*"))):
             merge_manifests(folder)
         dist.barrier()
     return folder
+
+
+@dataclass(frozen=True)
+class Share:
+    """The files ``names`` of one process's share of a set in ``folder``, logged to ``manifest``."""
+
+    folder: Path
+    manifest: Path
+    names: list[str]
+
+    def logged(self) -> dict[str, Row]:
+        """Rows of the set's manifest and of this share's (they differ when sharded); this share's win."""
+        return {**read_manifest(self.folder / MANIFEST), **read_manifest(self.manifest)}
+
+    def todo(self) -> list[str]:
+        """The names of the share without both a manifest row and a file, in order."""
+        logged = self.logged()
+        return [name for name in self.names if name not in logged or not (self.folder / name).is_file()]
+
+    def finished_rows(self) -> dict[str, Row]:
+        """The rows of this share's manifest whose file exists (the last row per file)."""
+        return {name: row for name, row in read_manifest(self.manifest).items() if (self.folder / name).is_file()}
+
+    def remove_stale_temporaries(self) -> None:
+        """Remove what killed writers of this share left behind: temporary files of the share's sample files and of
+        its manifest, under :mod:`ami_lightning.files`' private names (``.<name>.<pid>.<random>.tmp``, unless
+        process ``pid`` still runs here) or the generator's former ones (``<name>.tmp``). Call it holding the share's
+        lock: then no live writer of this share owns them."""
+        mine = {*self.names, self.manifest.name}
+        for entry in self.folder.iterdir() if self.folder.is_dir() else ():
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match is None or (match.group(1) or match.group(3)) not in mine:
+                continue
+            if match.group(2) is None or not _running(int(match.group(2))):
+                entry.unlink(missing_ok=True)
+
+    def tidy(self) -> bool:
+        """Whether the share's manifest holds exactly :meth:`finished_rows`, sorted, one line each (a missing
+        manifest of a share with no rows counts as tidy once the folder exists)."""
+        if not self.folder.is_dir():
+            return False
+        text = self.manifest.read_text(encoding="utf-8") if self.manifest.is_file() else ""
+        return text == manifest_text(self.finished_rows())
+
+
+@dataclass
+class Run:
+    """What :func:`generate` attacks with and writes to; :meth:`attack_samples` does the work."""
+
+    attacker: Any
+    model: nn.Module
+    dataset: FaceDataset
+    names: list[str]
+    identities: dict[int, str]
+    folder: Path
+    file_format: str
+    target_mode: str
+    jpeg_quality: int
+    device: torch.device
+    num_classes: int | None
+
+    def attack_samples(self, todo: list[int], shape: tuple[int, ...], manifest: Path, batch_size: int,
+                       num_workers: int, bar: tqdm) -> None:
+        """Attack the items ``todo`` (dataset indices; pixels of ``shape`` (3, H, W)) in batches, writing each file
+        and then appending its row to ``manifest``."""
+        model, dataset, device = self.model, self.dataset, self.device
+        model.eval()
+        loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=CheckingCollate(dataset.paths, shape))
+        drop_torn_line(manifest)
+        with open(manifest, "a", encoding="utf-8") as log:
+            for pixels, labels, index in loader:
+                pixels, labels = pixels.to(device), labels.to(device)
+                with torch.no_grad():
+                    logits = model(pixels)
+                targets = make_targets(labels, self.target_mode, self.num_classes or logits.shape[1])
+                synchronise(device)
+                start = time.perf_counter()
+                result = self.attacker(model, pixels, labels, targets)
+                synchronise(device)
+                seconds = (time.perf_counter() - start) / len(labels)
+                targets = result.targets if result.targets is not None else targets
+                files = [encode(adversarial, self.file_format, self.jpeg_quality) for adversarial in result.adversarial]
+                stored = torch.stack([decode(data, self.file_format) for data in files]).to(device)
+                with torch.no_grad():
+                    stored_logits = model(stored)
+                columns = {
+                    "label": labels,
+                    "target": targets if targets is not None else torch.full_like(labels, -1),
+                    "original_pred": logits.argmax(1),
+                    "adversarial_pred": stored_logits.argmax(1),
+                    "success": is_success(stored_logits, labels, targets),
+                    **dict(zip(("l0", "l2", "linf"), distortions(stored, pixels), strict=True)),
+                    "iterations": result.iterations,
+                }
+                values = {key: column.tolist() for key, column in columns.items()}
+                for j, i in enumerate(index.tolist()):
+                    write_bytes(self.folder / self.names[i], files[j], durable=True)
+                    append_row(log, {"file": self.names[i], "source": str(dataset.paths[i]),
+                                     "identity": self.identities[i],
+                                     **{key: column[j] for key, column in values.items()}, "seconds": seconds})
+                bar.update(len(index))

@@ -49,8 +49,8 @@ def render(kind: str, run_dir: Path) -> str:
     path = run_dir / "results.json"
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     if kind == "default-run":
-        table = run_table(read_results(path))
-        record = (data.get("extra") or {}).get("provenance")
+        results = read_results(path)
+        table, record = run_table(results), results.provenance
     elif kind == "calibration":
         table, record = calibration_markdown(data), data.get("provenance")
     else:

@@ -1,10 +1,18 @@
-"""Shared fixtures: the reference data of the AmI release (``../shared/reference``) and a random-weight VGG-Face.
+"""Shared fixtures: the faces shipped with the package, the reference data of the AmI release and a random-weight
+VGG-Face.
+
+Tests use the data shipped in ``ami_lightning/assets`` (:mod:`ami_lightning.embedded`) wherever it suffices, so a clone
+anywhere runs them. Only data that is not shipped (the release's attribute-mutated images, adversarial samples, Caffe
+witness lists, PNG faces) is read from ``../shared/reference``; tests needing it skip, naming what they need, when it
+is absent. The environment variable ``AMI_REFERENCE=<folder>`` overrides that path everywhere
+(``AMI_REFERENCE=/nonexistent`` runs the tests as a clone without the reference data would).
 
 Everything runs on CPU with small batches; tests that need CUDA are marked ``gpu`` and skipped without it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,11 +22,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from ami_lightning.embedded import face_files
 from ami_lightning.images import load_image
 from ami_lightning.models.base import PixelModel, kaiming_init_
 from ami_lightning.models.vgg_face import VggFace, vgg_face
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+# The one source of the reference folder's path for all tests (test modules import it from here).
+REFERENCE = Path(os.environ.get("AMI_REFERENCE") or Path(__file__).resolve().parents[2] / "shared" / "reference")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,10 +45,19 @@ def _cpu_threads() -> None:
     torch.manual_seed(0)
 
 
+def reference_data(part: str) -> Path:
+    """``REFERENCE / part``, data of the AmI release that is not shipped; skips the calling test when it is absent."""
+    path = REFERENCE / part
+    if not path.exists():
+        pytest.skip(f"needs {path}, not shipped")
+    return path
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
+    """The reference folder, for tests of data that is not shipped (prefer :func:`reference_data` for one part)."""
     if not (REFERENCE / "README.md").is_file():
-        pytest.skip(f"reference data of the AmI release not found at {REFERENCE}")
+        pytest.skip(f"needs the AmI release's reference data at {REFERENCE}, not shipped")
     return REFERENCE
 
 
@@ -49,10 +68,9 @@ def random_vgg() -> PixelModel:
 
 
 @pytest.fixture(scope="session")
-def faces(reference: Path) -> torch.Tensor:
-    """The first 48 shipped reference faces, (48, 3, 224, 224) float pixels in [0, 255]."""
-    paths = sorted((reference / "faces").glob("*.png"))[:48]
-    return torch.stack([load_image(p) for p in paths]).float()
+def faces() -> torch.Tensor:
+    """The first 48 faces shipped with the package (JPEG), (48, 3, 224, 224) float pixels in [0, 255]."""
+    return torch.stack([load_image(p) for p in face_files()[:48]]).float()
 
 
 # ---- Hydra configs: composed once per session, forced onto the CPU with tiny limits ---------------------------------

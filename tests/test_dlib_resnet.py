@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode, resize
 
-from ami_lightning.images import load_image
 from ami_lightning.layers import find_layer, forward_hooks, hook_layer_names
 from ami_lightning.models import dlib_files
 from ami_lightning.models.base import PixelModel
@@ -108,10 +107,9 @@ def test_add_prev_zero_pads_at_the_end() -> None:
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_descriptors_match_dlib(model: PixelModel, dat_path: Path, reference: Path) -> None:
+def test_descriptors_match_dlib(model: PixelModel, dat_path: Path, faces: torch.Tensor) -> None:
     dlib = pytest.importorskip("dlib")
-    paths = sorted((reference / "faces").glob("*.png"))[:8]
-    faces = torch.stack([load_image(p) for p in paths]).float()
+    faces = faces[:8]  # shipped JPEG faces of eight identities
     chips = resize(faces, [150, 150], interpolation=InterpolationMode.BILINEAR, antialias=True)
     chips = chips.round().clamp(0, 255).to(torch.uint8)  # (8, 3, 150, 150)
     recogniser = dlib.face_recognition_model_v1(str(dat_path))

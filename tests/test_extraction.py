@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from ami_lightning.embedded import witness_face_files
+from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.images import load_image
 from ami_lightning.layers import find_layer
 from ami_lightning.witnesses.extraction import extract_witness_set, extract_witnesses, select_witnesses
+from ami_lightning.witnesses.from_faces import mutate_all
+from tests.conftest import reference_data
 
 
 def _activations(model, layers, image) -> dict[str, np.ndarray]:
@@ -46,17 +50,33 @@ def reference_extract(model, layers, base, substitution, preservation, caffe=Fal
 
 
 @pytest.fixture(scope="module")
-def leye(reference: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    def stack(kind: str) -> torch.Tensor:
-        folder = reference / "attribute_mutated" / f"leye_{kind}"
-        return torch.stack([load_image(p) for p in sorted(folder.glob("*.jpg"))])
+def published_leye() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shipped base face and the release's published leye substitutions and preservations (not shipped)."""
+    folder = reference_data("attribute_mutated")
 
-    return load_image(reference / "base_img.jpg"), stack("substitution"), stack("preservation")
+    def stack(kind: str) -> torch.Tensor:
+        return torch.stack([load_image(p) for p in sorted((folder / f"leye_{kind}").glob("*.jpg"))])
+
+    return load_image(witness_face_files()[0]), stack("substitution"), stack("preservation")
+
+
+@pytest.fixture(scope="module")
+def shipped_leye() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shipped base face and leye substitutions and preservations made here from the 10 shipped other faces."""
+    base_path, other_paths = witness_face_files()
+    detector = LandmarkDetector()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the truncated JPEG and its whole-image fallback
+        base, others = load_image(base_path), [load_image(p) for p in other_paths]
+        others_lm = list(detector.batch(others))
+    substitution, preservation = mutate_all(base, detector(base), others, others_lm, ["leye"])["leye"]
+    return base, substitution, preservation
 
 
 @pytest.mark.parametrize("caffe", [False, True])
-def test_matches_per_image_reference_on_published_leye(random_vgg, leye, caffe: bool) -> None:
-    base, substitution, preservation = leye
+@pytest.mark.parametrize("source", ["published_leye", "shipped_leye"])
+def test_matches_per_image_reference_on_leye_mutations(random_vgg, request, source: str, caffe: bool) -> None:
+    base, substitution, preservation = request.getfixturevalue(source)
     assert substitution.shape == preservation.shape == (10, 3, 224, 224)
     layers = random_vgg.hook_layers
     ours = extract_witnesses(random_vgg, layers, base, substitution, preservation, caffe=caffe, batch_size=8)
@@ -82,8 +102,8 @@ def test_median_is_numpys_midpoint() -> None:
         select_witnesses(sub[:0], pres[:0])
 
 
-def test_witness_set_over_attributes(random_vgg, leye) -> None:
-    base, substitution, preservation = leye
+def test_witness_set_over_attributes(random_vgg, shipped_leye) -> None:
+    base, substitution, preservation = shipped_leye
     layers = ("pool3", "relu6")
     mutations = {"leye": (substitution[:4], preservation[:4]), "nose": (substitution[4:], preservation[4:])}
     witnesses = extract_witness_set(random_vgg, layers, base, mutations)

@@ -63,7 +63,7 @@ def test_folder_labels_and_errors(tmp_path: Path) -> None:
         FaceFiles.from_folder(tmp_path / "set", ["Aaron_Tveit", "Cher"])
     (tmp_path / "set" / "Aaron_Tveit_5_1_2_3_4.jpg").write_bytes(b"not a jpeg")
     broken = FaceFiles.from_folder(tmp_path / "set", NAMES)
-    with pytest.raises(ValueError, match="unreadable face file .*Aaron_Tveit_5_1_2_3_4.jpg"):
+    with pytest.raises(ValueError, match="bad face file .*Aaron_Tveit_5_1_2_3_4.jpg: cannot decode image"):
         broken[1]
     skipping = FaceFiles.from_folder(tmp_path / "set", NAMES, on_error="skip")
     assert skipping[1][1] == SKIPPED and skipping[1][0].shape == (3, 8, 8)

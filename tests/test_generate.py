@@ -1,9 +1,19 @@
-"""Generating attack sets: published formats, the manifest, resuming after a kill, sharding, and bad input."""
+"""Generating attack sets: published formats, the manifest, resuming after a kill, sharding, bad input, a full disk,
+read-only caches and concurrent runs."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -11,10 +21,12 @@ import torch
 from PIL import Image
 
 import ami_lightning.attacks.generate as gen
+from ami_lightning import files
 from ami_lightning.attacks.generate import generate, merge_manifests, read_manifest
 from ami_lightning.attacks.masked import patch_mask
 from ami_lightning.attacks.registry import get_spec
 from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.data.manifest import ManifestError
 from ami_lightning.images import load_image
 from tests.toy import toy_classifier, toy_faces
 
@@ -22,7 +34,7 @@ IDENTITIES = [f"Person_{chr(65 + i)}" for i in range(10)]  # the toy's class nam
 FIELDS = {"file", "source", "identity", "label", "target", "original_pred", "adversarial_pred", "success", "l0", "l2",
           "linf", "iterations", "seconds"}
 FGSM = {"eps": 48.0}
-WRITE_ATOMIC = gen.write_atomic
+WRITE_BYTES = gen.write_bytes
 
 
 def _source_name(i: int) -> str:
@@ -95,16 +107,16 @@ def test_image_formats(model, faces: FaceFiles, tmp_path: Path, file_format: str
 
 
 def _kill_after(monkeypatch: pytest.MonkeyPatch, count: int, written: list[str]) -> None:
-    """Make :func:`gen.write_atomic` record every sample file it writes and raise ``KeyboardInterrupt`` (a kill)
-    when asked for the file after the first ``count`` (``count`` < 0: never)."""
-    def write(path: Path, data: bytes) -> None:
+    """Make the generator's :func:`ami_lightning.files.write_bytes` record every sample file it writes and raise
+    ``KeyboardInterrupt`` (a kill) when asked for the file after the first ``count`` (``count`` < 0: never)."""
+    def write(path: Path, data: bytes, durable: bool = False) -> Path:
         if path.suffix != ".jsonl":
             if len(written) == count:
                 raise KeyboardInterrupt
             written.append(path.name)
-        WRITE_ATOMIC(path, data)
+        return WRITE_BYTES(path, data, durable)
 
-    monkeypatch.setattr(gen, "write_atomic", write)
+    monkeypatch.setattr(gen, "write_bytes", write)
 
 
 def test_resumes_after_a_kill(model, faces: FaceFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,7 +182,7 @@ def test_bad_input_names_the_culprit(model, faces: FaceFiles, tmp_path: Path) ->
         generate("fgsm", model, FaceFiles([*faces.paths, odd], [*faces.labels, 0]), tmp_path)
     broken = folder / "Person_K_0_1.0_2.0_3.0_4.0.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="unreadable face file .*Person_K_0_1.0_2.0_3.0_4.0.png"):
+    with pytest.raises(ValueError, match="bad face file .*Person_K_0_1.0_2.0_3.0_4.0.png: cannot decode image"):
         generate("fgsm", model, FaceFiles([*faces.paths, broken], [*faces.labels, 0]), tmp_path, FGSM)
     small = folder / "Person_L_0_1.0_2.0_3.0_4.0.png"
     _save_png(torch.zeros(3, 16, 16), small)
@@ -179,3 +191,175 @@ def test_bad_input_names_the_culprit(model, faces: FaceFiles, tmp_path: Path) ->
         generate("fgsm", model, FaceFiles([*faces.paths, small], [*faces.labels, 0]), tmp_path / "small", FGSM,
                  batch_size=5)
     assert len(read_manifest(tmp_path / "small" / "fgsm" / "manifest.jsonl")) == 10  # the batches before it are kept
+
+
+# ---- reliability: full disk, bad manifests, read-only caches, concurrent runs ---------------------------------------
+class _FullDisk:
+    """A file opened for writing that takes half of what it is given, then fails as a full disk does."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data[: len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_leaves_no_temporary_file(model, faces: FaceFiles, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = builtins.open
+
+    def open_on_a_full_disk(file, mode: str = "r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(handle) if "w" in mode and str(file).endswith(".tmp") else handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", open_on_a_full_disk)
+        with pytest.raises(OSError, match="No space left on device"):
+            generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4)
+    folder = tmp_path / "fgsm"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.jsonl"]  # no half-written file, no *.tmp
+    assert read_manifest(folder / "manifest.jsonl") == {}
+    generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4)  # with space again: done, nothing left over
+    assert len(read_manifest(folder / "manifest.jsonl")) == 10 and not [p for p in folder.iterdir()
+                                                                          if p.name.endswith(".tmp")]
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(model, faces: FaceFiles, tmp_path: Path) -> None:
+    folder = tmp_path / "fgsm"
+    folder.mkdir()
+    name = _source_name(2).replace(".png", ".npy")
+    dead = 99_999_999  # above any pid_max: no process has it
+    stale = [folder / f".{name}.{dead}.0123abcd.tmp", folder / f"{name}.tmp",
+             folder / f".manifest.jsonl.{dead}.89abcdef.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    foreign = folder / f".somebody_else.npy.{dead}.0123abcd.tmp"  # not a file of this set
+    in_flight = folder / f".{_source_name(3).replace('.png', '.npy')}.{os.getppid()}.0123abcd.tmp"  # a live writer's
+    for path in (foreign, in_flight):
+        path.write_bytes(b"theirs")
+    generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4)
+    assert not any(path.exists() for path in stale)
+    assert foreign.read_bytes() == in_flight.read_bytes() == b"theirs"  # left alone
+
+
+def test_bad_manifest_line_stops_the_generator(model, faces: FaceFiles, tmp_path: Path) -> None:
+    folder = tmp_path / "fgsm"
+    folder.mkdir()
+    rows = ['{"file": "a.npy", "label": 1}', '{"label": 2}', '{"file": "c.npy", "label": 3}']
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ManifestError, match=r"manifest .*fgsm/manifest.jsonl, line 2: missing key 'file'"):
+        generate("fgsm", model, faces, tmp_path, FGSM)
+
+
+@contextmanager
+def _read_only_filesystem(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> Iterator[None]:
+    """Make every way of writing fail, as on a read-only filesystem (tests run as root, where chmod does not stop
+    writes): opening a file to write, creating, renaming, removing, truncating, and the file lock."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EROFS, "read-only filesystem (test)", str(args[0]) if args else "")
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def open_to_read(file, mode: str = "r", *args, **kwargs):
+        if set(mode) & set("wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def os_open_to_read(path, flags: int, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    modes = {folder: folder.stat().st_mode for folder in folders}
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", open_to_read)
+        patch.setattr(io, "open", open_to_read)
+        patch.setattr(os, "open", os_open_to_read)
+        for name in ("replace", "rename", "mkdir", "makedirs", "unlink", "remove", "rmdir", "truncate"):
+            patch.setattr(os, name, refuse)
+        patch.setattr(files, "FileLock", refuse)
+        for folder in folders:
+            folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            for folder, mode in modes.items():
+                folder.chmod(mode)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_finished_cache_works_read_only(model, faces: FaceFiles, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the manifest was opened for appending (and the folder created) even with nothing left to do."""
+    folder = generate("fgsm", model, faces, tmp_path / "one", FGSM, batch_size=4)
+    for rank in (0, 1):
+        generate("fgsm", model, faces, tmp_path / "two", FGSM, batch_size=4, rank=rank, world_size=2)
+    merge_manifests(tmp_path / "two" / "fgsm")
+    before = _snapshot(tmp_path)
+    with _read_only_filesystem(monkeypatch, folder, folder.parent):
+        assert generate("fgsm", model, faces, tmp_path / "one", FGSM, batch_size=4) == folder
+        for rank in (0, 1):
+            generate("fgsm", model, faces, tmp_path / "two", FGSM, batch_size=4, rank=rank, world_size=2)
+        assert len(FaceFiles.from_manifest(folder / "manifest.jsonl")) == 10
+        with pytest.raises(PermissionError, match="read-only filesystem"):  # the guard works: work would fail
+            generate("fgsm", model, FaceFiles(faces.paths, faces.labels), tmp_path / "cold", FGSM)
+    assert _snapshot(tmp_path) == before
+
+
+def _generate_concurrently(role: str, model: torch.nn.Module, faces: FaceFiles, out: Path, ready, holding) -> None:
+    """One of two processes generating the same set (spawned): ``first`` waits until ``second`` is ready, then
+    generates slowly (0.3 s per file); ``second`` starts once ``first`` holds the lock and has written a file. Each
+    writes ``<out>/<role>.json``: the sample files it wrote and the manifest rows it saw before it started."""
+    written: list[str] = []
+
+    def write(path: Path, data: bytes, durable: bool = False) -> Path:
+        written.append(path.name)
+        if role == "first":
+            holding.set()
+            time.sleep(0.3)
+        return WRITE_BYTES(path, data, durable)
+
+    gen.write_bytes = write
+    seen = -1
+    if role == "first":
+        ready.wait(300)
+    else:
+        ready.set()
+        if not holding.wait(300):
+            raise RuntimeError("the first process never started writing")
+        seen = len(read_manifest(out / "fgsm" / "manifest.jsonl"))  # possibly with a torn last line
+    generate("fgsm", model, faces, out, FGSM, batch_size=4, progress=False)
+    (out / f"{role}.json").write_text(json.dumps({"written": written, "seen": seen}))
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_cold_cache_attack_each_face_once(model, faces: FaceFiles, tmp_path: Path) -> None:
+    """Before: both processes attacked every face (no lock, no work sharing)."""
+    context = multiprocessing.get_context("spawn")
+    ready, holding = context.Event(), context.Event()
+    processes = [context.Process(target=_generate_concurrently, args=(role, model, faces, tmp_path, ready, holding))
+                 for role in ("first", "second")]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(600)
+    assert [process.exitcode for process in processes] == [0, 0]
+    first, second = (json.loads((tmp_path / f"{role}.json").read_text()) for role in ("first", "second"))
+    names = sorted(f"{Path(p).stem}.npy" for p in faces.paths)
+    assert sorted(first["written"]) == names  # every face written once, by the first process
+    assert second["seen"] < 10 and second["written"] == []  # the second came mid-run, waited, attacked none
+    folder = tmp_path / "fgsm"
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file"] for line in lines] == names
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

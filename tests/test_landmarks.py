@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ from ami_lightning.embedded import witness_face_files
 from ami_lightning.faces.landmarks import N_LANDMARKS, LandmarkDetector, to_hwc_uint8
 from ami_lightning.images import load_image
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data not found at {REFERENCE}")
 TRUNCATED = "Wentworth_Miller_6_52.86_131.66_288.91_367.70.jpg"
 
 
@@ -28,7 +25,6 @@ def base() -> torch.Tensor:
     return load_image(witness_face_files()[0])  # the release's base face, shipped with the package
 
 
-@needs_reference
 def test_base_face_landmarks(detector: LandmarkDetector, base: torch.Tensor) -> None:
     points = detector(base)
     assert points.shape == (N_LANDMARKS, 2)
@@ -44,12 +40,10 @@ def test_base_face_landmarks(detector: LandmarkDetector, base: torch.Tensor) -> 
     assert (points[48:68, 1] > points[33, 1]).all()  # mouth below the nose tip
 
 
-@needs_reference
 def test_tensor_and_hwc_array_agree(detector: LandmarkDetector, base: torch.Tensor) -> None:
     np.testing.assert_array_equal(detector(base), detector(base.permute(1, 2, 0).numpy()))
 
 
-@needs_reference
 def test_batch(detector: LandmarkDetector, base: torch.Tensor) -> None:
     flipped = base.flip(-1)
     points = detector.batch([base, flipped])
@@ -71,10 +65,9 @@ def test_blank_image_falls_back_to_whole_image(detector: LandmarkDetector) -> No
     assert (points[:, 1] > -10).all() and (points[:, 1] < 130).all()
 
 
-@needs_reference
 def test_truncated_jpeg_does_not_crash(detector: LandmarkDetector) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        image = load_image(REFERENCE / "images" / TRUNCATED)
+        image = load_image({p.name: p for p in witness_face_files()[1]}[TRUNCATED])  # shipped byte for byte
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # may fall back to the whole image
         points = detector(image)

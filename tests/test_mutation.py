@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ami_lightning.embedded import witness_face_files
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.faces.mutation import (
     ATTRIBUTES,
@@ -26,8 +26,7 @@ from ami_lightning.faces.mutation import (
     warp_perspective,
 )
 from ami_lightning.images import load_image
-
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+from tests.conftest import reference_data
 
 
 def synthetic_landmarks(dx: float = 0.0, dy: float = 0.0, scale: float = 1.0) -> np.ndarray:
@@ -176,22 +175,31 @@ def test_input_errors(textured: torch.Tensor) -> None:
 
 
 @pytest.fixture(scope="module")
-def published() -> dict[str, list]:
-    """Base face, the 10 other faces, the published leye mutations, and dlib landmarks of all."""
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    names = sorted(path.name for path in (REFERENCE / "images").glob("*.jpg"))
+def witness_faces() -> dict[str, list]:
+    """The release's base face and 10 other faces (shipped with the package), their file names and dlib landmarks."""
+    base, others = witness_face_files()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the truncated JPEG and its whole-image fallback
         data: dict[str, list] = {
-            "base": [load_image(REFERENCE / "base_img.jpg")],
-            "others": [load_image(REFERENCE / "images" / name) for name in names],
+            "names": [path.name for path in others],
+            "base": [load_image(base)],
+            "others": [load_image(path) for path in others],
         }
-        for kind in ("substitution", "preservation"):
-            data[kind] = [load_image(REFERENCE / "attribute_mutated" / f"leye_{kind}" / name) for name in names]
         detector = LandmarkDetector()
         data["base_lm"] = [detector(data["base"][0])]
         data["others_lm"] = list(detector.batch(data["others"]))
+    return data
+
+
+@pytest.fixture(scope="module")
+def published(witness_faces: dict[str, list]) -> dict[str, list]:
+    """``witness_faces`` and the release's published leye mutations of them (not shipped)."""
+    folder = reference_data("attribute_mutated")
+    data = dict(witness_faces)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # mutations of the truncated JPEG
+        for kind in ("substitution", "preservation"):
+            data[kind] = [load_image(folder / f"leye_{kind}" / name) for name in witness_faces["names"]]
     return data
 
 
@@ -210,9 +218,9 @@ def test_matches_published_leye_images(published: dict[str, list], kind: str) ->
     assert (mean_abs_diffs < 1.0).sum() >= 8, mean_abs_diffs.round(3)
 
 
-def test_all_attributes_on_reference_faces(published: dict[str, list]) -> None:
-    base, base_lm = published["base"][0], published["base_lm"][0]
-    others, others_lm = published["others"][:3], published["others_lm"][:3]
+def test_all_attributes_on_reference_faces(witness_faces: dict[str, list]) -> None:
+    base, base_lm = witness_faces["base"][0], witness_faces["base_lm"][0]
+    others, others_lm = witness_faces["others"][:3], witness_faces["others_lm"][:3]
     for attribute in ATTRIBUTES:
         for batch, originals in (
             (substitution(base, base_lm, others, others_lm, attribute), [base] * 3),

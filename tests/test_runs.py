@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from ami_lightning import cache, loggers
+from ami_lightning import cache, loggers, pipeline
+from ami_lightning.builders import Classifier
 from ami_lightning.cli import apps, run_stamp
 from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
 from ami_lightning.pipeline import witness_key
@@ -184,3 +187,50 @@ def test_a_refused_config_leaves_no_run_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ami.weaken"):
         apps._eval(cfg)
     assert not out.exists()
+
+
+# ---- concurrent runs on a cold cache --------------------------------------------------------------------------------
+def _fake_extraction(counter: Path):  # noqa: ANN202 - returns the two fakes
+    from ami_lightning.witnesses import WitnessSet
+
+    def extract(model, layers, *_args, **_kwargs):  # noqa: ANN001, ANN202
+        with open(counter, "a") as handle:
+            handle.write("extracted\n")
+        time.sleep(1.0)  # long enough for the other process to arrive while this one works
+        mapping = {attr: {layers[0]: [0, 1]} for attr in ("leye", "reye", "nose", "mouth")}
+        return WitnessSet.from_mapping(mapping, layers), None
+
+    return extract, lambda _mutations, path: Path(path).write_bytes(b"png")
+
+
+def _witnesses_in_child(cfg: DictConfig, out: Path, queue: mp.Queue) -> None:
+    from ami_lightning.models.base import Normalize, PixelModel
+    from tests.toy import ToyNet
+
+    net = ToyNet(32)  # untrained: only its layer names matter here
+    classifier = Classifier("toy", PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers), ["a"])
+    witnesses = pipeline.witness_stage(cfg, classifier, out)
+    queue.put(witnesses.count())
+
+
+def test_concurrent_runs_extract_witnesses_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs on a cold cache: one extracts under the lock, the other waits and reads its entry; no temporary
+    folder is left and both get the same witnesses."""
+    counter = tmp_path / "count"
+    extract, grid = _fake_extraction(counter)
+    monkeypatch.setattr(pipeline, "witnesses_from_faces", extract)
+    monkeypatch.setattr(pipeline, "save_mutation_grid", grid)
+    cfg = cpu_config(compose_config("eval"), tmp_path)
+    context = mp.get_context("fork")
+    queue = context.Queue()
+    procs = [context.Process(target=_witnesses_in_child, args=(cfg, tmp_path / f"out{i}", queue)) for i in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    counts = [queue.get(timeout=5) for _ in procs]
+    assert counts[0] == counts[1] == {"leye": 2, "reye": 2, "nose": 2, "mouth": 2}
+    assert counter.read_text() == "extracted\n"
+    entries = sorted(p.name for p in (Path(cfg.paths.cache_dir) / "witnesses").iterdir())
+    assert entries == [witness_key(cfg), f"{witness_key(cfg)}.lock"]

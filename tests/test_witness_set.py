@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_missing_file_and_bad_format(reference: Path, tmp_path: Path) -> None:
         WitnessSet.read(tmp_path, "onnx")  # type: ignore[arg-type]
 
 
-def test_check_channels_and_queries() -> None:
+def test_validate_and_queries() -> None:
     witnesses = WitnessSet.from_mapping(
         {"leye": {"pool3": [5, 1, 5]}, "nose": {"pool3": [1], "relu6": [7]}}, layers=["relu1_1", "pool3", "relu6"]
     )
@@ -89,10 +90,72 @@ def test_check_channels_and_queries() -> None:
     assert witnesses.at("pool3") == {"leye": (1, 5), "nose": (1,)}
     assert witnesses.steered_layers() == ("pool3", "relu6")
     assert witnesses.count() == {"leye": 2, "nose": 2}
-    witnesses.check_channels({"relu1_1": 64, "pool3": 6, "relu6": 8})
-    with pytest.raises(ValueError, match=r"nose: channel 7 out of range at relu6 \(4 channels\)"):
-        witnesses.check_channels({"relu1_1": 64, "pool3": 6, "relu6": 4})
-    with pytest.raises(ValueError, match="unknown layer 'relu6'"):
-        witnesses.check_channels({"relu1_1": 64, "pool3": 6})
+    assert witnesses.sources == {} and witnesses.where("nose", "relu6") == "(built in memory)"
+    witnesses.validate({"relu1_1": 64, "pool3": 6, "relu6": 8})
+    with pytest.raises(WitnessFormatError, match=r"^\(built in memory\): attribute 'nose': channel 7 out of range at "
+                                                 r"layer 'relu6': allowed 0..3 \(4 channels\)$"):
+        witnesses.validate({"relu1_1": 64, "pool3": 6, "relu6": 4})
+    with pytest.raises(WitnessFormatError, match=r"attribute 'nose': unknown layer 'relu6'; the model's layers are "
+                                                 r"\['relu1_1', 'pool3'\]"):
+        witnesses.validate({"relu1_1": 64, "pool3": 6})
+    witnesses.validate({"pool3": 6, "relu6": 8})  # relu1_1 holds no witness of a set built in memory: not checked
     with pytest.raises(ValueError, match=r"not in the layer list"):
         WitnessSet.from_mapping({"leye": {"pool9": [1]}}, layers=["pool3"])
+
+
+def _write_set(folder: Path, lines: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for attribute in ATTRIBUTES:
+        (folder / f"{attribute}_neurons.txt").write_text(lines.get(attribute, "relu1->0\nrelu2->1,2\n"))
+    return folder
+
+
+TOY_CHANNELS = {"relu1": 16, "pool1": 16, "relu2": 32, "pool2": 32}  # tests/toy.py's ToyNet
+
+
+def test_read_remembers_file_and_line_and_validate_names_them(tmp_path: Path) -> None:
+    folder = _write_set(tmp_path, {"nose": "relu1->0\n\nrelu2->3,40\n", "mouth": "relu1->1\nrelu7->2\n"})
+    witnesses = WitnessSet.read(folder)  # no channels: read as written
+    assert witnesses.sources[("nose", "relu2")] == (folder / "nose_neurons.txt", 3)
+    assert witnesses.where("mouth", "relu7") == f"{folder / 'mouth_neurons.txt'}:2"
+    with pytest.raises(WitnessFormatError, match=r"nose_neurons.txt:3: attribute 'nose': channel 40 out of range at "
+                                                 r"layer 'relu2': allowed 0..31 \(32 channels\)"):
+        witnesses.validate(TOY_CHANNELS)
+    with pytest.raises(WitnessFormatError, match=r"mouth_neurons.txt:2: attribute 'mouth': unknown layer 'relu7'; the "
+                                                 r"model's layers are \['relu1', 'pool1', 'relu2', 'pool2'\]"):
+        witnesses.validate({**TOY_CHANNELS, "relu2": 41})
+    fine = WitnessSet.read(_write_set(tmp_path / "fine", {}))
+    fine.validate(TOY_CHANNELS)
+    assert fine == WitnessSet.from_mapping({a: {"relu1": [0], "relu2": [1, 2]} for a in ATTRIBUTES})  # sources aside
+
+
+def test_validate_against_the_toy_model(tmp_path: Path) -> None:
+    """The call for a pipeline: the model's own layer names and channel counts."""
+    from tests.toy import ToyNet
+
+    net = ToyNet(32)
+    channels = layer_channels(net, net.hook_layers, 32)
+    assert channels == TOY_CHANNELS
+    witnesses = WitnessSet.read(_write_set(tmp_path, {"reye": "relu1->16\n"}))
+    with pytest.raises(WitnessFormatError, match=r"reye_neurons.txt:1: attribute 'reye': channel 16 out of range at "
+                                                 r"layer 'relu1': allowed 0..15"):
+        witnesses.validate(channels)
+
+
+def test_negative_channel_is_a_parse_error(tmp_path: Path) -> None:
+    _write_set(tmp_path, {"leye": "relu1->0\nrelu2->3,-1\n"})
+    with pytest.raises(WitnessFormatError, match=r"leye_neurons.txt:2: negative channel index -1 at layer 'relu2'"):
+        WitnessSet.read(tmp_path)
+    (tmp_path / "leye_witness.txt").write_text("conv1_1,-4\n")
+    with pytest.raises(WitnessFormatError, match=r"leye_witness.txt:1: negative channel index -4 at layer 'relu1_1'"):
+        WitnessSet.read(tmp_path, "caffe", attributes=["leye"])
+
+
+@pytest.mark.parametrize(("text", "note"), [("", " (the file is empty)"), ("relu1->\nrelu2->\n", "")])
+def test_attribute_without_witnesses_is_an_error_unless_allowed(tmp_path: Path, text: str, note: str) -> None:
+    _write_set(tmp_path, {"mouth": text})
+    with pytest.raises(WitnessFormatError, match=rf"mouth_neurons.txt: no witness of 'mouth' at any layer"
+                                                 rf"{re.escape(note)}; pass allow_empty=True to accept that"):
+        WitnessSet.read(tmp_path)
+    witnesses = WitnessSet.read(tmp_path, allow_empty=True)
+    assert witnesses.count() == {"leye": 3, "reye": 3, "nose": 3, "mouth": 0}

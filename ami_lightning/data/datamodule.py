@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ami_lightning.data.datasets import SKIPPED
 
 
 class ShardSampler(Sampler[int]):
@@ -23,7 +28,13 @@ class ShardSampler(Sampler[int]):
 
 
 class AmIDataModule(pl.LightningDataModule):
-    """Test dataloaders, in order: ``benign`` then each attack set of ``attacks`` (name -> dataset)."""
+    """Test dataloaders, in order: ``benign`` then each attack set of ``attacks`` (name -> dataset).
+
+    Items are ``(pixels, label, index)``; a label ``SKIPPED`` marks a file that its dataset skipped
+    (``on_error="skip"``). Before each batch moves to the device (in the main process, also when DataLoader workers
+    loaded it) the dataset's ``note_skipped(index)`` is called for each such item, so that :attr:`skipped` names every
+    skipped file of this process with its reason (and the dataset warns once per file).
+    """
 
     def __init__(
         self, benign: Dataset, attacks: Mapping[str, Dataset], batch_size: int = 32, num_workers: int = 0
@@ -50,3 +61,20 @@ class AmIDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(d) for d in self.datasets.values()]
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record the skipped items of ``batch`` (pixels (B, 3, H, W), labels (B,), indices (B,)) with their
+        dataset (see the class docstring); the batch is returned unchanged."""
+        dataset = list(self.datasets.values())[dataloader_idx]
+        note = getattr(dataset, "note_skipped", None)
+        if note is not None and isinstance(batch, list | tuple) and len(batch) >= 3:
+            labels, indices = torch.as_tensor(batch[1]), torch.as_tensor(batch[2])
+            for index in indices[labels == SKIPPED].tolist():
+                note(int(index))
+        return batch
+
+    @property
+    def skipped(self) -> dict[str, dict[Path, str]]:
+        """Set name -> {path: reason} of the files skipped so far by this process (empty for datasets that do not
+        skip, e.g. in-memory probes)."""
+        return {name: dict(getattr(dataset, "skipped", {})) for name, dataset in self.datasets.items()}

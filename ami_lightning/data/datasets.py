@@ -1,47 +1,90 @@
 """Face files as datasets: benign images, and attack sets in the published layout or the generator's manifest.
 
 Every item is ``(pixels, label, index)``: float pixels (3, H, W), RGB in [0, 255], the true identity (long) and the
-item's index in the dataset (file names: ``dataset.paths[index]``). A file that cannot be read raises ``ValueError``
-naming it, or, with ``on_error="skip"``, yields label ``SKIPPED`` (-1) and zero pixels, which the evaluation drops
-and counts.
+item's index in the dataset (file names: ``dataset.paths[index]``).
+
+Every file is checked when its item is read: missing, undecodable, truncated, of an image mode that cannot be
+converted exactly (see :mod:`ami_lightning.images`), a ``.npy`` of another shape than (3, H, W), of a non-numeric
+dtype or with NaN / infinite values, or of another size than the set's (an explicit ``size``, else that of the set's
+first readable file). Such a file raises :class:`FaceFileError` (a ``ValueError``) naming it and the problem, or,
+with ``on_error="skip"``, yields label ``SKIPPED`` (-1) and zero pixels of the set's size, which the evaluation drops
+and counts; the dataset records it in :attr:`FaceFiles.skipped` (path -> reason) and warns
+(:class:`SkippedFileWarning`) naming the file and the reason. In DataLoader worker processes the record is made by
+the main process: :class:`~ami_lightning.data.datamodule.AmIDataModule` calls :meth:`FaceFiles.note_skipped` for
+each skipped item of a batch.
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
+from ami_lightning.data.manifest import read_manifest
 from ami_lightning.identities import identity_from_filename
-from ami_lightning.images import load_image
+from ami_lightning.images import BadImageError, Truncated, load_image
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
 
 SKIPPED = -1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 OnError = Literal["raise", "skip"]
+Size = tuple[int, int]
+FALLBACK_SIZE: Size = (224, 224)  # the placeholder size of a skipped file when no file of its set is readable
 
 
-def load_pixels(path: Path, npy_legacy: bool = False) -> torch.Tensor:
-    """Float pixels (3, H, W) RGB in [0, 255] from an image file or a published ``.npy`` (float32 (3, H, W), RGB).
+class FaceFileError(ValueError):
+    """A face file that cannot be used: the message is ``bad face file <path>: <problem>``; ``path`` and ``problem``
+    when known. (One positional message also works, as DataLoader workers re-raise it.)"""
+
+    def __init__(self, message: str, path: Path | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem if problem is not None else message
+
+    @classmethod
+    def of(cls, path: str | Path, problem: str) -> FaceFileError:
+        return cls(f"bad face file {path}: {problem}", Path(path), problem)
+
+
+class SkippedFileWarning(UserWarning):
+    """A face file left out of the evaluation under ``on_error="skip"``; the message names it and the reason."""
+
+
+def load_pixels(path: str | Path, npy_legacy: bool = False, truncated: Truncated = "error") -> torch.Tensor:
+    """Float pixels (3, H, W) RGB in [0, 255] from an image file or a published ``.npy`` (float (3, H, W), RGB).
 
     ``npy_legacy`` reproduces the original PyTorch notebooks on ``.npy`` files: channels reversed and no mean
     subtracted before VGG-Face (returned here as reversed channels plus VGG-Face's mean, which the model's own
-    preprocessing then removes).
+    preprocessing then removes). ``truncated``: see :func:`~ami_lightning.images.load_image` (strict by default).
+    A missing file raises ``FileNotFoundError``; a bad one :class:`~ami_lightning.images.BadImageError` (a
+    ``ValueError``) naming the file and the problem. A ``.npy`` must hold one real-valued (float or integer) array
+    of shape (3, H, W) without NaN or infinite values.
     """
+    path = Path(path)
     if path.suffix.lower() != ".npy":
-        return load_image(path).float()
+        return load_image(path, truncated).float()
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
+    except Exception as err:  # a damaged or truncated .npy: ValueError, EOFError, OSError, ...
+        raise BadImageError.of(path, f"cannot read .npy: {err}") from err
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise BadImageError.of(path, "a .npz archive, expected a .npy of one array of shape (3, H, W)")
     if array.ndim != 3 or array.shape[0] != 3:
-        raise ValueError(f"{path}: expected an array of shape (3, H, W), got {array.shape}")
+        raise BadImageError.of(path, f"expected an array of shape (3, H, W), got {array.shape}")
+    if array.dtype.kind not in "fiu":
+        raise BadImageError.of(path, f"an array of dtype {array.dtype}, expected float or integer pixels")
     pixels = torch.from_numpy(array.astype(np.float32))
+    bad = int((~torch.isfinite(pixels)).sum())
+    if bad:
+        raise BadImageError.of(path, f"{bad} of its {pixels.numel()} values are NaN or infinite")
     if npy_legacy:
         return pixels.flip(0) + torch.tensor(VGG_FACE_MEAN).view(3, 1, 1)
     return pixels
@@ -60,48 +103,119 @@ def labels_from_filenames(paths: Sequence[Path], identities: Sequence[str]) -> l
 
 
 class FaceFiles(Dataset):
-    """Face files with their labels; items ``(pixels (3, H, W) float in [0, 255], label, index)``."""
+    """Face files with their labels; items ``(pixels (3, H, W) float in [0, 255], label, index)``.
+
+    ``size``: (H, W) in pixels that every file must have (default: that of the set's first readable file).
+    ``on_error``: ``"raise"`` a :class:`FaceFileError` for a bad file, or ``"skip"`` it (see the module docstring);
+    the skipped files of this process are in :attr:`skipped` (path -> reason).
+    """
 
     def __init__(
-        self, paths: Sequence[Path], labels: Sequence[int], npy_legacy: bool = False, on_error: OnError = "raise"
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        npy_legacy: bool = False,
+        on_error: OnError = "raise",
+        size: Size | None = None,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} files but {len(labels)} labels")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if size is not None and (len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
+            raise ValueError(f"size must be (H, W), two positive integers, got {size!r}")
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels)
         self.npy_legacy = npy_legacy
         self.on_error = on_error
-        self._shape: tuple[int, ...] | None = None
+        self.size: Size | None = tuple(size) if size is not None else None  # type: ignore[assignment]
+        self.skipped: dict[Path, str] = {}
         self.originals: list[Path] = []  # the unattacked faces, where a generator's manifest names them
+        self._reference: tuple[Size | None, str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         try:
-            pixels = load_pixels(self.paths[index], self.npy_legacy)
-        except (OSError, ValueError) as err:
+            pixels = self.load(index)
+        except FaceFileError as err:
             if self.on_error == "raise":
-                raise ValueError(f"unreadable face file {self.paths[index]}: {err}") from err
-            return torch.zeros(self._item_shape()), SKIPPED, index
-        self._shape = tuple(pixels.shape)
+                raise
+            if get_worker_info() is None:  # in a worker the main process records it (AmIDataModule)
+                self.note_skipped(index, err.problem)
+            return torch.zeros(3, *(self.expected_size or FALLBACK_SIZE)), SKIPPED, index
         return pixels, self.labels[index], index
 
-    def _item_shape(self) -> tuple[int, ...]:
-        """The pixel shape of this set's readable files (for the zero placeholder of a skipped one)."""
-        for path in self.paths if self._shape is None else ():
-            try:
-                self._shape = tuple(load_pixels(path, self.npy_legacy).shape)
+    @property
+    def expected_size(self) -> Size | None:
+        """(H, W) in pixels that every file of the set must have: ``size`` if given, else that of the set's first
+        readable file (in the order of :attr:`paths`; the same in every process); None when no file is readable."""
+        return self._expected()[0]
+
+    def _expected(self) -> tuple[Size | None, str]:
+        if self.size is not None:
+            return self.size, "the size given for the set"
+        if self._reference is None:
+            self._reference = None, ""
+            for path in self.paths:
+                try:
+                    pixels = self._decode(path)
+                except FaceFileError:
+                    continue
+                size = int(pixels.shape[1]), int(pixels.shape[2])
+                self._reference = size, f"like the set's first readable file {path.name}"
                 break
-            except (OSError, ValueError):
-                continue
-        return self._shape or (3, 224, 224)
+        return self._reference
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        """The pixels of ``path`` (3, H, W), not yet checked against the set's size; ``FaceFileError`` naming it."""
+        try:
+            return load_pixels(path, self.npy_legacy)
+        except FileNotFoundError as err:
+            raise FaceFileError.of(path, "file not found") from err
+        except BadImageError as err:
+            raise FaceFileError.of(path, err.problem) from err
+        except (OSError, ValueError) as err:
+            raise FaceFileError.of(path, str(err)) from err
+
+    def load(self, index: int) -> torch.Tensor:
+        """The checked pixels (3, H, W) float in [0, 255] of file ``index``; :class:`FaceFileError` naming the file
+        and the problem whatever ``on_error`` says."""
+        path = self.paths[index]
+        pixels = self._decode(path)
+        size, source = self._expected()
+        if size is not None and tuple(pixels.shape[1:]) != size:
+            raise FaceFileError.of(path, f"pixels of shape {tuple(pixels.shape)}, expected {(3, *size)} ({source})")
+        return pixels
+
+    def problem(self, index: int) -> str | None:
+        """Why file ``index`` cannot be used (e.g. ``"file not found"``), or None when it can."""
+        try:
+            self.load(index)
+        except FaceFileError as err:
+            return err.problem
+        return None
+
+    def note_skipped(self, index: int, reason: str | None = None) -> str:
+        """Record file ``index`` as skipped in :attr:`skipped` with ``reason`` (default: the file checked again,
+        e.g. for an item a DataLoader worker skipped) and warn once naming it; returns the reason."""
+        path = self.paths[index]
+        if path not in self.skipped:
+            if reason is None:
+                reason = self.problem(index) or "could not be read when loaded (it reads now)"
+            self.skipped[path] = reason
+            warnings.warn(f"skipped face file {path}: {reason}", SkippedFileWarning, stacklevel=2)
+        return self.skipped[path]
 
     @classmethod
     def from_folder(
-        cls, folder: Path, identities: Sequence[str], npy_legacy: bool = False, on_error: OnError = "raise"
+        cls,
+        folder: Path,
+        identities: Sequence[str],
+        npy_legacy: bool = False,
+        on_error: OnError = "raise",
+        size: Size | None = None,
     ) -> FaceFiles:
         """Every image or ``.npy`` file of ``folder`` (sorted), labelled by its VGG Face file name."""
         folder = Path(folder)
@@ -110,38 +224,50 @@ class FaceFiles(Dataset):
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy"))
         if not paths:
             raise FileNotFoundError(f"no image or .npy files in {folder}")
-        return cls(paths, labels_from_filenames(paths, identities), npy_legacy, on_error)
+        return cls(paths, labels_from_filenames(paths, identities), npy_legacy, on_error, size)
 
     @classmethod
     def from_list(
-        cls, folder: Path, names: Sequence[str], identities: Sequence[str], on_error: OnError = "raise"
+        cls,
+        folder: Path,
+        names: Sequence[str],
+        identities: Sequence[str],
+        on_error: OnError = "raise",
+        size: Size | None = None,
     ) -> FaceFiles:
         """The files ``names`` (e.g. the 343 lines of the release's ``benign_list.txt``) inside ``folder``."""
         paths = [Path(folder) / name for name in names]
         missing = [p for p in paths if not p.is_file()]
         if missing and on_error == "raise":
             raise FileNotFoundError(f"{len(missing)} listed files missing in {folder}, e.g. {missing[0].name}")
-        return cls(paths, labels_from_filenames(paths, identities), on_error=on_error)
+        return cls(paths, labels_from_filenames(paths, identities), on_error=on_error, size=size)
 
     @classmethod
-    def from_manifest(cls, manifest: Path, on_error: OnError = "raise") -> FaceFiles:
+    def from_manifest(cls, manifest: Path, on_error: OnError = "raise", size: Size | None = None) -> FaceFiles:
         """An attack set written by ``ami_lightning.attacks.generate``: its ``manifest.jsonl`` (file, true label,
-        ...) beside the files."""
+        ...) beside the files, read by :func:`ami_lightning.data.manifest.read_manifest` (the generator's reader: a
+        torn last line is ignored, any other bad line is an error naming it; the last row of a file wins)."""
         manifest = Path(manifest)
         if not manifest.is_file():
             raise FileNotFoundError(f"attack manifest not found: {manifest}")
-        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-        dataset = cls([manifest.parent / r["file"] for r in rows], [int(r["label"]) for r in rows], on_error=on_error)
+        rows = list(read_manifest(manifest).values())
+        dataset = cls([manifest.parent / r["file"] for r in rows], [r["label"] for r in rows], on_error=on_error,
+                      size=size)
         dataset.originals = [Path(r["source"]) for r in rows if "source" in r]
         return dataset
 
 
 def attack_set(
-    root: Path, name: str, identities: Sequence[str], npy_legacy: bool = False, on_error: OnError = "raise"
+    root: Path,
+    name: str,
+    identities: Sequence[str],
+    npy_legacy: bool = False,
+    on_error: OnError = "raise",
+    size: Size | None = None,
 ) -> FaceFiles:
     """Attack set ``name`` under ``root``: ``root/name/manifest.jsonl`` when the generator wrote it, else the
     published layout (``root/name/*.npy`` or images, labelled by file name)."""
     folder = Path(root) / name
     if (folder / "manifest.jsonl").is_file():
-        return FaceFiles.from_manifest(folder / "manifest.jsonl", on_error)
-    return FaceFiles.from_folder(folder, identities, npy_legacy, on_error)
+        return FaceFiles.from_manifest(folder / "manifest.jsonl", on_error, size)
+    return FaceFiles.from_folder(folder, identities, npy_legacy, on_error, size)

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ami_lightning.files import write_text
+
 ATTRIBUTES: tuple[str, ...] = ("leye", "reye", "nose", "mouth")
 Format = Literal["vgg_face_dag", "caffe"]
+Source = tuple[Path, int]  # (file, line number from 1) where an (attribute, layer) entry was read
 _FILE_SUFFIX: dict[str, str] = {"vgg_face_dag": "_neurons.txt", "caffe": "_witness.txt"}
 _CAFFE_CONV = re.compile(r"^conv(\d+_\d+)$")
 _CAFFE_FC = re.compile(r"^fc(\d+)$")
@@ -50,10 +53,13 @@ class WitnessSet:
 
     ``layers`` is the ordered tuple of layers the set covers (forward order); a layer with no witnesses for an
     attribute maps to ``()``. Build one with :meth:`from_mapping`, :meth:`read` or the extraction functions.
+    ``sources[(attribute, layer)]`` is the (file, line) an entry was read from (:meth:`read`); entries built in memory
+    have none. Sources do not take part in equality.
     """
 
     layers: tuple[str, ...]
     witnesses: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], Source] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_mapping(
@@ -86,17 +92,35 @@ class WitnessSet:
         """Number of witnesses per attribute (summed over layers)."""
         return {a: sum(map(len, per_layer.values())) for a, per_layer in self.witnesses.items()}
 
-    def check_channels(self, channels: Mapping[str, int]) -> None:
-        """Raise ``ValueError`` if a layer is unknown to ``channels`` (layer -> channel count) or an index is out of
-        range."""
+    def where(self, attribute: str, layer: str) -> str:
+        """Where entry (``attribute``, ``layer``) was read: ``<file>:<line>``, or ``"(built in memory)"``."""
+        source = self.sources.get((attribute, layer))
+        return "(built in memory)" if source is None else f"{source[0]}:{source[1]}"
+
+    def validate(self, channels: Mapping[str, int]) -> None:
+        """Check the set against a model: ``channels`` maps each of the model's layers to its channel count (e.g.
+        ``layer_channels(model, hook_layer_names(model))`` of :mod:`ami_lightning.layers`).
+
+        ``WitnessFormatError`` (a ``ValueError``) for the first bad entry (attribute by attribute, layers in order):
+        on a layer the model does not have (naming the file, line, layer and the model's layers) or with a channel
+        outside ``0 .. channels - 1`` (naming the file, line, layer, the channel and the allowed range); entries
+        built in memory are named by attribute and layer alone. Empty entries that no file listed are not checked.
+        """
         for attribute, per_layer in self.witnesses.items():
-            for layer, idx in per_layer.items():
+            for layer in self.layers:
+                idx = per_layer.get(layer, ())
+                if (attribute, layer) not in self.sources and not idx:
+                    continue  # a layer this attribute's file did not list, or an empty in-memory entry
+                what = f"{self.where(attribute, layer)}: attribute {attribute!r}"
                 if layer not in channels:
-                    raise ValueError(f"{attribute}: unknown layer {layer!r} (model has {sorted(channels)})")
-                if idx and (idx[0] < 0 or idx[-1] >= channels[layer]):
-                    raise ValueError(
-                        f"{attribute}: channel {idx[-1] if idx[-1] >= channels[layer] else idx[0]} out of range at "
-                        f"{layer} ({channels[layer]} channels)"
+                    raise WitnessFormatError(
+                        f"{what}: unknown layer {layer!r}; the model's layers are {list(channels)}"
+                    )
+                bad = [i for i in idx if not 0 <= i < channels[layer]]
+                if bad:
+                    raise WitnessFormatError(
+                        f"{what}: channel {bad[0]} out of range at layer {layer!r}: allowed 0..{channels[layer] - 1} "
+                        f"({channels[layer]} channels)"
                     )
 
     # ---- files ---------------------------------------------------------------------------------------------------
@@ -107,22 +131,37 @@ class WitnessSet:
         fmt: Format = "vgg_face_dag",
         attributes: Iterable[str] = ATTRIBUTES,
         channels: Mapping[str, int] | None = None,
+        allow_empty: bool = False,
     ) -> WitnessSet:
-        """Read ``<attr>_neurons.txt`` (``vgg_face_dag``) or ``<attr>_witness.txt`` (``caffe``) files.
+        """Read ``<attr>_neurons.txt`` (``vgg_face_dag``) or ``<attr>_witness.txt`` (``caffe``) files, remembering
+        the file and line of each entry (:attr:`sources`).
 
-        ``channels`` (layer -> channel count, e.g. from :func:`ami_lightning.layers.layer_channels`) makes unknown
-        layers and out-of-range indices errors that name the file and line.
+        Each error names the file and line (``WitnessFormatError``): a malformed line, a negative channel index, a
+        layer listed twice; with ``channels`` (layer -> channel count, e.g. from
+        :func:`ami_lightning.layers.layer_channels`) also unknown layers and out-of-range indices (the same checks
+        as :meth:`validate` afterwards). An attribute with no witness at any layer (e.g. an empty file) is an error
+        naming the file unless ``allow_empty``.
         """
         directory = Path(directory)
         if fmt not in _FILE_SUFFIX:
             raise ValueError(f"unknown witness format {fmt!r}; expected one of {sorted(_FILE_SUFFIX)}")
         mapping: dict[str, dict[str, list[int]]] = {}
+        sources: dict[tuple[str, str], Source] = {}
         for attribute in attributes:
             path = directory / f"{attribute}{_FILE_SUFFIX[fmt]}"
             if not path.is_file():
                 raise FileNotFoundError(f"witness file not found: {path}")
-            mapping[attribute] = _parse_file(path, fmt, channels)
-        return cls.from_mapping(mapping, channels)
+            per_layer, lines = _parse_file(path, fmt, channels)
+            if not allow_empty and not any(per_layer.values()):
+                raise WitnessFormatError(
+                    f"{path}: no witness of {attribute!r} at any layer"
+                    f"{' (the file is empty)' if not per_layer else ''}; pass allow_empty=True to accept that"
+                )
+            mapping[attribute] = per_layer
+            sources.update({(attribute, layer): (path, line) for layer, line in lines.items()})
+        witnesses = cls.from_mapping(mapping, channels)
+        witnesses.sources = sources
+        return witnesses
 
     def write(self, directory: str | Path, fmt: Format = "vgg_face_dag") -> list[Path]:
         """Write one file per attribute in format ``fmt``; returns the paths written."""
@@ -138,13 +177,17 @@ class WitnessSet:
             else:
                 text = "".join(f"{layer_to_caffe(layer)},{idx}\n" for layer, idx in lists.items() if idx)
             path = directory / f"{attribute}{_FILE_SUFFIX[fmt]}"
-            path.write_text(text, encoding="utf-8")
+            write_text(path, text)
             paths.append(path)
         return paths
 
 
-def _parse_file(path: Path, fmt: Format, channels: Mapping[str, int] | None) -> dict[str, list[int]]:
+def _parse_file(
+    path: Path, fmt: Format, channels: Mapping[str, int] | None
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """(layer -> channel indices, layer -> line number) of one witness file."""
     per_layer: dict[str, list[int]] = {}
+    lines: dict[str, int] = {}
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -166,6 +209,9 @@ def _parse_file(path: Path, fmt: Format, channels: Mapping[str, int] | None) -> 
             raise WitnessFormatError(f"{where}: channel indices must be integers, got {rest!r}") from None
         if layer in per_layer:
             raise WitnessFormatError(f"{where}: layer {layer!r} listed twice")
+        negative = [i for i in idx if i < 0]
+        if negative:
+            raise WitnessFormatError(f"{where}: negative channel index {negative[0]} at layer {layer!r}")
         if channels is not None:
             if layer not in channels:
                 raise WitnessFormatError(f"{where}: unknown layer {layer!r}; the model's layers are {list(channels)}")
@@ -175,4 +221,5 @@ def _parse_file(path: Path, fmt: Format, channels: Mapping[str, int] | None) -> 
                     f"{where}: channel index {bad[0]} out of range for {layer} ({channels[layer]} channels)"
                 )
         per_layer[layer] = idx
-    return per_layer
+        lines[layer] = lineno
+    return per_layer, lines

@@ -1,0 +1,79 @@
+"""The JSON-lines manifest of a generated attack set (``manifest.jsonl``): the one reader, shared by the generator
+(:mod:`ami_lightning.attacks.generate`, which resumes from it) and the datasets
+(:meth:`ami_lightning.data.datasets.FaceFiles.from_manifest`, which evaluates from it).
+
+One JSON object per line, each with at least ``file`` (the sample's file name beside the manifest, a string) and
+``label`` (its true class, an integer). The generator appends one line per sample and syncs it, so a kill can only
+tear the *last* line (no newline at its end): such a line is ignored. Any other bad line (not JSON, not an object,
+a required key missing or of the wrong type) is a :class:`ManifestError` naming the manifest, the line number and
+the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.jsonl"
+REQUIRED_KEYS: tuple[str, ...] = ("file", "label")
+Row = dict[str, Any]
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be used; the message names the manifest, the line number and the problem."""
+
+
+def _check_row(row: Any, where: str, required: Sequence[str]) -> Row:
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in required:
+        if key not in row:
+            raise ManifestError(f"{where}: missing key {key!r} (required: {', '.join(required)})")
+    if "file" in row and (not isinstance(row["file"], str) or not row["file"]):
+        raise ManifestError(f"{where}: 'file' must be a non-empty string, got {row['file']!r}")
+    if "label" in row and (not isinstance(row["label"], int) or isinstance(row["label"], bool)):
+        raise ManifestError(f"{where}: 'label' must be an integer, got {row['label']!r}")
+    return row
+
+
+def read_rows(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> list[Row]:
+    """The rows of manifest ``path`` in file order (blank lines skipped; a torn last line ignored); each has the keys
+    ``required``. ``ManifestError`` naming ``path`` and the line for any other bad line; ``FileNotFoundError`` if
+    ``path`` does not exist."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline (or is empty): a line without one was cut short
+    rows = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"manifest {path}, line {lineno}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{where}: not valid JSON ({err})") from None
+        rows.append(_check_row(row, where, required))
+    if torn.strip():
+        try:
+            row = json.loads(torn.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return rows  # torn by a kill mid-append: the sample it describes is not finished
+        rows.append(_check_row(row, f"manifest {path}, line {len(lines) + 1}", required))
+    return rows
+
+
+def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> dict[str, Row]:
+    """The rows of manifest ``path`` by file name (the last row of a file wins), as :func:`read_rows`; a missing
+    manifest is empty."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return {row["file"]: row for row in read_rows(path, required)}
+
+
+def manifest_text(rows: Mapping[str, Row]) -> str:
+    """The canonical text of a manifest: one line per row, sorted by file name."""
+    return "".join(json.dumps(rows[name]) + "\n" for name in sorted(rows))
