@@ -339,6 +339,19 @@ class Share:
         return text == manifest_text(self.finished_rows())
 
 
+def numerics_record(batch_size: int, device: torch.device) -> dict[str, Any]:
+    """What a sample's float results depend on besides its inputs, for its manifest row. On a CPU, the attack files
+    are byte-identical for the same torch, CPU instruction set, intra-op thread count and batch size (under any
+    load); the thread count changes them through oneDNN's convolution backward, the batch size through the
+    batched kernels (differences of ~1e-6 that an iterative attack amplifies)."""
+    record: dict[str, Any] = {"batch_size": batch_size, "torch": torch.__version__}
+    if device.type == "cpu":
+        record |= {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    else:
+        record["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return record
+
+
 @dataclass
 class Run:
     """What :func:`generate` attacks with and writes to; :meth:`attack_samples` does the work."""
@@ -364,6 +377,7 @@ class Run:
         loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=CheckingCollate(dataset.paths, shape))
         drop_torn_line(manifest)
+        numerics = numerics_record(batch_size, device)
         with open(manifest, "a", encoding="utf-8") as log:
             for pixels, labels, index in loader:
                 pixels, labels = pixels.to(device), labels.to(device)
@@ -394,5 +408,6 @@ class Run:
                     write_bytes(self.folder / self.names[i], files[j], durable=True)
                     append_row(log, {"file": self.names[i], "source": str(dataset.paths[i]),
                                      "identity": self.identities[i],
-                                     **{key: column[j] for key, column in values.items()}, "seconds": seconds})
+                                     **{key: column[j] for key, column in values.items()}, "seconds": seconds,
+                                     **numerics})
                 bar.update(len(index))

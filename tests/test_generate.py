@@ -31,8 +31,9 @@ from ami_lightning.images import load_image
 from tests.toy import toy_classifier, toy_faces
 
 IDENTITIES = [f"Person_{chr(65 + i)}" for i in range(10)]  # the toy's class names, e.g. Person_A
+NUMERICS = ("batch_size", "torch", "torch_threads", "cpu_capability")
 FIELDS = {"file", "source", "identity", "label", "target", "original_pred", "adversarial_pred", "success", "l0", "l2",
-          "linf", "iterations", "seconds"}
+          "linf", "iterations", "seconds", *NUMERICS}
 FGSM = {"eps": 48.0}
 WRITE_BYTES = gen.write_bytes
 
@@ -363,3 +364,13 @@ def test_two_processes_on_a_cold_cache_attack_each_face_once(model, faces: FaceF
     lines = (folder / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["file"] for line in lines] == names
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_manifest_rows_record_what_the_float_results_depend_on(model, faces: FaceFiles, tmp_path: Path) -> None:
+    """Thread count, batch size, torch and CPU instruction set are recorded with each sample: on a CPU the attack
+    files depend on them (README: which figures depend on the machine)."""
+    folder = generate("fgsm", model, faces, tmp_path / "out", FGSM, batch_size=3)
+    for row in read_manifest(folder / "manifest.jsonl").values():
+        assert {key: row[key] for key in NUMERICS} == {
+            "batch_size": 3, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}

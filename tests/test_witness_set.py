@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ami_lightning.embedded import VGG_FACE_WITNESSES
 from ami_lightning.layers import layer_channels
 from ami_lightning.witnesses import ATTRIBUTES, WitnessFormatError, WitnessSet
 from ami_lightning.witnesses.witness_set import caffe_to_layer, layer_to_caffe
@@ -20,8 +21,8 @@ def test_channels_match_vgg_face(random_vgg) -> None:
     assert layer_channels(random_vgg, random_vgg.hook_layers) == {k: VGG_CHANNELS[k] for k in random_vgg.hook_layers}
 
 
-def test_vgg_face_dag_round_trip_is_byte_exact(reference: Path, tmp_path: Path) -> None:
-    source = reference / "witnesses_vgg_face_dag"
+def test_vgg_face_dag_round_trip_is_byte_exact(tmp_path: Path) -> None:
+    source = VGG_FACE_WITNESSES  # the release's lists, shipped byte for byte
     witnesses = WitnessSet.read(source, channels=VGG_CHANNELS)
     assert witnesses.attributes == ATTRIBUTES
     assert witnesses.layers[0] == "relu1_1" and witnesses.layers[-1] == "relu7" and len(witnesses.layers) == 20
@@ -74,8 +75,8 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, line: str, message: 
         WitnessSet.read(tmp_path, attributes=["leye"], channels=VGG_CHANNELS)
 
 
-def test_missing_file_and_bad_format(reference: Path, tmp_path: Path) -> None:
-    shutil.copy(reference / "witnesses_vgg_face_dag" / "leye_neurons.txt", tmp_path)
+def test_missing_file_and_bad_format(tmp_path: Path) -> None:
+    shutil.copy(VGG_FACE_WITNESSES / "leye_neurons.txt", tmp_path)
     with pytest.raises(FileNotFoundError, match="reye_neurons.txt"):
         WitnessSet.read(tmp_path)
     with pytest.raises(ValueError, match="unknown witness format 'onnx'"):
