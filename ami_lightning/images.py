@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -32,7 +32,10 @@ CONVERTED_MODES: tuple[str, ...] = ("P", "CMYK", "YCbCr", "RGBX")
 
 class BadImageError(ValueError):
     """A file whose pixels cannot be used. ``path`` and ``problem`` (the message without the path) when known; the
-    message is ``<path>: <problem>``. (One positional message also works, as DataLoader workers re-raise it.)"""
+    message is ``<prefix><path>: <problem>``. (One positional message also works, as DataLoader workers re-raise
+    it.)"""
+
+    prefix: ClassVar[str] = ""
 
     def __init__(self, message: str, path: Path | None = None, problem: str | None = None) -> None:
         super().__init__(message)
@@ -40,9 +43,9 @@ class BadImageError(ValueError):
         self.problem = problem if problem is not None else message
 
     @classmethod
-    def of(cls, path: str | Path, problem: str) -> BadImageError:
-        """The error for ``path`` with ``problem``; message ``<path>: <problem>``."""
-        return cls(f"{path}: {problem}", Path(path), problem)
+    def of(cls, path: str | Path, problem: str) -> Self:
+        """The error for ``path`` with ``problem``; message ``<prefix><path>: <problem>``."""
+        return cls(f"{cls.prefix}{path}: {problem}", Path(path), problem)
 
 
 def _grey_to_rgb(grey: np.ndarray) -> torch.Tensor:

@@ -521,11 +521,9 @@ def _need_path(problems: _Problems, key: str, kind: str, what: str, required: bo
 def _check_attacks_dir(problems: _Problems) -> None:
     """Selected attack sets are read from ``data.attacks_dir`` when it is given (each set a sub-folder), else
     generated from the first ``data.attack_faces`` shipped faces, which must then be at least one."""
-    attacks = problems.get("attacks")
-    if not isinstance(attacks, DictConfig):
+    if not isinstance(problems.get("attacks"), DictConfig):
         return
-    selected = [name for name in map(str, attacks.keys()) if name in ATTACK_SETS
-                and isinstance(attacks.get(name), DictConfig) and attacks[name].get("name")]
+    selected = [name for name in selected_attacks(problems.cfg) if name in ATTACK_SETS]
     if not selected:
         return
     root = problems.get("data.attacks_dir")
@@ -542,6 +540,14 @@ def _check_attacks_dir(problems: _Problems) -> None:
                          f"({', '.join(selected)}) there, one sub-folder each")
         elif missing := [name for name in selected if not (folder / name).is_dir()]:
             problems.add(f"{key}={_show(str(root))}: no sub-folder for the attack sets {', '.join(missing)}")
+
+
+def selected_attacks(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The attack sets the run selected (``attack=[...]``): the entries of ``cfg.attacks`` that an ``attack/<set>``
+    file filled in (they carry a ``name``). Budget-only entries of an experiment (``attacks.<set>.params``) for sets
+    left out by ``attack=[...]`` are ignored."""
+    return {str(name): spec for name, spec in (cfg.get("attacks") or {}).items()
+            if isinstance(spec, DictConfig) and spec.get("name")}
 
 
 # ---- check_model_layers --------------------------------------------------------------------------------------------

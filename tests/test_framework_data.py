@@ -13,15 +13,13 @@ from PIL import Image
 
 from ami_lightning.data.datamodule import AmIDataModule, ShardSampler
 from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set, load_pixels
-from ami_lightning.detector import AmIDetector
 from ami_lightning.lightning_module import AmIEvalModule
 from ami_lightning.metrics import FlagRate
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
 from ami_lightning.rates import eligible_mask, flag_rate
 from ami_lightning.steering import detection_score
-from ami_lightning.witnesses import WitnessSet
 from tests.conftest import random_predictions
-from tests.toy import toy_classifier, toy_faces
+from tests.toy import PixelSet, toy_eval_sets
 
 NAMES = ["Aaron_Tveit", "Cher", "Ed_Begley_Jr."]
 
@@ -104,25 +102,10 @@ def test_flag_rate_metric_matches_kernel() -> None:
     assert torch.isnan(empty.compute()["rate"])
 
 
-class _Pixels(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
-
-
 def test_eval_module_matches_direct_computation() -> None:
-    model = toy_classifier(32)
-    x, y = toy_faces(32)
-    witnesses = WitnessSet.from_mapping({"leye": {"relu1": [0, 1, 2], "relu2": [3, 4, 5]}}, model.hook_layers)
-    detector = AmIDetector(model, witnesses, 5.0, (2.15, 5.0))
-    noisy = (x + 200 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
-    wrong_labels = (y + 1) % 10  # 'adversarial' set where the model is wrong on every sample
-    datamodule = AmIDataModule(_Pixels(x, y), {"noise": _Pixels(noisy, y), "shifted": _Pixels(x, wrong_labels)}, 3)
+    detector, sets = toy_eval_sets(32)
+    (x, y), (noisy, _), (_, wrong_labels) = sets["benign"], sets["noise"], sets["shifted"]
+    datamodule = AmIDataModule(PixelSet(x, y), {"noise": PixelSet(noisy, y), "shifted": PixelSet(x, wrong_labels)}, 3)
     module = AmIEvalModule(detector, datamodule.set_names, fpr_targets=[0.3, 0.1, 0.3])
     assert module.fpr_targets == [0.1, 0.3]
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

@@ -13,7 +13,6 @@ from scipy.stats import binomtest, mannwhitneyu, norm
 from torchmetrics.functional.classification import binary_auroc
 
 from ami_lightning.data.datamodule import AmIDataModule
-from ami_lightning.detector import AmIDetector
 from ami_lightning.intervals import (
     bootstrap_auroc_interval,
     bootstrap_aurocs,
@@ -23,8 +22,7 @@ from ami_lightning.intervals import (
 from ami_lightning.lightning_module import AmIEvalModule
 from ami_lightning.rates import eligible_mask
 from ami_lightning.steering import detection_score
-from ami_lightning.witnesses import WitnessSet
-from tests.toy import toy_classifier, toy_faces
+from tests.toy import PixelSet, toy_eval_sets
 
 CASES = [(k, n) for n in (*range(1, 31), 50, 99, 100, 343, 933, 1000) for k in sorted({*range(0, min(n, 30) + 1),
                                                                                            n // 3, n // 2, n - 1, n})]
@@ -185,25 +183,10 @@ def test_bootstrap_rejects_bad_scores() -> None:
         bootstrap_aurocs(torch.zeros(3), torch.ones(3), 10, chunk=0)
 
 
-class _Pixels(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        return self.x[i], int(self.y[i]), i
-
-
 def test_eval_module_reports_the_bootstrap_interval_of_its_auroc() -> None:
-    model = toy_classifier(32)
-    x, y = toy_faces(32)
-    witnesses = WitnessSet.from_mapping({"leye": {"relu1": [0, 1, 2], "relu2": [3, 4, 5]}}, model.hook_layers)
-    detector = AmIDetector(model, witnesses, 5.0, (2.15, 5.0))
-    noisy = (x + 200 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
-    sets = {"benign": (x, y), "noise": (noisy, y), "shifted": (x, (y + 1) % 10)}
-    datamodule = AmIDataModule(_Pixels(*sets["benign"]), {k: _Pixels(*v) for k, v in sets.items() if k != "benign"}, 3)
+    detector, sets = toy_eval_sets(32)
+    datamodule = AmIDataModule(PixelSet(*sets["benign"]), {k: PixelSet(*v) for k, v in sets.items() if k != "benign"},
+                               3)
     module = AmIEvalModule(detector, datamodule.set_names, bootstrap_resamples=300, bootstrap_seed=7)
     assert module.bootstrap == {"resamples": 300, "seed": 7}
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

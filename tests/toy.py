@@ -89,3 +89,28 @@ def toy_detector(size: int = 32) -> AmIDetector:
     """AmI with the published steering parameters (60, (2.15, 50)), no crop, on :func:`toy_classifier` with
     :func:`toy_witnesses`: it flags none of the 10 clean faces."""
     return AmIDetector(toy_classifier(size), toy_witnesses(size), 60.0, (2.15, 50.0), crop_layers=())
+
+
+class PixelSet(torch.utils.data.Dataset):
+    """Pixels (N, 3, S, S) and labels (N,) as a dataset of items ``(pixels, label, index)``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return self.x[i], int(self.y[i]), i
+
+
+def toy_eval_sets(size: int = 32) -> tuple[AmIDetector, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """A small AmI detector on :func:`toy_classifier` (leye witnesses at relu1 and relu2, weaken 5, strengthen
+    (2.15, 5)) and three sets of (pixels, labels): ``benign`` (the clean faces), ``noise`` (heavy noise that fools
+    the toy on some faces) and ``shifted`` (the clean pixels with wrong labels: the model is 'fooled' on all)."""
+    model = toy_classifier(size)
+    x, y = toy_faces(size)
+    witnesses = WitnessSet.from_mapping({"leye": {"relu1": [0, 1, 2], "relu2": [3, 4, 5]}}, model.hook_layers)
+    noisy = (x + 200 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
+    return AmIDetector(model, witnesses, 5.0, (2.15, 5.0)), {"benign": (x, y), "noise": (noisy, y),
+                                                             "shifted": (x, (y + 1) % NUM_CLASSES)}

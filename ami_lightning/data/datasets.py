@@ -37,18 +37,10 @@ Size = tuple[int, int]
 FALLBACK_SIZE: Size = (224, 224)  # the placeholder size of a skipped file when no file of its set is readable
 
 
-class FaceFileError(ValueError):
-    """A face file that cannot be used: the message is ``bad face file <path>: <problem>``; ``path`` and ``problem``
-    when known. (One positional message also works, as DataLoader workers re-raise it.)"""
+class FaceFileError(BadImageError):
+    """A face file of a data set that cannot be used: the message is ``bad face file <path>: <problem>``."""
 
-    def __init__(self, message: str, path: Path | None = None, problem: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.problem = problem if problem is not None else message
-
-    @classmethod
-    def of(cls, path: str | Path, problem: str) -> FaceFileError:
-        return cls(f"bad face file {path}: {problem}", Path(path), problem)
+    prefix = "bad face file "
 
 
 class SkippedFileWarning(UserWarning):
