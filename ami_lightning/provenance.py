@@ -6,6 +6,7 @@ commit and machine of the run that produced it.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -19,9 +20,11 @@ import torch
 from ami_lightning import __file__ as _package_file
 
 
+@functools.cache
 def git_commit(folder: str | Path = Path(_package_file).parent) -> dict[str, Any] | None:
     """``{"commit": <40 hex>, "dirty": bool}`` of the git checkout holding ``folder`` (the package's source by
-    default); None for an installed copy outside any checkout or without git."""
+    default); None for an installed copy outside any checkout or without git. Read once per process: the entry
+    points call it when a job starts, so a results file names the code that ran, not an edit made meanwhile."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True,
                                 timeout=10).stdout.strip()

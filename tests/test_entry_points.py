@@ -10,6 +10,7 @@ import pytest
 from ami_lightning.cli import calibrate
 from ami_lightning.embedded import face_files, witness_face_files
 from ami_lightning.faces.landmarks import LandmarkDetector
+from ami_lightning.intervals import wilson_interval
 from ami_lightning.layers import layer_channels
 from ami_lightning.models import create_model
 from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
@@ -61,5 +62,8 @@ def test_ami_calibrate_end_to_end(tmp_path: Path) -> None:
     chosen = results["calibration"]["chosen_fpr_on_calibration_half"]
     assert abs(chosen - 0.0991) == min(abs(p["fpr"] - 0.0991) for p in results["calibration"]["grid"])
     assert abs(fpr["calibrated"]["fpr"] - 0.0991) < abs(fpr["published"]["fpr"] - 0.0991)
-    assert "| calibrated |" in (tmp_path / "results.md").read_text()
+    low, high = wilson_interval(fpr["calibrated"]["flagged"], fpr["calibrated"]["eligible"])
+    assert f"({fpr['calibrated']['flagged']}/{fpr['calibrated']['eligible']}) [{100 * low:.1f}, {100 * high:.1f}] |" \
+        in (tmp_path / "results.md").read_text()
+    assert results["provenance"]["command"] and results["provenance"]["machine"]["torch_threads"] >= 1
     assert (tmp_path / "witnesses" / "mouth_neurons.txt").is_file()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from ami_lightning import pipeline
 from ami_lightning.cli import CONFIG_PATH
 from ami_lightning.loggers import check_logger
+from ami_lightning.provenance import git_commit
 from ami_lightning.validation import check_config
 
 Job = Callable[[DictConfig], Mapping[str, float] | None]
@@ -55,6 +56,7 @@ def task(job: Job) -> Callable[[DictConfig], float | None]:
 
     @functools.wraps(job)
     def wrapped(cfg: DictConfig) -> float | None:
+        git_commit()  # the code this job runs, recorded before any of it runs
         try:
             check_config(cfg)
             check_logger(cfg)

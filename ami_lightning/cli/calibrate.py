@@ -45,9 +45,15 @@ CALIBRATION_COLUMNS = ("parameters", "weaken", "strengthen", "benign probes (cor
 
 
 def calibration_markdown(results: dict[str, Any]) -> str:
-    """The FPR table of an ``ami-calibrate`` results.json: one row per parameter set, the FPR with its counts and
-    95 % Wilson interval (the calibrated row over the held-out identities)."""
-    lines = ["| " + " | ".join(CALIBRATION_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+    """The figures of an ``ami-calibrate`` results.json: top-1 accuracy on the probes, witness counts, and the FPR
+    table, one row per parameter set, the FPR with its counts and 95 % Wilson interval (the calibrated row over the
+    held-out identities)."""
+    probes, witnesses = results["probes"], results["witnesses"]
+    accuracy = ", ".join(f"{v} {100 * a:.1f} %" for v, a in probes["top1_accuracy_per_variant"].items())
+    lines = [f"Top-1 accuracy on the {probes['n']} benign probes: {100 * probes['top1_accuracy']:.2f} % ({accuracy}). "
+             f"Witnesses per attribute: {', '.join(f'{a} {c}' for a, c in witnesses.items())}, at "
+             f"{len(results['steered_layers'])} layers.", "",
+             "| " + " | ".join(CALIBRATION_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in results["fpr"].items():
         scope = "held-out half" if name == "calibrated" else "all"  # of the probes the model gets right
         low, high = wilson_interval(r["flagged"], r["eligible"])
@@ -113,13 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
 
-    console.print(f"top-1 accuracy on {len(probes)} benign probes: {100 * results['probes']['top1_accuracy']:.2f} % "
-                  + ", ".join(f"{v} {100 * a:.1f} %" for v, a in accuracy.items()))
-    console.print(f"witnesses per attribute: {witnesses.count()}")
     markdown = calibration_markdown(results)
     console.print(markdown)
-    write_text(out / "results.md", f"# AmI on the embedded default\n\nTop-1 accuracy on {len(probes)} benign probes: "
-                                   f"{100 * results['probes']['top1_accuracy']:.2f} %\n\n{markdown}\n")
+    write_text(out / "results.md", f"# AmI on the embedded default\n\n{markdown}\n")
     console.print(f"results in {out}")
 
 

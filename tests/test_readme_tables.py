@@ -1,0 +1,74 @@
+"""scripts/readme_tables.py: the README's tables are written from run folders, with command, commit and machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ami_lightning.provenance import provenance
+from ami_lightning.reporting import RunResults, SetResult, write_results
+from scripts import readme_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_dir(tmp_path: Path, flagged: int = 7) -> Path:
+    results = RunResults(
+        sets=[SetResult("benign", False, n=40, eligible=38, flagged=4),
+              SetResult("fgsm", True, n=8, eligible=8, flagged=flagged, auroc=0.91, auroc_ci=(0.8, 0.97))],
+        weaken=1000.0, strengthen=(2.15, 200.0), model="dlib_resnet",
+        provenance=provenance(["ami-run", "ami.weaken=1000"]),
+    )
+    write_results(results, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _readme(tmp_path: Path) -> Path:
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n\n<!-- results:default-run -->\nold table\n"
+                      "<!-- /results:default-run -->\n\nafter\n")
+    return readme
+
+
+def test_block_is_written_from_the_run_with_its_provenance(tmp_path: Path) -> None:
+    readme = _readme(tmp_path)
+    assert readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n\n<!-- results:default-run -->\n| set | n | eligible |")
+    assert text.endswith("<!-- /results:default-run -->\n\nafter\n") and "old table" not in text
+    fgsm = SetResult("fgsm", True, n=8, eligible=8, flagged=7, auroc=0.91, auroc_ci=(0.8, 0.97))
+    assert f"| fgsm | 8 | 8 | {fgsm.rate_text()} | 0.910 [0.800, 0.970] |" in text
+    assert "| benign (FPR) | 40 | 38 | 10.53 % (4/38) [" in text
+    commit = (provenance()["git"] or {}).get("commit", "unknown")[:7]
+    assert f"Written by `scripts/readme_tables.py default-run` from `ami-run ami.weaken=1000` at commit `{commit}" \
+        in text  # followed by " +uncommitted changes" in a dirty tree
+
+
+def test_check_compares_the_tables_not_the_provenance(tmp_path: Path) -> None:
+    readme = _readme(tmp_path)
+    readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)])
+    same = _run_dir(tmp_path / "again")
+    assert readme_tables.main(["default-run", str(same), "--readme", str(readme), "--check"]) == 0
+    other = _run_dir(tmp_path / "other", flagged=6)
+    assert readme_tables.main(["default-run", str(other), "--readme", str(readme), "--check"]) == 1
+
+
+def test_errors_name_the_missing_block_and_provenance(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("no blocks\n")
+    with pytest.raises(SystemExit, match="README has no block <!-- results:default-run -->"):
+        readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)])
+    old = _run_dir(tmp_path / "old")
+    text = (old / "results.json").read_text()
+    (old / "results.json").write_text(text.replace('"provenance": {', '"provenance_gone": {'))
+    with pytest.raises(SystemExit, match="records no provenance"):
+        readme_tables.main(["default-run", str(old), "--readme", str(_readme(tmp_path))])
+
+
+def test_the_readme_tables_are_written_by_the_script() -> None:
+    """Every results block of the README holds a table and the line naming the run that produced it."""
+    text = (ROOT / "README.md").read_text()
+    for name in ("default-run", "calibration"):
+        block = text.split(f"<!-- results:{name} -->\n", 1)[1].split(f"\n<!-- /results:{name} -->", 1)[0]
+        assert block.startswith(("| ", "Top-1")) and f"Written by `scripts/readme_tables.py {name}` from `" in block
