@@ -203,34 +203,54 @@ def _fake_extraction(counter: Path):  # noqa: ANN202 - returns the two fakes
     return extract, lambda _mutations, path: Path(path).write_bytes(b"png")
 
 
-def _witnesses_in_child(cfg: DictConfig, out: Path, queue: mp.Queue) -> None:
+def _witnesses_in_child(cfg: DictConfig, out: Path, counter: Path, queue: mp.Queue) -> None:
+    """One run's witness stage, in a fresh (spawned) process, with the extraction replaced by a slow fake."""
     from ami_lightning.models.base import Normalize, PixelModel
     from tests.toy import ToyNet
 
-    net = ToyNet(32)  # untrained: only its layer names matter here
+    pipeline.witnesses_from_faces, pipeline.save_mutation_grid = _fake_extraction(counter)
+    net = ToyNet(224)  # untrained: only its layers matter here (224 px: the witness check's forward pass)
     classifier = Classifier("toy", PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers), ["a"])
     witnesses = pipeline.witness_stage(cfg, classifier, out)
     queue.put(witnesses.count())
 
 
-def test_concurrent_runs_extract_witnesses_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_runs_extract_witnesses_once(tmp_path: Path) -> None:
     """Two runs on a cold cache: one extracts under the lock, the other waits and reads its entry; no temporary
-    folder is left and both get the same witnesses."""
+    folder is left and both get the same witnesses. (Spawned, not forked: a fork after torch's OpenMP pool has
+    started can hang the child.)"""
     counter = tmp_path / "count"
-    extract, grid = _fake_extraction(counter)
-    monkeypatch.setattr(pipeline, "witnesses_from_faces", extract)
-    monkeypatch.setattr(pipeline, "save_mutation_grid", grid)
     cfg = cpu_config(compose_config("eval"), tmp_path)
-    context = mp.get_context("fork")
+    context = mp.get_context("spawn")
     queue = context.Queue()
-    procs = [context.Process(target=_witnesses_in_child, args=(cfg, tmp_path / f"out{i}", queue)) for i in range(2)]
+    procs = [context.Process(target=_witnesses_in_child, args=(cfg, tmp_path / f"out{i}", counter, queue))
+             for i in range(2)]
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(120)
+        proc.join(300)
     assert [proc.exitcode for proc in procs] == [0, 0]
     counts = [queue.get(timeout=5) for _ in procs]
     assert counts[0] == counts[1] == {"leye": 2, "reye": 2, "nose": 2, "mouth": 2}
     assert counter.read_text() == "extracted\n"
     entries = sorted(p.name for p in (Path(cfg.paths.cache_dir) / "witnesses").iterdir())
     assert entries == [witness_key(cfg), f"{witness_key(cfg)}.lock"]
+
+
+def test_witness_files_are_checked_against_the_model_before_use(tmp_path: Path) -> None:
+    """A witness list naming a channel the model's layer does not have stops the run at the witness stage, naming
+    the file, line and layer (it used to fail inside test_step with a bare index error)."""
+    from ami_lightning.models.base import Normalize, PixelModel
+    from tests.toy import ToyNet
+
+    net = ToyNet(224)  # untrained; 224 px, the size the check's forward pass uses
+    classifier = Classifier("toy", PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers), ["a"])
+    folder = tmp_path / "witnesses"
+    folder.mkdir()
+    for attr in ("leye", "reye", "nose", "mouth"):
+        channel = 16 if attr == "nose" else 3  # relu1 has 16 channels: 0..15
+        (folder / f"{attr}_neurons.txt").write_text(f"relu1->{channel}\nrelu2->1\n")
+    cfg = cpu_config(compose_config("eval", [f"ami.witnesses={folder}"]), tmp_path)
+    with pytest.raises(ValueError, match=r"witnesses/nose_neurons.txt:1: attribute 'nose': channel 16 out of range at "
+                                         r"layer 'relu1': allowed 0..15 \(16 channels\)"):
+        pipeline.witness_stage(cfg, classifier, tmp_path / "out")

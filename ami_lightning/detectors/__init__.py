@@ -1,0 +1,1 @@
+"""Detectors of adversarial faces behind one interface."""
