@@ -19,16 +19,20 @@ import torch
 
 from ami_lightning import __file__ as _package_file
 
+CODE_PATHS: tuple[str, ...] = (":/ami_lightning", ":/attacks", ":/conf", ":/pyproject.toml")
+"""What decides a result, as git pathspecs from the repository's root."""
+
 
 @functools.cache
 def git_commit(folder: str | Path = Path(_package_file).parent) -> dict[str, Any] | None:
     """``{"commit": <40 hex>, "dirty": bool}`` of the git checkout holding ``folder`` (the package's source by
-    default); None for an installed copy outside any checkout or without git. Read once per process: the entry
+    default); ``dirty``: uncommitted changes to the code or configs (:data:`CODE_PATHS`; an edited README does not
+    count). None for an installed copy outside any checkout or without git. Read once per process: the entry
     points call it when a job starts, so a results file names the code that ran, not an edit made meanwhile."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True,
                                 timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=folder,
                                 capture_output=True, text=True, check=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None

@@ -27,7 +27,7 @@ from ami_lightning.embedded import witness_face_files
 from ami_lightning.files import write_text
 from ami_lightning.intervals import wilson_interval
 from ami_lightning.probes import VARIANTS, benign_variants
-from ami_lightning.provenance import provenance
+from ami_lightning.provenance import git_commit, provenance
 from ami_lightning.rates import flag_rate
 from ami_lightning.steering import PRESETS, SteeringParams
 from ami_lightning.witnesses.from_faces import save_mutation_grid, witnesses_from_faces
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-fpr", type=float, default=PUBLISHED_FPR, help="calibration target (0.0991)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    git_commit()  # the code this run uses, recorded before it runs
     console = Console()
     out = make_run_dir("calibrate", args.out)
     device = pick_device(args.device)
