@@ -62,10 +62,10 @@ def render(kind: str, run_dir: Path) -> str:
 
 def replace_block(text: str, name: str, content: str) -> str:
     """``text`` with the block ``name`` holding ``content``; SystemExit when the README has no such block."""
-    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)", re.S)
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"README has no block <!-- results:{name} --> ... <!-- /results:{name} -->")
-    return pattern.sub(lambda m: m.group(1) + content + m.group(2), text, count=1)
+    return pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text, count=1)
 
 
 def _tables(text: str) -> list[str]:

@@ -45,6 +45,14 @@ def test_block_is_written_from_the_run_with_its_provenance(tmp_path: Path) -> No
         in text  # followed by " +uncommitted changes" in a dirty tree
 
 
+def test_an_empty_block_is_filled(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:default-run -->\n<!-- /results:default-run -->\nb\n")
+    readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)])
+    assert readme.read_text().startswith("a\n<!-- results:default-run -->\n| set |")
+    assert readme.read_text().endswith(".\n<!-- /results:default-run -->\nb\n")
+
+
 def test_check_compares_the_tables_not_the_provenance(tmp_path: Path) -> None:
     readme = _readme(tmp_path)
     readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)])
