@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ami_lightning.attacks.base import Attack, AttackResult, TargetMode
-from ami_lightning.detector import AmIDetector
-from ami_lightning.steering import detection_score
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.steering import detection_score
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Gradient = Literal["straight_through", "exact"]

@@ -13,7 +13,7 @@ Formats: ``npy`` float32 (3, H, W), RGB, pixels 0-255, no mean subtracted (the p
 stored its patch and eyeglass samples.
 
 Resuming: a sample is done when it has a manifest entry and its file exists; those are skipped. Each file is written
-through :func:`ami_lightning.files.write_bytes` (a temporary name private to this process, synced, renamed into
+through :func:`ami_lightning.pipeline.files.write_bytes` (a temporary name private to this process, synced, renamed into
 place, removed on any error such as a full disk) and only then is its entry appended (flushed and synced), so a kill
 at any point leaves no half-written file under a real name and no entry without its file; a torn last manifest line
 is ignored by the reader (:mod:`ami_lightning.data.manifest`, shared with the datasets) and cut off when the manifest
@@ -21,7 +21,8 @@ is next appended to. At the end the manifest is rewritten with exactly one entry
 file name.
 
 Concurrent runs: the work on one set (one share of it when sharded) is done holding a file lock
-(:func:`ami_lightning.files.exclusive`: ``<out_dir>/<set>.lock``, for a shard ``<set>.manifest.rank<r>.jsonl.lock``);
+(:func:`ami_lightning.pipeline.files.exclusive`: ``<out_dir>/<set>.lock``, for a shard
+``<set>.manifest.rank<r>.jsonl.lock``);
 a second process on the same set waits, then reads the manifest again and attacks only what is still missing (after
 a first process that finished: nothing). Temporary files that killed writers of the share left are removed then.
 A share that is already finished, with a tidy manifest, is returned without creating, locking or opening anything
@@ -56,10 +57,10 @@ from tqdm import tqdm
 
 from ami_lightning.attacks.base import TARGET_MODES, distortions, is_success, make_targets
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
+from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.manifest import MANIFEST, Row, manifest_text, read_manifest
-from ami_lightning.detector import AmIDetector
-from ami_lightning.files import exclusive, write_bytes, write_text
-from ami_lightning.identities import identity_from_filename
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.pipeline.files import exclusive, write_bytes, write_text
 
 Item = tuple[torch.Tensor, int, int]
 _TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp|(.+)\.tmp")  # files.py's private names; the former ones
@@ -143,7 +144,8 @@ def shard_manifest(rank: int | str) -> str:
 
 
 def share_lock(folder: Path, manifest: Path) -> Path:
-    """The path whose lock (:func:`ami_lightning.files.exclusive`, ``<path>.lock``) guards the share of set folder
+    """The path whose lock (:func:`ami_lightning.pipeline.files.exclusive`, ``<path>.lock``) guards the share of set
+    folder
     ``folder`` logged to ``manifest``: the folder itself for an unsharded run, ``<folder>.<shard manifest>`` beside it
     for a shard (lock files stay out of the set folder)."""
     return folder if manifest.name == MANIFEST else folder.with_name(f"{folder.name}.{manifest.name}")
@@ -319,7 +321,7 @@ class Share:
 
     def remove_stale_temporaries(self) -> None:
         """Remove what killed writers of this share left behind: temporary files of the share's sample files and of
-        its manifest, under :mod:`ami_lightning.files`' private names (``.<name>.<pid>.<random>.tmp``, unless
+        its manifest, under :mod:`ami_lightning.pipeline.files`' private names (``.<name>.<pid>.<random>.tmp``, unless
         process ``pid`` still runs here) or the generator's former ones (``<name>.tmp``). Call it holding the share's
         lock: then no live writer of this share owns them."""
         mine = {*self.names, self.manifest.name}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ami_lightning.attacks.adaptive import AdaptiveAttack, AmIGradient, TransferFilter, likeliest_targets, pick_best
-from ami_lightning.detector import AmIDetector
+from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.witnesses import WitnessSet
 from scripts.bench_attacks import timed
 
@@ -47,7 +47,8 @@ def undetected(detector: AmIDetector, adversarial: torch.Tensor, labels: torch.T
 def load(args: argparse.Namespace) -> tuple[AmIDetector, torch.Tensor, torch.Tensor, dict[str, float]]:
     """(detector, images (N, 3, S, S) pixels, labels (N,), attack budget) of the chosen model."""
     if args.model == "dlib":
-        from ami_lightning.builders import dlib_gallery, shipped_faces
+        from ami_lightning.data.benign import shipped_faces
+        from ami_lightning.models.classifiers import dlib_gallery
 
         if args.witnesses is None:
             raise SystemExit("--model dlib needs --witnesses (the witnesses/ folder of an ami-run or ami-witness run)")

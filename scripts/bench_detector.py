@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ami_lightning.detector import AmIDetector
-from ami_lightning.layers import forward_hooks
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.steering import SteeringParams
 from ami_lightning.models.base import kaiming_init_
+from ami_lightning.models.layers import forward_hooks
 from ami_lightning.models.vgg_face import VggFace, load_vgg_face, vgg_face
-from ami_lightning.steering import SteeringParams
 from ami_lightning.witnesses import WitnessSet
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ami_lightning.data.images import load_image
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.faces.mutation import agreement, preservation, substitution
-from ami_lightning.images import load_image
 
 KINDS = ("substitution", "preservation")
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

@@ -2,7 +2,7 @@
 
 Each table sits in README.md between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; this script replaces
 what is between the markers by the table rendered from a run folder's ``results.json`` and a line naming the
-command, the commit and the machine recorded there (:mod:`ami_lightning.provenance`). Usage (repository root)::
+command, the commit and the machine recorded there (:mod:`ami_lightning.pipeline.provenance`). Usage (repository root)::
 
     .venv/bin/ami-run                                    # or any run whose table the README shows
     python -m scripts.readme_tables default-run logs/run/<stamp>
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ami_lightning.cli.calibrate import calibration_markdown
-from ami_lightning.provenance import describe
-from ami_lightning.reporting import RunResults, read_results
+from ami_lightning.pipeline.provenance import describe
+from ami_lightning.reporting.results import RunResults, read_results
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,7 +1,8 @@
 """Shared fixtures: the faces shipped with the package, the reference data of the AmI release and a random-weight
 VGG-Face.
 
-Tests use the data shipped in ``ami_lightning/assets`` (:mod:`ami_lightning.embedded`) wherever it suffices, so a clone
+Tests use the data shipped in ``ami_lightning/assets`` (:mod:`ami_lightning.data.shipped`) wherever it suffices, so a
+clone
 anywhere runs them. Only data that is not shipped (the release's attribute-mutated images, adversarial samples, Caffe
 witness lists, PNG faces) is read from ``../shared/reference``; tests needing it skip, naming what they need, when it
 is absent. The environment variable ``AMI_REFERENCE=<folder>`` overrides that path everywhere
@@ -22,8 +23,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from ami_lightning.embedded import face_files
-from ami_lightning.images import load_image
+from ami_lightning.data.images import load_image
+from ami_lightning.data.shipped import face_files
 from ami_lightning.models.base import PixelModel, kaiming_init_
 from ami_lightning.models.vgg_face import VggFace, vgg_face
 

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import open_dict
 
 from ami_lightning.cli import apps
-from ami_lightning.validation import ConfigError
+from ami_lightning.pipeline.validation import ConfigError
 from ami_lightning.witnesses import WitnessSet
 from tests.conftest import compose_config, cpu_config, reference_data
 

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 
 from ami_lightning.data.datamodule import AmIDataModule
 from ami_lightning.data.datasets import SKIPPED, FaceFileError, FaceFiles, SkippedFileWarning, attack_set, load_pixels
+from ami_lightning.data.images import BadImageError, load_image
 from ami_lightning.data.manifest import ManifestError, read_manifest, read_rows
-from ami_lightning.detector import AmIDetector
-from ami_lightning.images import BadImageError, load_image
-from ami_lightning.lightning_module import AmIEvalModule
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.evaluation.module import AmIEvalModule
 from ami_lightning.models.base import Normalize, PixelModel
 from ami_lightning.witnesses import WitnessSet
 from tests.toy import ToyNet

@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ami_lightning.calibration import calibrate, predictions, steering_grid
-from ami_lightning.detector import AmIDetector
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.ami_calibration import calibrate, predictions, steering_grid
+from ami_lightning.detectors.steering import SteeringParams
+from ami_lightning.evaluation.rates import flag_rate
 from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_
-from ami_lightning.rates import flag_rate
-from ami_lightning.steering import SteeringParams
 from ami_lightning.witnesses import WitnessSet
 from tests.test_detector import TinyNet
 

@@ -10,11 +10,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ami_lightning.builders import Classifier
 from ami_lightning.cli import config_dir
-from ami_lightning.embedded import face_files
-from ami_lightning.identities import identity_from_filename
-from ami_lightning.pipeline import attack_stage, needs_witnesses, selected_attacks, stage_device
+from ami_lightning.data.identities import identity_from_filename
+from ami_lightning.data.shipped import face_files
+from ami_lightning.models.classifiers import Classifier
+from ami_lightning.pipeline.stages import attack_stage, needs_witnesses, selected_attacks, stage_device
 from tests.conftest import compose_config, cpu_config
 from tests.toy import toy_classifier
 
@@ -56,7 +56,7 @@ def test_default_experiment_has_all_published_and_adaptive_sets(tmp_path: Path) 
     cfg = cpu_config(compose_config("run"), tmp_path)
     sets = [*PUBLISHED_SETS, "adaptive_transfer", "adaptive_gradient"]
     assert list(cfg.attacks) == sets
-    assert cfg.model._target_ == "ami_lightning.builders.dlib_gallery"
+    assert cfg.model._target_ == "ami_lightning.models.classifiers.dlib_gallery"
     assert all(cfg.attacks[name].name == name for name in sets)
     assert cfg.attacks.adaptive_transfer.params.eps == cfg.attacks.adaptive_gradient.params.eps == 2.5
 

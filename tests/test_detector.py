@@ -10,11 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_lightning.detector import AmIDetector
-from ami_lightning.embedded import VGG_FACE_WITNESSES
-from ami_lightning.layers import find_layer
+from ami_lightning.data.shipped import VGG_FACE_WITNESSES
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.steering import (
+    PRESETS,
+    SteeringParams,
+    bilinear_matrix,
+    crop_resize,
+    detection_score,
+    steer,
+)
 from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_
-from ami_lightning.steering import PRESETS, SteeringParams, bilinear_matrix, crop_resize, detection_score, steer
+from ami_lightning.models.layers import find_layer
 from ami_lightning.witnesses import WitnessSet
 
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode, resize
 
-from ami_lightning.layers import find_layer, forward_hooks, hook_layer_names
 from ami_lightning.models import dlib_files
 from ami_lightning.models.base import PixelModel
 from ami_lightning.models.dlib_files import (
@@ -29,6 +28,7 @@ from ami_lightning.models.dlib_resnet import (
     load_dlib_resnet,
     parse_dlib_resnet,
 )
+from ami_lightning.models.layers import find_layer, forward_hooks, hook_layer_names
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from ami_lightning.cli import calibrate
-from ami_lightning.embedded import face_files, witness_face_files
+from ami_lightning.data.shipped import face_files, witness_face_files
+from ami_lightning.evaluation.intervals import wilson_interval
 from ami_lightning.faces.landmarks import LandmarkDetector
-from ami_lightning.intervals import wilson_interval
-from ami_lightning.layers import layer_channels
 from ami_lightning.models import create_model
+from ami_lightning.models.layers import layer_channels
 from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
 from ami_lightning.witnesses.from_faces import faces_with_landmarks, save_mutation_grid, witnesses_from_faces
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ami_lightning.embedded import witness_face_files
+from ami_lightning.data.images import load_image
+from ami_lightning.data.shipped import witness_face_files
 from ami_lightning.faces.landmarks import LandmarkDetector
-from ami_lightning.images import load_image
-from ami_lightning.layers import find_layer
+from ami_lightning.models.layers import find_layer
 from ami_lightning.witnesses.extraction import extract_witness_set, extract_witnesses, select_witnesses
 from ami_lightning.witnesses.from_faces import mutate_all
 from tests.conftest import reference_data

@@ -13,11 +13,11 @@ from PIL import Image
 
 from ami_lightning.data.datamodule import AmIDataModule, ShardSampler
 from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set, load_pixels
-from ami_lightning.lightning_module import AmIEvalModule
-from ami_lightning.metrics import FlagRate
+from ami_lightning.detectors.steering import detection_score
+from ami_lightning.evaluation.metrics import FlagRate
+from ami_lightning.evaluation.module import AmIEvalModule
+from ami_lightning.evaluation.rates import eligible_mask, flag_rate
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
-from ami_lightning.rates import eligible_mask, flag_rate
-from ami_lightning.steering import detection_score
 from tests.conftest import random_predictions
 from tests.toy import PixelSet, toy_eval_sets
 

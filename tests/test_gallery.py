@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from ami_lightning.layers import find_layer, hook_layer_names
 from ami_lightning.models.base import PixelModel
 from ami_lightning.models.dlib_resnet import SAME_PERSON_DISTANCE, load_dlib_resnet
 from ami_lightning.models.gallery import FaceGallery
+from ami_lightning.models.layers import find_layer, hook_layer_names
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 import ami_lightning.attacks.generate as gen
-from ami_lightning import files
 from ami_lightning.attacks.generate import generate, merge_manifests, read_manifest
 from ami_lightning.attacks.masked import patch_mask
 from ami_lightning.attacks.registry import get_spec
 from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.data.images import load_image
 from ami_lightning.data.manifest import ManifestError
-from ami_lightning.images import load_image
+from ami_lightning.pipeline import files
 from tests.toy import toy_classifier, toy_faces
 
 IDENTITIES = [f"Person_{chr(65 + i)}" for i in range(10)]  # the toy's class names, e.g. Person_A
@@ -108,7 +108,8 @@ def test_image_formats(model, faces: FaceFiles, tmp_path: Path, file_format: str
 
 
 def _kill_after(monkeypatch: pytest.MonkeyPatch, count: int, written: list[str]) -> None:
-    """Make the generator's :func:`ami_lightning.files.write_bytes` record every sample file it writes and raise
+    """Make the generator's :func:`ami_lightning.pipeline.files.write_bytes` record every sample file it writes and
+    raise
     ``KeyboardInterrupt`` (a kill) when asked for the file after the first ``count`` (``count`` < 0: never)."""
     def write(path: Path, data: bytes, durable: bool = False) -> Path:
         if path.suffix != ".jsonl":

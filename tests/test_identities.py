@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ami_lightning.embedded import face_files
-from ami_lightning.identities import identity_from_filename, label_of, load_names
+from ami_lightning.data.identities import identity_from_filename, label_of, load_names
+from ami_lightning.data.shipped import face_files
 
 
 @pytest.mark.parametrize(

@@ -13,15 +13,15 @@ from scipy.stats import binomtest, mannwhitneyu, norm
 from torchmetrics.functional.classification import binary_auroc
 
 from ami_lightning.data.datamodule import AmIDataModule
-from ami_lightning.intervals import (
+from ami_lightning.detectors.steering import detection_score
+from ami_lightning.evaluation.intervals import (
     bootstrap_auroc_interval,
     bootstrap_aurocs,
     mann_whitney_auroc,
     wilson_interval,
 )
-from ami_lightning.lightning_module import AmIEvalModule
-from ami_lightning.rates import eligible_mask
-from ami_lightning.steering import detection_score
+from ami_lightning.evaluation.module import AmIEvalModule
+from ami_lightning.evaluation.rates import eligible_mask
 from tests.toy import PixelSet, toy_eval_sets
 
 CASES = [(k, n) for n in (*range(1, 31), 50, 99, 100, 343, 933, 1000) for k in sorted({*range(0, min(n, 30) + 1),

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ami_lightning.embedded import witness_face_files
+from ami_lightning.data.images import load_image
+from ami_lightning.data.shipped import witness_face_files
 from ami_lightning.faces.landmarks import N_LANDMARKS, LandmarkDetector, to_hwc_uint8
-from ami_lightning.images import load_image
 
 TRUNCATED = "Wentworth_Miller_6_52.86_131.66_288.91_367.70.jpg"
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ami_lightning.layers import find_layer, hook_layer_names, layer_channels
 from ami_lightning.models import MODELS, create_model
+from ami_lightning.models.layers import find_layer, hook_layer_names, layer_channels
 
 OUTPUTS = {"vgg_face": 2622, "dlib_resnet": 128}
 

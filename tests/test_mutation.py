@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ami_lightning.embedded import witness_face_files
+from ami_lightning.data.images import load_image
+from ami_lightning.data.shipped import witness_face_files
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.faces.mutation import (
     ATTRIBUTES,
@@ -25,7 +26,6 @@ from ami_lightning.faces.mutation import (
     substitution,
     warp_perspective,
 )
-from ami_lightning.images import load_image
 from tests.conftest import reference_data
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ami_lightning.probes import VARIANTS, benign_variants, jpeg, shift, zoom
+from ami_lightning.data.probes import VARIANTS, benign_variants, jpeg, shift, zoom
 
 
 @pytest.fixture(scope="module")

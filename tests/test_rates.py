@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ami_lightning.rates import Rate, flag_rate
+from ami_lightning.evaluation.rates import Rate, flag_rate
 from tests.conftest import random_predictions
 
 

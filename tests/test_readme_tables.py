@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ami_lightning.provenance import provenance
-from ami_lightning.reporting import RunResults, SetResult, write_results
+from ami_lightning.pipeline.provenance import provenance
+from ami_lightning.reporting.results import RunResults, SetResult, write_results
 from scripts import readme_tables
 
 ROOT = Path(__file__).resolve().parents[1]

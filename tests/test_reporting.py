@@ -18,7 +18,8 @@ from PIL import Image
 from rich.console import Console
 from scipy.stats import binomtest
 
-from ami_lightning.reporting import (
+from ami_lightning.evaluation.thresholds import OperatingPoint
+from ami_lightning.reporting.results import (
     DIFF_GAIN,
     FLAG_COLOURS,
     SAMPLE_ROWS,
@@ -47,7 +48,6 @@ from ami_lightning.reporting import (
     write_all,
     write_results,
 )
-from ami_lightning.thresholds import OperatingPoint
 
 H = W = 32
 PATCH_AUROC_CI = (0.9012, 0.9771)  # a bootstrap interval as the evaluation module would give it

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from ami_lightning import cache, loggers, pipeline
-from ami_lightning.builders import Classifier
 from ami_lightning.cli import apps, run_stamp
+from ami_lightning.models.classifiers import Classifier
 from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
-from ami_lightning.pipeline import witness_key
+from ami_lightning.pipeline import cache, loggers
+from ami_lightning.pipeline import stages as pipeline
+from ami_lightning.pipeline.stages import witness_key
 from tests.conftest import compose_config, cpu_config
 
 

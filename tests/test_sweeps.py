@@ -1,4 +1,5 @@
-"""The sweep summary (``ami_lightning.sweeps``): reading fabricated sweep folders, the tables, the Pareto fronts, the
+"""The sweep summary (``ami_lightning.reporting.sweeps``): reading fabricated sweep folders, the tables, the Pareto
+fronts, the
 plot, the Hydra callback, and (slow) a real multirun of ``ami-eval``."""
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ami_lightning.reporting import RunResults, SetResult, write_results
-from ami_lightning.sweeps import (
+from ami_lightning.reporting.results import RunResults, SetResult, write_results
+from ami_lightning.reporting.sweeps import (
     FILES,
     SweepSummary,
     collect_jobs,

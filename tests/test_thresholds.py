@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ami_lightning.thresholds import (
+from ami_lightning.evaluation.thresholds import (
     OperatingPoint,
     count_above,
     operating_point,

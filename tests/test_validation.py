@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from ami_lightning.attacks.registry import ATTACK_SETS, Deferred, create_attack
-from ami_lightning.embedded import face_files
-from ami_lightning.validation import ConfigError, check_config, check_model_layers, config_files, config_sources
+from ami_lightning.data.shipped import face_files
+from ami_lightning.pipeline.validation import (
+    ConfigError,
+    check_config,
+    check_model_layers,
+    config_files,
+    config_sources,
+)
 from tests.conftest import compose_config
 
 FACES = len(face_files())
@@ -196,10 +202,10 @@ def test_keyword_arguments_of_targets() -> None:
             "trainer.max_epoch=1: not a parameter of lightning.pytorch.Trainer (did you mean max_epochs?); it takes: "
             "accelerator, strategy, devices,")
     refused("eval", ["+model.faces_dirr=x"],
-            "model.faces_dirr='x': not a parameter of ami_lightning.builders.dlib_gallery (did you mean faces_dir?); "
-            "it takes: faces_dir, batch_size")
+            "model.faces_dirr='x': not a parameter of ami_lightning.models.classifiers.dlib_gallery "
+            "(did you mean faces_dir?); it takes: faces_dir, batch_size")
     refused("eval", ["+data.benign.limt=3"],
-            "data.benign.limt=3: not a parameter of ami_lightning.builders.shipped_probes (did you mean limit?)")
+            "data.benign.limt=3: not a parameter of ami_lightning.data.benign.shipped_probes (did you mean limit?)")
 
 
 def test_allowed_keys_come_from_the_config_files_including_the_users(tmp_path: Path) -> None:

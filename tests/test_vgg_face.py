@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ami_lightning.layers import find_layer, hook_layer_names
+from ami_lightning.models.layers import find_layer, hook_layer_names
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN, VggFace, load_vgg_face, vgg_face
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ami_lightning.embedded import VGG_FACE_WITNESSES
-from ami_lightning.layers import layer_channels
+from ami_lightning.data.shipped import VGG_FACE_WITNESSES
+from ami_lightning.models.layers import layer_channels
 from ami_lightning.witnesses import ATTRIBUTES, WitnessFormatError, WitnessSet
 from ami_lightning.witnesses.witness_set import caffe_to_layer, layer_to_caffe
 

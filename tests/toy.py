@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_lightning.detector import AmIDetector
-from ami_lightning.embedded import face_files
-from ami_lightning.images import load_image
-from ami_lightning.layers import hook_layer_names, layer_channels
+from ami_lightning.data.images import load_image
+from ami_lightning.data.probes import shift
+from ami_lightning.data.shipped import face_files
+from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.models.base import Normalize, PixelModel
-from ami_lightning.probes import shift
+from ami_lightning.models.layers import hook_layer_names, layer_channels
 from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
 
 NUM_CLASSES = 10

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ami_lightning.embedded import ASSETS
+from ami_lightning.data.shipped import ASSETS
 from ami_lightning.models.dlib_files import dlib_model_path
 
 CONFIG_MODULE = "ami_lightning.conf"

@@ -1,7 +1,7 @@
 """Hydra entry points: ``ami-witness``, ``ami-attack``, ``ami-eval`` and ``ami-run`` (all stages chained).
 
 Thin: each job is wrapped by :func:`task`, which checks the composed config and the logger before any work, runs
-the stages of :mod:`ami_lightning.pipeline` and closes whatever logger is open in ``finally``. Results go under
+the stages of :mod:`ami_lightning.pipeline.stages` and closes whatever logger is open in ``finally``. Results go under
 ``logs/<task>/<timestamp>_<id>/`` (multiruns: ``logs/<task>/multiruns/<timestamp>_<id>/<job>``); a sweep optimises
 the logged metric named by ``optimized_metric`` (e.g. ``objective/fpr_gap``, ``fgsm/auroc``).
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ami_lightning import pipeline
 from ami_lightning.cli import CONFIG_PATH
-from ami_lightning.loggers import check_logger
-from ami_lightning.provenance import git_commit
-from ami_lightning.validation import check_config
+from ami_lightning.pipeline import stages as pipeline
+from ami_lightning.pipeline.loggers import check_logger
+from ami_lightning.pipeline.provenance import git_commit
+from ami_lightning.pipeline.validation import check_config
 
 Job = Callable[[DictConfig], Mapping[str, float] | None]
 

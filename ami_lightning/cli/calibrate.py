@@ -19,17 +19,18 @@ import torch
 from rich.console import Console
 from tqdm import tqdm
 
-from ami_lightning.builders import dlib_gallery, shipped_faces
-from ami_lightning.calibration import calibrate, predictions, steering_grid
 from ami_lightning.cli import make_run_dir, pick_device
-from ami_lightning.detector import AmIDetector
-from ami_lightning.embedded import witness_face_files
-from ami_lightning.files import write_text
-from ami_lightning.intervals import wilson_interval
-from ami_lightning.probes import VARIANTS, benign_variants
-from ami_lightning.provenance import git_commit, provenance
-from ami_lightning.rates import flag_rate
-from ami_lightning.steering import PRESETS, SteeringParams
+from ami_lightning.data.benign import shipped_faces
+from ami_lightning.data.probes import VARIANTS, benign_variants
+from ami_lightning.data.shipped import witness_face_files
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.ami_calibration import calibrate, predictions, steering_grid
+from ami_lightning.detectors.steering import PRESETS, SteeringParams
+from ami_lightning.evaluation.intervals import wilson_interval
+from ami_lightning.evaluation.rates import flag_rate
+from ami_lightning.models.classifiers import dlib_gallery
+from ami_lightning.pipeline.files import write_text
+from ami_lightning.pipeline.provenance import git_commit, provenance
 from ami_lightning.witnesses.from_faces import save_mutation_grid, witnesses_from_faces
 
 PUBLISHED_FPR = 0.0991

@@ -4,7 +4,7 @@ Every item is ``(pixels, label, index)``: float pixels (3, H, W), RGB in [0, 255
 item's index in the dataset (file names: ``dataset.paths[index]``).
 
 Every file is checked when its item is read: missing, undecodable, truncated, of an image mode that cannot be
-converted exactly (see :mod:`ami_lightning.images`), a ``.npy`` of another shape than (3, H, W), of a non-numeric
+converted exactly (see :mod:`ami_lightning.data.images`), a ``.npy`` of another shape than (3, H, W), of a non-numeric
 dtype or with NaN / infinite values, or of another size than the set's (an explicit ``size``, else that of the set's
 first readable file). Such a file raises :class:`FaceFileError` (a ``ValueError``) naming it and the problem, or,
 with ``on_error="skip"``, yields label ``SKIPPED`` (-1) and zero pixels of the set's size, which the evaluation drops
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ami_lightning.data.identities import identity_from_filename
+from ami_lightning.data.images import BadImageError, Truncated, load_image
 from ami_lightning.data.manifest import read_manifest
-from ami_lightning.identities import identity_from_filename
-from ami_lightning.images import BadImageError, Truncated, load_image
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
 
 SKIPPED = -1
@@ -52,8 +52,8 @@ def load_pixels(path: str | Path, npy_legacy: bool = False, truncated: Truncated
 
     ``npy_legacy`` reproduces the original PyTorch notebooks on ``.npy`` files: channels reversed and no mean
     subtracted before VGG-Face (returned here as reversed channels plus VGG-Face's mean, which the model's own
-    preprocessing then removes). ``truncated``: see :func:`~ami_lightning.images.load_image` (strict by default).
-    A missing file raises ``FileNotFoundError``; a bad one :class:`~ami_lightning.images.BadImageError` (a
+    preprocessing then removes). ``truncated``: see :func:`~ami_lightning.data.images.load_image` (strict by default).
+    A missing file raises ``FileNotFoundError``; a bad one :class:`~ami_lightning.data.images.BadImageError` (a
     ``ValueError``) naming the file and the problem. A ``.npy`` must hold one real-valued (float or integer) array
     of shape (3, H, W) without NaN or infinite values.
     """

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ami_lightning.layers import hook_layer_names
 from ami_lightning.models.base import PIXEL_BOUNDS
+from ami_lightning.models.layers import hook_layer_names
 
 
 class FaceGallery(nn.Module):
@@ -50,7 +50,8 @@ class FaceGallery(nn.Module):
 
     @property
     def hook_layers(self) -> tuple[str, ...]:
-        """The embedder's hookable layer names (found in the gallery by :func:`ami_lightning.layers.find_layer`)."""
+        """The embedder's hookable layer names (found in the gallery by
+        :func:`ami_lightning.models.layers.find_layer`)."""
         return hook_layer_names(self.embedder)
 
     @property

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ami_lightning.layers import forward_hooks
-from ami_lightning.steering import channel_sums
+from ami_lightning.detectors.steering import channel_sums
+from ami_lightning.models.layers import forward_hooks
 from ami_lightning.witnesses.witness_set import WitnessSet
 
 

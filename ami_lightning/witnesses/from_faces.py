@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from ami_lightning.data.images import load_image
 from ami_lightning.faces.landmarks import LandmarkDetector
 from ami_lightning.faces.mutation import preservation, substitution
-from ami_lightning.images import load_image
 from ami_lightning.witnesses.extraction import extract_witness_set
 from ami_lightning.witnesses.witness_set import ATTRIBUTES, WitnessSet
 

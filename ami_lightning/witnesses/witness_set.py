@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ami_lightning.files import write_text
+from ami_lightning.pipeline.files import write_text
 
 ATTRIBUTES: tuple[str, ...] = ("leye", "reye", "nose", "mouth")
 Format = Literal["vgg_face_dag", "caffe"]
@@ -99,7 +99,7 @@ class WitnessSet:
 
     def validate(self, channels: Mapping[str, int]) -> None:
         """Check the set against a model: ``channels`` maps each of the model's layers to its channel count (e.g.
-        ``layer_channels(model, hook_layer_names(model))`` of :mod:`ami_lightning.layers`).
+        ``layer_channels(model, hook_layer_names(model))`` of :mod:`ami_lightning.models.layers`).
 
         ``WitnessFormatError`` (a ``ValueError``) for the first bad entry (attribute by attribute, layers in order):
         on a layer the model does not have (naming the file, line, layer and the model's layers) or with a channel
@@ -138,7 +138,8 @@ class WitnessSet:
 
         Each error names the file and line (``WitnessFormatError``): a malformed line, a negative channel index, a
         layer listed twice; with ``channels`` (layer -> channel count, e.g. from
-        :func:`ami_lightning.layers.layer_channels`) also unknown layers and out-of-range indices (the same checks
+        :func:`ami_lightning.models.layers.layer_channels`) also unknown layers and out-of-range indices (the same
+        checks
         as :meth:`validate` afterwards). An attribute with no witness at any layer (e.g. an empty file) is an error
         naming the file unless ``allow_empty``.
         """

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ami_lightning.files import write_text
+from ami_lightning.pipeline.files import write_text
 
 STAGE_VERSIONS: dict[str, int] = {
     "witnesses": 2,  # 2: key with content digests of the weights and the landmark models

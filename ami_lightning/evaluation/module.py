@@ -13,8 +13,9 @@ from torchmetrics import CatMetric, Metric, SumMetric
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from ami_lightning.data.datasets import SKIPPED
-from ami_lightning.detector import AmIDetector
-from ami_lightning.intervals import (
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.steering import detection_score
+from ami_lightning.evaluation.intervals import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     CONFIDENCE,
@@ -22,10 +23,9 @@ from ami_lightning.intervals import (
     check_resamples,
     wilson_interval,
 )
-from ami_lightning.metrics import FlagRate
-from ami_lightning.rates import eligible_mask
-from ami_lightning.steering import detection_score
-from ami_lightning.thresholds import check_target_fpr, operating_point, point_metrics
+from ami_lightning.evaluation.metrics import FlagRate
+from ami_lightning.evaluation.rates import eligible_mask
+from ami_lightning.evaluation.thresholds import check_target_fpr, operating_point, point_metrics
 
 
 class AmIEvalModule(pl.LightningModule):
@@ -33,18 +33,20 @@ class AmIEvalModule(pl.LightningModule):
 
     Per set: :class:`FlagRate` (FPR for the benign set, detection rate for attack sets) and the continuous scores of
     the eligible samples, from which AUROC and ROC of each attack set against the benign set are computed, and the
-    set's :class:`~ami_lightning.thresholds.OperatingPoint` at the score threshold calibrated on the benign scores to
+    set's :class:`~ami_lightning.evaluation.thresholds.OperatingPoint` at the score threshold calibrated on the
+    benign scores to
     each of ``fpr_targets`` (benign FPRs, fractions in [0, 1]; deduplicated and sorted). After ``trainer.test`` the
     per-set figures are in :attr:`results` (name -> dict): ``n`` (evaluated), ``skipped``, ``eligible``,
     ``flagged``, ``rate``, ``auroc`` (None for the benign set or without scores), ``auroc_ci`` (its 95 % stratified
-    percentile bootstrap interval ``(low, high)``, :func:`~ami_lightning.intervals.bootstrap_auroc_interval` of the
+    percentile bootstrap interval ``(low, high)``,
+    :func:`~ami_lightning.evaluation.intervals.bootstrap_auroc_interval` of the
     same eligible scores with ``bootstrap_resamples`` resamples drawn from a generator seeded with
     ``bootstrap_seed``; None where ``auroc`` is), ``roc_fpr``, ``roc_tpr`` and ``operating_points`` (one per target,
     ascending).
 
     Logged per set: ``<set>/rate`` with its 95 % Wilson interval ``<set>/rate_ci_low`` / ``<set>/rate_ci_high`` (nan
     when nothing is eligible), ``<set>/auroc`` with ``<set>/auroc_ci_low`` / ``<set>/auroc_ci_high`` where there is
-    one, and the operating-point figures of :func:`~ami_lightning.thresholds.point_metrics`.
+    one, and the operating-point figures of :func:`~ami_lightning.evaluation.thresholds.point_metrics`.
 
     Under DDP the scores are gathered on every process (CatMetric) and the bootstrap depends only on the multisets of
     scores (it sorts them first) and the seed, so every process computes the same interval, equal to one process's.
@@ -77,7 +79,7 @@ class AmIEvalModule(pl.LightningModule):
     @property
     def bootstrap(self) -> dict[str, int]:
         """The AUROC bootstrap's settings, ``{"resamples": ..., "seed": ...}`` (for
-        :attr:`ami_lightning.reporting.RunResults.bootstrap`)."""
+        :attr:`ami_lightning.reporting.results.RunResults.bootstrap`)."""
         return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ami_lightning.detector import AmIDetector
-from ami_lightning.rates import Rate, flag_rate
-from ami_lightning.steering import SteeringParams
+from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.steering import SteeringParams
+from ami_lightning.evaluation.rates import Rate, flag_rate
 from ami_lightning.witnesses import WitnessSet
 
 

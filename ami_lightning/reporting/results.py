@@ -6,20 +6,23 @@ model is right; attack: the original model is fooled). A sample is flagged when 
 disagree on the top-1 identity. AUROC and ROC points rank the continuous detection score of an attack set's eligible
 samples (positives) against the benign set's eligible samples (negatives).
 
-Calibrated operating points (:mod:`ami_lightning.thresholds`): per target benign FPR (e.g. 5 %, 10 %) the score
+Calibrated operating points (:mod:`ami_lightning.evaluation.thresholds`): per target benign FPR (e.g. 5 %, 10 %) the
+score
 threshold set on the benign set's eligible scores (flagged when ``score > threshold``, the achieved FPR at most the
 target), and each set's detection rate there (column ``det@5%FPR``; for the benign set its achieved FPR). The
 *undetected success rate* of an attack set is the fraction of its ``n`` evaluated samples that fool the original
 model and are not flagged, ``(eligible - flagged) / n`` (column ``undetected``), and likewise at each threshold.
 
-Intervals (:mod:`ami_lightning.intervals`, all at 95 %): every rate carries its Wilson score interval, derived from
+Intervals (:mod:`ami_lightning.evaluation.intervals`, all at 95 %): every rate carries its Wilson score interval,
+derived from
 its counts (``"87.50 % (7/8) [52.9, 97.8]"``, bounds in %); a rate at a calibrated threshold is taken given the
 threshold (the calibration's own variation is not included), and the benign set's achieved FPR there, fixed by the
 calibration on those very samples, carries none. Every AUROC carries its stratified percentile bootstrap interval,
 computed by the evaluation module from the scores (``"0.943 [0.901, 0.977]"``); ``results.json`` states both
 methods under ``intervals`` and the bootstrap's settings under ``bootstrap``.
 
-Files written by :func:`write_all` under ``out_dir`` (each atomically, :func:`ami_lightning.files.atomic_path`):
+Files written by :func:`write_all` under ``out_dir`` (each atomically,
+:func:`ami_lightning.pipeline.files.atomic_path`):
 ``results.json``, ``results.md``, ``detection_rates.png``, ``roc.png``, ``undetected.png`` and, per attack set with
 sample images, ``samples/<set>.png`` (:func:`save_sample_figure`: original / adversarial / difference, captioned).
 """
@@ -43,10 +46,10 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from ami_lightning.files import atomic_path, write_text
-from ami_lightning.intervals import CONFIDENCE, NAN_INTERVAL, Interval, wilson_interval
-from ami_lightning.provenance import describe
-from ami_lightning.thresholds import OperatingPoint, fpr_suffix, point_metrics, ratio, undetected_rate
+from ami_lightning.evaluation.intervals import CONFIDENCE, NAN_INTERVAL, Interval, wilson_interval
+from ami_lightning.evaluation.thresholds import OperatingPoint, fpr_suffix, point_metrics, ratio, undetected_rate
+from ami_lightning.pipeline.files import atomic_path, write_text
+from ami_lightning.pipeline.provenance import describe
 
 COLUMNS = ("set", "metric", "n", "eligible", "flagged", "rate", "AUROC")  # then those of table_columns
 DIFF_GAIN = 10.0  # |adversarial - original| is multiplied by this (then clipped to 255) in the sample figures
@@ -224,7 +227,7 @@ class RunResults:
     ``samples``: per attack set, a few of its samples (:class:`SampleBatch`); ``bootstrap``: the settings of the
     AUROC intervals' bootstrap, ``{"resamples": int, "seed": int}`` (``AmIEvalModule.bootstrap``; None when not
     known, e.g. results written before intervals existed); ``provenance``: the command, commit and machine of the
-    run (:func:`ami_lightning.provenance.provenance`; None for older files).
+    run (:func:`ami_lightning.pipeline.provenance.provenance`; None for older files).
     """
 
     sets: list[SetResult]
@@ -760,7 +763,8 @@ def set_intervals(s: SetResult, fpr_targets: list[float]) -> dict[str, tuple[flo
 def scalar_metrics(results: RunResults) -> dict[str, float | int]:
     """Per set ``<set>/rate`` (fraction, nan when nothing is eligible), ``<set>/flagged``, ``<set>/eligible``,
     ``<set>/n``, where there is one, ``<set>/auroc``, the operating-point figures of
-    :func:`~ami_lightning.thresholds.point_metrics` (e.g. ``<set>/undetected``, ``<set>/detection_at_fpr_0.05``,
+    :func:`~ami_lightning.evaluation.thresholds.point_metrics` (e.g. ``<set>/undetected``,
+    ``<set>/detection_at_fpr_0.05``,
     ``benign/threshold_at_fpr_0.05``) and the bounds of each interval (:func:`set_intervals`) as
     ``<set>/<figure>_ci_low`` / ``_ci_high`` (e.g. ``<set>/rate_ci_low``, ``<set>/auroc_ci_high``,
     ``<set>/undetected_at_fpr_0.05_ci_low``); plus the numbers in ``extra`` as ``extra/<key>``."""

@@ -1,7 +1,7 @@
 """The summary of a Hydra multirun: one table of every job's parameters and figures, one plot of the trade-off.
 
 A multirun (``-m``: the basic grid sweeper or ``hparams_search=optuna``) writes each job under
-``<sweep dir>/<job num>/`` with its ``results.json`` (:func:`ami_lightning.reporting.results_dict`) and Hydra's
+``<sweep dir>/<job num>/`` with its ``results.json`` (:func:`ami_lightning.reporting.results.results_dict`) and Hydra's
 ``.hydra/overrides.yaml`` (the job's command-line overrides, its parameters). :class:`SweepSummary`, a Hydra callback
 registered in ``conf/hydra/default.yaml``, then writes into the sweep folder:
 
@@ -38,7 +38,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ami_lightning.files import atomic_path, write_text
+from ami_lightning.pipeline.files import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FACES = ASSETS / "faces"
 WITNESS_FACES = ASSETS / "witness_faces"
 VGG_FACE_WITNESSES = ASSETS / "witnesses_vgg_face_dag"

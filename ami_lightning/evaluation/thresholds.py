@@ -1,4 +1,4 @@
-"""Operating points of the continuous AmI score (:func:`ami_lightning.steering.detection_score`, nats, >= 0).
+"""Operating points of the continuous AmI score (:func:`ami_lightning.detectors.steering.detection_score`, nats, >= 0).
 
 Besides AmI's binary rule (flagged = the original and the steered model disagree on top-1), a set can be judged at
 a *calibrated threshold*: the score threshold at which a target fraction of the benign set's eligible samples (the

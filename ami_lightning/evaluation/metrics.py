@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from ami_lightning.rates import flag_counts
+from ami_lightning.evaluation.rates import flag_counts
 
 
 class FlagRate(Metric):

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ami_lightning.layers import find_layer, forward_hooks
-from ami_lightning.steering import SteeringParams, detection_score, steer
+from ami_lightning.detectors.steering import SteeringParams, detection_score, steer
+from ami_lightning.models.layers import find_layer, forward_hooks
 from ami_lightning.witnesses import WitnessSet
 
 
@@ -16,7 +16,8 @@ class AmIDetector(nn.Module):
     """AmI on top of a pixel-space classifier ``model`` (input (B, 3, H, W) in [0, 255], output (B, K) logits).
 
     The steered model is ``model`` with every layer that has at least one witness replaced, per sample, by its
-    steered output (:func:`ami_lightning.steering.steer`); layers named in ``crop_layers`` are first cropped by
+    steered output (:func:`ami_lightning.detectors.steering.steer`); layers named in ``crop_layers`` are first
+    cropped by
     ``crop`` pixels per side and resized back. Hooks live only during :meth:`steered_logits`, so the plain model is
     unchanged after use and several detectors can share one model.
     """
@@ -50,7 +51,8 @@ class AmIDetector(nn.Module):
 
     def steered_logits(self, x: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         """Logits (B, K) of the attribute-steered model for pixels x (B, 3, H, W); ``straight_through``: gradients
-        treat the steering factors as constants (:func:`ami_lightning.steering.steer`), the values are the same."""
+        treat the steering factors as constants (:func:`ami_lightning.detectors.steering.steer`), the values are the
+        same."""
         hooks = {name: self._hook(i, name, straight_through) for i, name in enumerate(self.layers)}
         with forward_hooks(self.model, hooks):
             return self.model(x)
@@ -67,5 +69,5 @@ class AmIDetector(nn.Module):
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,) continuous score (:func:`ami_lightning.steering.detection_score`), for ROC curves."""
+        """(B,) continuous score (:func:`ami_lightning.detectors.steering.detection_score`), for ROC curves."""
         return detection_score(*self(x))

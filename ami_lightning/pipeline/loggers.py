@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ami_lightning.reporting import RunResults, is_wandb_logger, log_to_wandb, scalar_metrics
+from ami_lightning.reporting.results import RunResults, is_wandb_logger, log_to_wandb, scalar_metrics
 
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
 DEFAULT_WANDB_URL = "https://api.wandb.ai"
@@ -107,7 +107,8 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_results(cfg: DictConfig, results: RunResults, figures: Mapping[str, Path]) -> None:
-    """Build the configured logger, log the run config, :func:`~ami_lightning.reporting.scalar_metrics` and (W&B)
+    """Build the configured logger, log the run config, :func:`~ami_lightning.reporting.results.scalar_metrics` and
+    (W&B)
     the table and figures; the logger is finalised and a W&B run finished even when logging fails."""
     logger = logger_from(cfg)
     if logger is None:

@@ -30,7 +30,7 @@ at the root). Then
 * ``ami``, ``data``, ``paths``: the keys that any option of the group, or a ``_global_`` option, sets there;
 * a node with a ``_target_`` (``model``, ``trainer``, ``data.benign``): the keyword parameters of the target
   (``inspect.signature``), as ``instantiate`` would call it; not checked when the target takes ``**kwargs``. The
-  logger is left to :func:`ami_lightning.loggers.check_logger`, Hydra's own node to Hydra;
+  logger is left to :func:`ami_lightning.pipeline.loggers.check_logger`, Hydra's own node to Hydra;
 * ``attacks.<set>``: a registered set (:data:`ami_lightning.attacks.registry.ATTACK_SETS`), keys ``name`` (the set's
   own name) and ``params``, the parameters of the set's attack constructor
   (:meth:`~ami_lightning.attacks.registry.AttackSpec.parameters`; ``detector`` is the pipeline's).
@@ -54,12 +54,13 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from ami_lightning import builders
 from ami_lightning.attacks.registry import ATTACK_SETS, keyword_parameters
 from ami_lightning.cli import config_dir
+from ami_lightning.data import benign
 from ami_lightning.data.datasets import OnError
-from ami_lightning.embedded import face_files
-from ami_lightning.probes import VARIANTS
+from ami_lightning.data.probes import VARIANTS
+from ami_lightning.data.shipped import face_files
+from ami_lightning.models import classifiers
 from ami_lightning.witnesses.witness_set import Format
 
 CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
@@ -76,10 +77,10 @@ def _target(function: Callable[..., Any]) -> str:
     return f"{function.__module__}.{function.__qualname__}"
 
 
-VGG_FACE_TARGET = _target(builders.vgg_face_classifier)
-DLIB_TARGET = _target(builders.dlib_gallery)
-BENIGN_FOLDER_TARGET = _target(builders.benign_folder)
-SHIPPED_PROBES_TARGET = _target(builders.shipped_probes)
+VGG_FACE_TARGET = _target(classifiers.vgg_face_classifier)
+DLIB_TARGET = _target(classifiers.dlib_gallery)
+BENIGN_FOLDER_TARGET = _target(benign.benign_folder)
+SHIPPED_PROBES_TARGET = _target(benign.shipped_probes)
 
 _ABSENT: Any = object()  # no such key
 _BROKEN: Any = object()  # a value that cannot be resolved (reported once, where it is read)
@@ -553,7 +554,7 @@ def selected_attacks(cfg: DictConfig) -> dict[str, DictConfig]:
 # ---- check_model_layers --------------------------------------------------------------------------------------------
 def check_model_layers(cfg: DictConfig, layer_names: Sequence[str]) -> None:
     """Once the model is built (before the witnesses): every ``ami.crop_layers`` entry must be one of the model's
-    hookable layers ``layer_names`` (:func:`ami_lightning.layers.hook_layer_names`); else :class:`ConfigError`
+    hookable layers ``layer_names`` (:func:`ami_lightning.models.layers.hook_layer_names`); else :class:`ConfigError`
     listing them."""
     crop_layers = OmegaConf.select(cfg, "ami.crop_layers", default=None)
     names = list(crop_layers) if isinstance(crop_layers, ListConfig | list | tuple) else []

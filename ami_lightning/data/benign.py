@@ -1,0 +1,56 @@
+"""Benign test sets the Hydra configs instantiate (``data.benign``): probes of the shipped faces or a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import Dataset
+
+from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.data.identities import identity_from_filename
+from ami_lightning.data.images import load_image
+from ami_lightning.data.probes import VARIANTS, benign_variants
+from ami_lightning.data.shipped import face_files
+
+if TYPE_CHECKING:
+    from ami_lightning.models.classifiers import Classifier
+
+
+def shipped_faces(limit: int | None = None) -> tuple[torch.Tensor, list[Path]]:
+    """The shipped faces (first ``limit`` by file name) as uint8 (N, 3, 224, 224), and their paths."""
+    files = face_files()[:limit]
+    return torch.stack([load_image(f) for f in files]), files
+
+
+class ProbeSet(Dataset):
+    """Benign probes: deterministic light variants of enrolled faces; items (pixels float (3, H, W), label, index)."""
+
+    def __init__(self, faces: torch.Tensor, labels: torch.Tensor, variants: list[str] | tuple[str, ...] = VARIANTS):
+        self.probes, source = benign_variants(faces, variants)
+        self.labels = labels[source]
+
+    def __len__(self) -> int:
+        return len(self.probes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return self.probes[index].float(), int(self.labels[index]), index
+
+
+def shipped_probes(classifier: Classifier, limit: int | None = None, variants: tuple[str, ...] = VARIANTS) -> ProbeSet:
+    """Probes of the shipped faces (the first ``limit``), labelled by the classifier's identity list."""
+    faces, files = shipped_faces(limit)
+    index = {name: i for i, name in enumerate(classifier.identities)}
+    return ProbeSet(faces, torch.tensor([index[identity_from_filename(f)] for f in files]), tuple(variants))
+
+
+def benign_folder(classifier: Classifier, benign_dir: str | None, benign_list: str | None = None,
+                  on_error: str = "raise") -> FaceFiles:
+    """Benign faces of a folder (optionally only the files named in ``benign_list``, one per line)."""
+    if benign_dir is None or not Path(benign_dir).is_dir():
+        raise FileNotFoundError(f"paths.benign_dir is missing: {benign_dir}")
+    if benign_list is not None:
+        names = [n.strip() for n in Path(benign_list).read_text().splitlines() if n.strip()]
+        return FaceFiles.from_list(Path(benign_dir), names, classifier.identities, on_error)  # type: ignore[arg-type]
+    return FaceFiles.from_folder(Path(benign_dir), classifier.identities, on_error=on_error)  # type: ignore[arg-type]
