@@ -1,24 +1,26 @@
-"""Adaptive attacks on AmI: attackers who know the detector (Carlini 2019, "Is AmI (Attacks Meet Interpretability)
-Robust to Adversarial Examples?", arXiv 1902.02322).
+"""Adaptive attacks: attackers who know the detector (Carlini 2019, "Is AmI (Attacks Meet Interpretability)
+Robust to Adversarial Examples?", arXiv 1902.02322), against any detector of :mod:`ami_lightning.detectors`.
 
 Both attacks try ``k_targets`` target identities per face at once (one batch of B x K candidates), run targeted
 L-infinity PGD from the clean face (``steps`` signed steps of ``rel_stepsize * eps`` pixel units, projected onto the
 ``eps`` ball and [0, 255]), and keep per face the best candidate: one that fools the plain model *and* is not flagged
-by AmI (the steered model agrees on the top-1), else one that fools the plain model with the lowest AmI score, else
-the candidate with the lowest score. Targets: the given ones (K = 1), or, untargeted, the plain model's K likeliest
+by the detector (its own rule), else one that fools the plain model with the lowest detector score, else the
+candidate with the lowest score. Targets: the given ones (K = 1), or, untargeted, the plain model's K likeliest
 wrong identities on the clean face (the cheapest to reach).
 
-* :class:`TransferFilter` (set ``adaptive_transfer``): Carlini's attack. PGD against the plain model only (eps 2.5
-  pixel units = 2.5/255 of the range, 100 steps); AmI is used only to filter the candidates.
-* :class:`AmIGradient` (set ``adaptive_gradient``): PGD through AmI itself on the sum of the plain and the steered
-  model's cross-entropy towards the target, so that both agree on it. The steering factors depend on the sample's
-  own activation statistics (mean, std, min of the witnesses' spatial sums) through clamps and exponentials whose
-  gradients vanish or explode; by default (``gradient="straight_through"``) the backward pass treats them as
-  constants (the steered layer is ``x * f`` with ``f`` fixed at its forward value: BPDA, Athalye et al. 2018),
-  ``gradient="exact"`` differentiates through them.
+* :class:`TransferFilter` (sets ``adaptive_transfer``, ``adaptive_transfer_fs``): Carlini's attack. PGD against the
+  plain model only (eps 2.5 pixel units = 2.5/255 of the range, 100 steps); the detector only filters the
+  candidates.
+* :class:`DetectorGradient` (sets ``adaptive_gradient``, ``adaptive_gradient_fs``): PGD through the detector on the
+  plain model's cross-entropy towards the target plus the detector's
+  :meth:`~ami_lightning.detectors.base.Detector.evasion_loss` (AmI: the steered model's cross-entropy, so that both
+  models agree on the target; Feature Squeezing: that of the squeezed inputs). Where the detector is not usefully
+  differentiable the backward pass is straight-through (BPDA, Athalye et al. 2018): AmI's steering factors are
+  treated as constants (``gradient="straight_through"``, default; ``"exact"`` differentiates through them), Feature
+  Squeezing's squeezers as the identity.
 
-Both need the detector: ``attack = AmIGradient(detector)``; ``attack(model, images, labels)`` with ``model`` the
-detector's own plain model.
+Both need the detector: ``attack = DetectorGradient(detector)``; ``attack(model, images, labels)`` with ``model``
+the detector's own plain model.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ami_lightning.attacks.base import Attack, AttackResult, TargetMode
-from ami_lightning.detectors.ami import AmIDetector
-from ami_lightning.detectors.steering import detection_score
+from ami_lightning.detectors.base import Detector
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Gradient = Literal["straight_through", "exact"]
@@ -72,8 +73,8 @@ def likeliest_targets(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tor
 
 def choose_candidates(fools: torch.Tensor, flagged: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """Per face, the index (B,) of the best of its K candidates, given (B, K) ``fools`` (the plain model predicts
-    the target), ``flagged`` (AmI flags it) and AmI ``score`` (finite): first those that fool and are not flagged,
-    then those that fool, then the rest; within a group, the lowest score."""
+    the target), ``flagged`` (the detector flags it) and the detector's ``score`` (finite): first those that fool and
+    are not flagged, then those that fool, then the rest; within a group, the lowest score."""
     group = torch.where(fools & ~flagged, 0, torch.where(fools, 1, 2)).to(score.dtype)
     span = (score.max() - score.min()).clamp_min(1.0) + 1.0  # orders groups before scores
     return (group * span + score - score.min()).argmin(1)
@@ -81,22 +82,21 @@ def choose_candidates(fools: torch.Tensor, flagged: torch.Tensor, score: torch.T
 
 @torch.no_grad()
 def pick_best(
-    detector: AmIDetector, adversarial: torch.Tensor, candidates: torch.Tensor
+    detector: Detector, adversarial: torch.Tensor, candidates: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per face, the best of its K candidates (:func:`choose_candidates`): ``adversarial`` (B, K, 3, H, W) pixels
     made for the targets ``candidates`` (B, K). Returns the chosen pixels (B, 3, H, W), whether each fools the
     plain model (B,) bool, and its target (B,)."""
     batch, k = candidates.shape
-    original, steered = detector(adversarial.flatten(0, 1))
-    fools = (original.argmax(1) == candidates.flatten()).view(batch, k)
-    flagged = (original.argmax(1) != steered.argmax(1)).view(batch, k)
-    best = choose_candidates(fools, flagged, detection_score(original, steered).view(batch, k))
+    out = detector(adversarial.flatten(0, 1))
+    fools = (out.logits.argmax(1) == candidates.flatten()).view(batch, k)
+    best = choose_candidates(fools, out.flagged.view(batch, k), out.score.view(batch, k))
     rows = torch.arange(batch, device=candidates.device)
     return adversarial[rows, best], fools[rows, best], candidates[rows, best]
 
 
 class AdaptiveAttack(Attack):
-    """Targeted PGD over ``k_targets`` candidate targets per face against an AmI ``detector``, keeping the best
+    """Targeted PGD over ``k_targets`` candidate targets per face against a ``detector``, keeping the best
     candidate (module docstring). Subclasses define the per-sample loss :meth:`loss` (N,) to minimise.
 
     ``eps`` (pixel units), ``steps``, ``rel_stepsize`` (step = ``rel_stepsize * eps``). :class:`AttackResult`
@@ -106,14 +106,14 @@ class AdaptiveAttack(Attack):
     default_target: TargetMode = "untargeted"
 
     def __init__(
-        self, detector: AmIDetector, eps: float = 2.5, steps: int = 100, rel_stepsize: float = 0.1, k_targets: int = 8
+        self, detector: Detector, eps: float = 2.5, steps: int = 100, rel_stepsize: float = 0.1, k_targets: int = 8
     ) -> None:
         if eps <= 0 or rel_stepsize <= 0:
             raise ValueError(f"eps and rel_stepsize must be positive, got {eps}, {rel_stepsize}")
         if steps < 1 or k_targets < 1:
             raise ValueError(f"steps and k_targets must be >= 1, got {steps}, {k_targets}")
-        if not isinstance(detector, AmIDetector):
-            raise TypeError(f"detector must be an AmIDetector, got {type(detector).__name__}")
+        if not isinstance(detector, Detector):
+            raise TypeError(f"detector must be a Detector (ami_lightning.detectors), got {type(detector).__name__}")
         self.detector, self.eps, self.steps, self.k_targets = detector, eps, steps, k_targets
         self.stepsize = rel_stepsize * eps
 
@@ -143,24 +143,24 @@ class AdaptiveAttack(Attack):
 
 class TransferFilter(AdaptiveAttack):
     """Carlini's transfer-and-filter attack: PGD on the plain model's cross-entropy towards each candidate target;
-    AmI only picks among the results (defaults: eps 2.5 pixel units, 100 steps, 8 targets)."""
+    the detector only picks among the results (defaults: eps 2.5 pixel units, 100 steps, 8 targets)."""
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.detector.model(x), targets, reduction="none")
 
 
-class AmIGradient(AdaptiveAttack):
-    """PGD through AmI: the sum of the plain and the steered model's cross-entropy towards the target, with the
-    steering factors straight-through (``gradient="straight_through"``, default) or differentiated
-    (``"exact"``)."""
+class DetectorGradient(AdaptiveAttack):
+    """PGD through the detector: the plain model's cross-entropy towards the target plus the detector's
+    :meth:`~ami_lightning.detectors.base.Detector.evasion_loss`, straight-through where the detector has no useful
+    gradient (``gradient="straight_through"``, default) or differentiated exactly (``"exact"``, where the detector
+    allows it)."""
 
-    def __init__(self, detector: AmIDetector, gradient: Gradient = "straight_through", **kwargs: float) -> None:
+    def __init__(self, detector: Detector, gradient: Gradient = "straight_through", **kwargs: float) -> None:
         if gradient not in ("straight_through", "exact"):
             raise ValueError(f"gradient must be 'straight_through' or 'exact', got {gradient!r}")
         super().__init__(detector, **kwargs)
-        self.straight_through = gradient == "straight_through"
+        self.exact = gradient == "exact"
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        plain = self.detector.model(x)
-        steered = self.detector.steered_logits(x, straight_through=self.straight_through)
-        return F.cross_entropy(plain, targets, reduction="none") + F.cross_entropy(steered, targets, reduction="none")
+        plain = F.cross_entropy(self.detector.model(x), targets, reduction="none")
+        return plain + self.detector.evasion_loss(x, targets, exact=self.exact)

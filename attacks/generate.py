@@ -59,7 +59,7 @@ from ami_lightning.attacks.base import TARGET_MODES, distortions, is_success, ma
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.manifest import MANIFEST, Row, manifest_text, read_manifest
-from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.base import Detector
 from ami_lightning.pipeline.files import exclusive, write_bytes, write_text
 
 Item = tuple[torch.Tensor, int, int]
@@ -230,7 +230,7 @@ def generate(
     jpeg_quality: int = 95,
     num_workers: int = 0,
     progress: bool = True,
-    detector: AmIDetector | None = None,
+    detector: Detector | None = None,
 ) -> Path:
     """Attack this process's share of ``dataset`` with set ``attack_set`` and write it under ``out_dir/<set>``;
     returns that folder. See the module docstring for the files, the manifest, resuming and sharding.
@@ -241,7 +241,7 @@ def generate(
     ``num_classes``: K for ``next`` targets (default: from the model's logits). ``file_format``: ``npy``, ``png``
     or ``jpg`` (default: the set's :attr:`AttackSpec.file_format`); ``target_mode``: ``first``, ``next`` or
     ``untargeted`` (default: the set's). ``rank`` / ``world_size``: default from ``torch.distributed`` if
-    initialised, else 0 / 1. ``detector``: the AmI detector on ``model`` that the adaptive sets attack (required
+    initialised, else 0 / 1. ``detector``: the detector on ``model`` that an adaptive set attacks (required
     for them, unused by the others).
 
     Bad input raises before any sample is attacked where it can be seen up front: an unknown set (``KeyError``),

@@ -1,8 +1,10 @@
 """The attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
 
-The 12 published sets, plus the adaptive sets ``adaptive_transfer`` and ``adaptive_gradient``
-(:mod:`ami_lightning.attacks.adaptive`), which attack the AmI detector itself and so are built with ``detector=``
-(:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted`` mode).
+The 12 published sets, plus the adaptive attacks ``adaptive_transfer`` and ``adaptive_gradient``
+(:mod:`ami_lightning.attacks.adaptive`), which attack a detector (any of :mod:`ami_lightning.detectors`) and so are
+built with ``detector=`` (:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted`` mode).
+A config's attack set (``attacks.<set>``) names its registered attack (``name``), so that one attack makes several
+sets, e.g. ``adaptive_gradient`` against AmI and ``adaptive_gradient_fs`` against Feature Squeezing.
 
 ``create_attack("cw_l2_next", steps=100)`` builds the attack of a set with its defaults overridden;
 ``ATTACK_SETS[name].parameters()`` lists the keyword parameters its constructor takes (what ``attacks.<set>.params``
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ami_lightning.attacks.adaptive import AmIGradient, TransferFilter
+from ami_lightning.attacks.adaptive import DetectorGradient, TransferFilter
 from ami_lightning.attacks.base import TARGET_MODES, Attack
 from ami_lightning.attacks.gradient import BIM, FGSM
 from ami_lightning.attacks.masked import Eyeglasses, Patch
@@ -35,7 +37,7 @@ FILE_FORMATS: tuple[str, ...] = ("npy", "png", "jpg")
 class AttackSpec:
     """An attack set: ``factory(**params)`` builds its attack; ``target_mode`` is ``first`` / ``next`` /
     ``untargeted``; ``file_format`` the published one (``npy`` or ``png``, see the module docstring);
-    ``needs_detector``: the factory takes the AmI detector under attack as ``detector=``."""
+    ``needs_detector``: the factory takes the detector under attack as ``detector=``."""
 
     name: str
     factory: Callable[..., Attack]
@@ -77,7 +79,7 @@ def keyword_parameters(constructor: Callable[..., Any]) -> dict[str, inspect.Par
     """The parameters of ``constructor`` that can be passed by keyword, by name, in signature order.
 
     For a class, ``**kwargs`` of an ``__init__`` are taken to be passed on to the base class's ``__init__`` (as every
-    attack here does: ``Patch(**settings)`` -> ``MaskedAttack``, ``AmIGradient(**kwargs)`` -> ``AdaptiveAttack``),
+    attack here does: ``Patch(**settings)`` -> ``MaskedAttack``, ``DetectorGradient(**kwargs)`` -> ``AdaptiveAttack``),
     so the base's parameters are added; a ``**kwargs`` that reaches ``object`` (or a function's own) is kept in the
     result as a ``VAR_KEYWORD`` parameter: any keyword is accepted. ``self`` and positional-only parameters are left
     out.
@@ -140,7 +142,7 @@ for _mode in ("first", "next"):
 register(AttackSpec("fgsm", FGSM, "untargeted", "npy"))
 register(AttackSpec("bim", BIM, "untargeted", "npy"))
 register(AttackSpec("adaptive_transfer", TransferFilter, "untargeted", "npy", needs_detector=True))
-register(AttackSpec("adaptive_gradient", AmIGradient, "untargeted", "npy", needs_detector=True))
+register(AttackSpec("adaptive_gradient", DetectorGradient, "untargeted", "npy", needs_detector=True))
 
 
 def get_spec(name: str) -> AttackSpec:
@@ -156,7 +158,7 @@ def create_attack(name: str | AttackSpec, **overrides: Any) -> Attack:
     attacks the detector and no ``detector=`` is given."""
     spec = name if isinstance(name, AttackSpec) else get_spec(name)
     if spec.needs_detector and overrides.get("detector") is None:
-        raise ValueError(f"attack set {spec.name!r} attacks the AmI detector itself: pass detector=AmIDetector(...)")
+        raise ValueError(f"attack set {spec.name!r} attacks a detector: pass detector=<a Detector>")
     try:
         return spec.factory(**overrides)
     except TypeError as err:

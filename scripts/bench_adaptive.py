@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python -m scripts.bench_adaptive --model dlib --witnesses logs/run/<timestamp>/witnesses --faces 8
 
 ``ours``: :class:`ami_lightning.attacks.adaptive.TransferFilter` /
-:class:`~ami_lightning.attacks.adaptive.AmIGradient` with ``k_targets``
+:class:`~ami_lightning.attacks.adaptive.DetectorGradient` with ``k_targets``
 candidates per face in one batch of faces x K; ``loop``: the same attack called once per target (K calls on the
 faces' batch, the candidate chosen the same way). Reported: images/s of each, the ratio, and the undetected success
 rate (fools the plain model, AmI does not flag it) of each, which must agree up to float noise. The dlib model needs
@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from ami_lightning.attacks.adaptive import AdaptiveAttack, AmIGradient, TransferFilter, likeliest_targets, pick_best
+from ami_lightning.attacks.adaptive import (
+    AdaptiveAttack,
+    DetectorGradient,
+    TransferFilter,
+    likeliest_targets,
+    pick_best,
+)
 from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.witnesses import WitnessSet
 from scripts.bench_attacks import timed
@@ -39,9 +45,8 @@ def loop_over_targets(attack: AdaptiveAttack, images: torch.Tensor, labels: torc
 
 @torch.no_grad()
 def undetected(detector: AmIDetector, adversarial: torch.Tensor, labels: torch.Tensor) -> float:
-    original, steered = detector(adversarial)
-    fooled, agree = original.argmax(1) != labels, original.argmax(1) == steered.argmax(1)
-    return float((fooled & agree).float().mean())
+    out = detector(adversarial)
+    return float(((out.logits.argmax(1) != labels) & ~out.flagged).float().mean())
 
 
 def load(args: argparse.Namespace) -> tuple[AmIDetector, torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -79,7 +84,7 @@ def main() -> None:
     for device in map(torch.device, args.devices):
         on_device = copy.deepcopy(detector).to(device).eval()
         x, y = images.to(device), labels.to(device)
-        for cls in (TransferFilter, AmIGradient):
+        for cls in (TransferFilter, DetectorGradient):
             print(row(cls(on_device, k_targets=args.k_targets, **budget), x, y, device))
 
 

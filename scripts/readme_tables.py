@@ -30,17 +30,21 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def run_table(results: RunResults) -> str:
-    """The README's table of an evaluation run: one row per set, rates with their counts and 95 % Wilson
-    intervals, AUROC with its bootstrap interval, detection at each calibrated FPR and undetected success."""
+    """The README's table of an evaluation run: one row per detector and set, grouped by detector (its benign FPR
+    row, then its attack sets), naming the detector an adaptive set attacked (``-`` for the others); rates with
+    their counts and 95 % Wilson intervals, AUROC with its bootstrap interval, detection at each calibrated FPR and
+    undetected success."""
     targets = results.fpr_targets
-    header = ["set", "n", "eligible", "rate (FPR / detection)", "AUROC",
+    header = ["detector", "set", "attacked detector", "n", "eligible", "rate (FPR / detection)", "AUROC",
               *(f"det@{100 * t:g}%FPR" for t in targets), "undetected"]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    for s in results.sets:
-        name = s.name if s.adversarial else f"{s.name} (FPR)"
-        cells = [name, str(s.n), str(s.eligible), s.rate_text(), s.auroc_text(),
-                 *(s.detection_at_text(t) for t in targets), s.undetected_text()]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["| " + " | ".join(header) + " |", "| --- | --- | --- |" + " ---: |" * (len(header) - 3)]
+    for detector in results.detector_names:
+        for s in results.sets_of(detector):
+            name = s.name if s.adversarial else f"{s.name} (FPR)"
+            attacked = (results.attacked_detector(s.name) if s.adversarial else None) or "-"
+            cells = [detector, name, attacked, str(s.n), str(s.eligible), s.rate_text(), s.auroc_text(),
+                     *(s.detection_at_text(t) for t in targets), s.undetected_text()]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ami_lightning.data.datamodule import AmIDataModule
+from ami_lightning.data.datamodule import EvalDataModule
 from ami_lightning.data.datasets import SKIPPED, FaceFileError, FaceFiles, SkippedFileWarning, attack_set, load_pixels
 from ami_lightning.data.images import BadImageError, load_image
 from ami_lightning.data.manifest import ManifestError, read_manifest, read_rows
 from ami_lightning.detectors.ami import AmIDetector
-from ami_lightning.evaluation.module import AmIEvalModule
+from ami_lightning.evaluation.module import DetectorEvalModule
 from ami_lightning.models.base import Normalize, PixelModel
 from ami_lightning.witnesses import WitnessSet
 from tests.toy import ToyNet
@@ -286,14 +286,15 @@ def test_evaluation_with_workers_skips_and_names_bad_files(tmp_path: Path) -> No
                     for i in range(5)]
     benign = FaceFiles(benign_paths, [i % 10 for i in range(len(benign_paths))], on_error="skip")
     attacked = FaceFiles(attack_paths, [1] * 5, on_error="skip")
-    datamodule = AmIDataModule(benign, {"fgsm": attacked}, batch_size=3, num_workers=2)
-    module = AmIEvalModule(_untrained_detector(), datamodule.set_names)
+    datamodule = EvalDataModule(benign, {"fgsm": attacked}, batch_size=3, num_workers=2)
+    module = DetectorEvalModule({"ami": _untrained_detector()}, datamodule.set_names)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     with pytest.warns(SkippedFileWarning) as caught:
         trainer.test(module, datamodule=datamodule, verbose=False)
-    assert module.results["benign"]["skipped"] == 6 and module.results["benign"]["n"] == 2
-    assert module.results["fgsm"]["skipped"] == 1 and module.results["fgsm"]["n"] == 4
+    results = module.results["ami"]
+    assert results["benign"]["skipped"] == 6 and results["benign"]["n"] == 2
+    assert results["fgsm"]["skipped"] == 1 and results["fgsm"]["n"] == 4
     skipped = datamodule.skipped
     assert sorted(p.name for p in skipped["benign"]) == sorted(reasons)
     assert all(reason.startswith(reasons[path.name]) for path, reason in skipped["benign"].items())

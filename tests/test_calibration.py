@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ami_lightning.detectors.ami import AmIDetector
-from ami_lightning.detectors.ami_calibration import calibrate, predictions, steering_grid
+from ami_lightning.detectors.ami_calibration import benign_fpr, calibrate, logits_of, steering_grid
 from ami_lightning.detectors.steering import SteeringParams
 from ami_lightning.evaluation.rates import flag_rate
 from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_
@@ -17,7 +17,7 @@ def setup():
     net = kaiming_init_(TinyNet(), seed=2)
     model = PixelModel(net, Normalize((120.0,) * 3, (60.0,) * 3), net.hook_layers).eval()
     x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 255
-    labels = predictions(model, x, 16, torch.device("cpu"))  # benign: the model is right on all of them
+    labels = logits_of(model, x, 16, torch.device("cpu")).argmax(1)  # benign: the model is right on all of them
     witnesses = WitnessSet.from_mapping({"leye": {"relu1": [0, 1, 2], "relu2": [3, 4], "relu6": [5, 6, 7]}},
                                         net.hook_layers)
     return model, witnesses, x, labels
@@ -36,8 +36,11 @@ def test_calibration_points_and_choice(setup) -> None:
     assert [p for p, _ in result.points] == grid
     for params, rate in result.points:
         detector = AmIDetector(model, witnesses, params.weaken, params.strengthen)
-        steered = predictions(detector.steered_logits, x, 40, torch.device("cpu"))
-        assert rate == flag_rate(labels, steered, labels, adversarial=False)
+        with torch.no_grad():
+            steered = detector.steered_logits(x).argmax(1)
+        assert rate == flag_rate(steered != labels, labels, labels, adversarial=False)  # AmI's rule, independently
+        assert rate == benign_fpr(detector, x, logits_of(model, x, 7, torch.device("cpu")), labels, 7,
+                                  torch.device("cpu"))
         assert rate.eligible == 40
     values = [r.value for _, r in result.points]
     assert max(values) > min(values)  # the parameters matter on this model

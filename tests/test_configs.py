@@ -14,7 +14,7 @@ from ami_lightning.cli import config_dir
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.shipped import face_files
 from ami_lightning.models.classifiers import Classifier
-from ami_lightning.pipeline.stages import attack_stage, needs_witnesses, selected_attacks, stage_device
+from ami_lightning.pipeline.stages import attack_stage, attacked_detectors, selected_attacks, stage_device
 from tests.conftest import compose_config, cpu_config
 from tests.toy import toy_classifier
 
@@ -54,11 +54,18 @@ def test_every_group_option_composes(group: str, option: str, tmp_path: Path) ->
 
 def test_default_experiment_has_all_published_and_adaptive_sets(tmp_path: Path) -> None:
     cfg = cpu_config(compose_config("run"), tmp_path)
-    sets = [*PUBLISHED_SETS, "adaptive_transfer", "adaptive_gradient"]
-    assert list(cfg.attacks) == sets
+    adaptive = {"adaptive_transfer": ("adaptive_transfer", "ami"), "adaptive_gradient": ("adaptive_gradient", "ami"),
+                "adaptive_transfer_fs": ("adaptive_transfer", "feature_squeezing"),
+                "adaptive_gradient_fs": ("adaptive_gradient", "feature_squeezing")}
+    assert list(cfg.attacks) == [*PUBLISHED_SETS, *adaptive]
+    assert list(cfg.detectors) == ["ami", "feature_squeezing"]
     assert cfg.model._target_ == "ami_lightning.models.classifiers.dlib_gallery"
-    assert all(cfg.attacks[name].name == name for name in sets)
-    assert cfg.attacks.adaptive_transfer.params.eps == cfg.attacks.adaptive_gradient.params.eps == 2.5
+    assert all(cfg.attacks[name].name == name for name in PUBLISHED_SETS)
+    assert {name: (cfg.attacks[name].name, cfg.attacks[name].detector) for name in adaptive} == adaptive
+    assert all(cfg.attacks[name].params.eps == 2.5 for name in adaptive)
+    # each attack's budget on AmI and on Feature Squeezing is the same
+    assert cfg.attacks.adaptive_gradient.params == cfg.attacks.adaptive_gradient_fs.params
+    assert cfg.attacks.adaptive_transfer.params == cfg.attacks.adaptive_transfer_fs.params
 
 
 def test_attack_list_on_the_command_line_selects_sets_of_the_experiment(tmp_path: Path) -> None:
@@ -66,8 +73,10 @@ def test_attack_list_on_the_command_line_selects_sets_of_the_experiment(tmp_path
     named sets are selected."""
     cfg = cpu_config(compose_config("run", ["attack=[bim,adaptive_gradient]"]), tmp_path)
     assert "patch_first" in cfg.attacks and "name" not in cfg.attacks.patch_first
-    assert list(selected_attacks(cfg)) == ["bim", "adaptive_gradient"] and needs_witnesses(cfg)
-    assert not needs_witnesses(cpu_config(compose_config("run", ["attack=[bim]"]), tmp_path))
+    assert list(selected_attacks(cfg)) == ["bim", "adaptive_gradient"] and attacked_detectors(cfg) == ["ami"]
+    assert attacked_detectors(cpu_config(compose_config("run", ["attack=[bim]"]), tmp_path)) == []
+    both = cpu_config(compose_config("run", ["attack=[adaptive_gradient_fs,adaptive_transfer]"]), tmp_path)
+    assert attacked_detectors(both) == ["ami", "feature_squeezing"]  # in the run's order of detectors
 
 
 def test_seed_table_names_missing_paths(tmp_path: Path) -> None:
@@ -102,18 +111,20 @@ def test_witness_and_attack_stages_follow_the_trainer_to_the_gpu(
 
 def test_adaptive_experiment_compares_bim_at_the_adaptive_budget(tmp_path: Path) -> None:
     cfg = cpu_config(compose_config("run", ["experiment=adaptive"]), tmp_path)
-    assert list(selected_attacks(cfg)) == ["bim", "adaptive_transfer", "adaptive_gradient"]
+    assert list(selected_attacks(cfg)) == ["bim", "adaptive_transfer", "adaptive_gradient", "adaptive_transfer_fs",
+                                           "adaptive_gradient_fs"]
     adaptive = cfg.attacks.adaptive_transfer.params
     assert (adaptive.eps, adaptive.steps, adaptive.k_targets) == (2.5, 100, 8)
-    for name in ("bim", "adaptive_gradient"):
+    for name in ("bim", "adaptive_gradient", "adaptive_transfer_fs", "adaptive_gradient_fs"):
         params = cfg.attacks[name].params
         assert (params.eps, params.steps, params.rel_stepsize) == (adaptive.eps, adaptive.steps, adaptive.rel_stepsize)
     assert cfg.data.attack_faces is None
 
 
-def test_adaptive_sets_without_witnesses_are_refused(tmp_path: Path) -> None:
+def test_adaptive_sets_without_their_detector_are_refused(tmp_path: Path) -> None:
     cfg = cpu_config(compose_config("attack", ["attack=[fgsm,adaptive_transfer]"]), tmp_path)
     classifier = Classifier("toy", toy_classifier(32), [identity_from_filename(f) for f in face_files()])
-    with pytest.raises(ValueError, match="the adaptive attack sets attack the AmI detector: attack_stage needs"):
-        attack_stage(cfg, classifier, witnesses=None)
+    with pytest.raises(ValueError, match="attack set 'adaptive_transfer' attacks the detector 'ami': attack_stage "
+                                         "needs it prepared"):
+        attack_stage(cfg, classifier, detectors={})
     assert not (Path(cfg.paths.cache_dir) / "attacks").exists()  # refused before any set was generated

@@ -1,22 +1,40 @@
 """Feature Squeezing's squeezers and score against independent references: the NumPy bit-depth formula (``np.rint``),
 ``scipy.ndimage.median_filter`` (mode 'reflect'), OpenCV's ``fastNlMeansDenoisingColored`` called directly, and a
-plain loop for the max-L1 score. Comparisons are exact unless a tolerance is stated."""
+plain loop for the max-L1 score. Comparisons are exact unless a tolerance is stated.
+
+The detector (:class:`FeatureSqueezing`) is checked on a tiny random float64 convnet (16 x 16 images, not saturated,
+so scores and gradients are far from zero) against a by-hand computation of the score, the straight-through gradient
+against one taken through leaf tensors standing for the squeezed images (the toy face classifier of ``tests/toy.py``
+takes too long to train for these tests)."""
 
 from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
 from scipy import ndimage
+from torch import nn
 
+from ami_lightning.detectors.base import DetectorOutput, create_detector
 from ami_lightning.detectors.feature_squeezing import (
+    FeatureSqueezing,
     bit_depth,
     max_l1_score,
     median_filter,
     non_local_means,
+    parse_squeezer,
     squeeze,
 )
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "detector"
 
 
 def _pixels(shape: tuple[int, ...], seed: int, integer: bool = False, dtype: torch.dtype = torch.float32):
@@ -292,3 +310,285 @@ def test_max_l1_score_rejects_bad_inputs() -> None:
         max_l1_score(p, p)
     with pytest.raises(ValueError, match=r"probs_squeezed\[1\]: expected shape \(4, 5\)"):
         max_l1_score(p, [p, p[:, :4]])
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+def test_parse_squeezer_returns_the_squeezer_without_running_it() -> None:
+    cases = {
+        "bit_depth_5": (bit_depth, {"bits": 5}),
+        "median_4x4": (median_filter, {"size": 4}),
+        "median_filter_2_2": (median_filter, {"size": 2}),
+        "nlm_11_3_4": (non_local_means, {"search_window": 11, "patch_size": 3, "strength": 4.0}),
+        "non_local_means_color_13_5_2.5": (non_local_means, {"search_window": 13, "patch_size": 5, "strength": 2.5}),
+    }
+    for name, (function, keywords) in cases.items():
+        squeezer = parse_squeezer(name)
+        assert isinstance(squeezer, partial) and squeezer.func is function and squeezer.keywords == keywords
+    with pytest.raises(ValueError, match=r"squeezer 'bit_depth_9': bits must be"):
+        parse_squeezer("bit_depth_9")
+    with pytest.raises(ValueError, match="unknown squeezer name 'median'"):
+        parse_squeezer("median")
+
+
+# ---------------------------------------------------------------------------------------------------- detector
+
+
+class _Pixels(nn.Module):
+    """Pixels in [0, 255] to roughly [-2, 2]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / 64 - 2
+
+
+class _Counting(nn.Module):
+    """A model that counts its forward calls and the images it has seen."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def _tiny_model(seed: int = 0) -> _Counting:
+    """A random float64 convnet on (B, 3, 16, 16) pixels in [0, 255] -> 5 logits, scaled so that its softmax is
+    neither flat nor saturated; every layer works per sample."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        _Pixels(), nn.Conv2d(3, 6, 3, padding=1), nn.Tanh(), nn.AvgPool2d(4), nn.Flatten(), nn.Linear(96, 5)
+    )
+    with torch.no_grad():
+        net[-1].weight.mul_(6)
+    return _Counting(net.double().eval())
+
+
+def _images(batch: int = 6, seed: int = 0) -> torch.Tensor:
+    """Noisy coloured (B, 3, 16, 16) float64 pixels, clipped to [0, 255]."""
+    noise = 15 * torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (_colourful(batch, 16, 16) + noise).clamp(0, 255)
+
+
+def _squeezed_by_hand(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The squeezed images, from the functions tested above against NumPy / SciPy, and OpenCV called directly."""
+    if name == "bit_depth_5":
+        return bit_depth(x, 5)
+    if name in ("median_2x2", "median_4x4"):
+        return median_filter(x, int(name[-1]))
+    assert name == "nlm_11_3_4"
+    return torch.from_numpy(_opencv_nlm(x, 11, 3, 4.0).astype(np.float64)).to(x.dtype)
+
+
+def _score_by_hand(model: nn.Module, x: torch.Tensor, names: list[str]) -> list[float]:
+    """max over squeezers of the L1 distance of softmax outputs, one sample at a time, in plain Python floats."""
+    with torch.no_grad():
+        p = model(x).softmax(dim=1).tolist()
+        qs = [model(_squeezed_by_hand(x, name)).softmax(dim=1).tolist() for name in names]
+    return [max(sum(abs(a - b) for a, b in zip(p[i], q[i], strict=True)) for q in qs) for i in range(len(p))]
+
+
+DEFAULT = ["bit_depth_5", "median_2x2", "nlm_11_3_4"]
+FACE = ["bit_depth_5", "median_4x4", "nlm_11_3_4"]
+
+
+@pytest.mark.parametrize("names", [DEFAULT, FACE, ["nlm_11_3_4"], ["median_4x4", "bit_depth_5"]])
+def test_detector_score_matches_by_hand_computation(names: list[str]) -> None:
+    model, x = _tiny_model(), _images()
+    detector = FeatureSqueezing(model, squeezers=names)
+    expected = _score_by_hand(model, x, names)
+    model.calls = 0
+    score = detector.score(x)
+    assert model.calls == len(names) + 1
+    assert score.shape == (6,) and score.dtype == torch.float64
+    np.testing.assert_allclose(score.detach().numpy(), expected, rtol=0, atol=1e-12)
+    assert min(expected) > 1e-3 and max(expected) < 2  # not a trivial comparison
+    # the plain logits, when given, are used as they are (not recomputed) and give the same score
+    logits = model(x)
+    model.calls = 0
+    torch.testing.assert_close(detector.score(x, logits), score, rtol=0, atol=0)
+    assert model.calls == len(names)
+
+
+def test_detector_calibration_threshold_and_flags() -> None:
+    model, x = _tiny_model(), _images(12)
+    detector = create_detector("feature_squeezing", model)
+    assert detector.needs_calibration and detector.gradient == "straight-through"
+    assert detector.name == detector.kind == "feature_squeezing"
+    with pytest.raises(RuntimeError, match=r"feature_squeezing is not calibrated: .*calibrate\(benign_scores\) first"):
+        detector(x)
+    with pytest.raises(ValueError, match="nothing to calibrate on"):
+        detector.calibrate(torch.empty(0))
+    assert detector.parameters_dict() == {"squeezers": DEFAULT, "fpr": 0.05, "threshold": None}
+    # distinct random scores: exactly floor(0.05 N) above the threshold
+    for n in (1, 19, 20, 103, 1000):
+        benign = torch.rand(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 2
+        detector.calibrate(benign)
+        assert int((benign > detector.threshold).sum()) == math.floor(0.05 * n)
+        detector.calibrate(benign.float())  # float32 scores compare in float64
+        assert int((benign.float().double() > detector.threshold).sum()) == math.floor(0.05 * n)
+    # ties: never more than floor(0.05 N) above
+    tied = torch.tensor([0.5] * 30 + [0.1] * 10)
+    detector.calibrate(tied)
+    assert int((tied.double() > detector.threshold).sum()) == 0
+    # on the detector's own scores, then flagged == score > threshold (float64) in one pass
+    benign = detector.score(x).detach()
+    detector.calibrate(benign)
+    assert detector.threshold == float(torch.sort(benign, descending=True).values[0])  # floor(0.05 * 12) == 0
+    assert not detector(x).flagged.any()
+    detector = create_detector("feature_squeezing", model, fpr=0.25)
+    detector.calibrate(benign)  # floor(0.25 * 12) == 3 above
+    assert detector.threshold == float(torch.sort(benign, descending=True).values[3])
+    logits = model(x)
+    model.calls = 0
+    out = detector(x, logits)
+    assert isinstance(out, DetectorOutput) and out.logits is logits and model.calls == 3
+    assert out.flagged.dtype == torch.bool and out.flagged.shape == (12,)
+    torch.testing.assert_close(out.flagged, out.score.detach().double() > detector.threshold, rtol=0, atol=0)
+    assert int(out.flagged.sum()) == 3
+    score, flagged = detector.evaluate(x, logits)
+    torch.testing.assert_close(score, out.score, rtol=0, atol=0)
+    assert detector.parameters_dict()["threshold"] == detector.threshold
+    assert isinstance(detector.parameters_dict()["threshold"], float)
+    description = detector.description()
+    assert description["type"] == "feature_squeezing" and "[0, 2]" in description["score"]
+
+
+def test_detector_score_gradient_is_straight_through() -> None:
+    """d score / d x equals the gradient of the same expression with each squeezed input a leaf tensor holding the
+    squeezed image, summed over the plain input and the squeezed ones (the identity's Jacobian through each
+    squeezer)."""
+    model, x0 = _tiny_model(), _images(4)
+    detector = FeatureSqueezing(model)
+    weights = torch.tensor([1.0, -0.5, 2.0, 0.7], dtype=torch.float64)
+    x = x0.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((detector.score(x) * weights).sum(), x)
+
+    x_ref = x0.clone().requires_grad_()
+    leaves = [_squeezed_by_hand(x0, name).requires_grad_() for name in DEFAULT]
+    score_ref = max_l1_score(model(x_ref).softmax(dim=1), [model(leaf).softmax(dim=1) for leaf in leaves])
+    grads = torch.autograd.grad((score_ref * weights).sum(), [x_ref, *leaves])
+    expected = grads[0] + sum(grads[1:])
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
+    assert grad.abs().max() > 1e-6 and torch.isfinite(grad).all()
+    # the squeezed branches alone carry a gradient when the plain logits come without one
+    x = x0.clone().requires_grad_()
+    with torch.no_grad():
+        logits = model(x0)
+    (grad_squeezed,) = torch.autograd.grad((detector.score(x, logits) * weights).sum(), x)
+    torch.testing.assert_close(grad_squeezed, sum(grads[1:]), rtol=1e-10, atol=1e-14)
+
+
+def test_detector_evasion_loss_matches_by_hand_and_its_gradient() -> None:
+    model, x0 = _tiny_model(), _images(4)
+    detector = FeatureSqueezing(model)
+    targets = torch.tensor([0, 3, 1, 4])
+    x = x0.clone().requires_grad_()
+    loss = detector.evasion_loss(x, targets)
+    assert loss.shape == (4,)
+    leaves = [_squeezed_by_hand(x0, name).requires_grad_() for name in DEFAULT]
+    expected = sum(F.cross_entropy(model(leaf), targets, reduction="none") for leaf in leaves) / 3
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    torch.testing.assert_close(grad, sum(torch.autograd.grad(expected.sum(), leaves)), rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="no useful exact gradient.*straight-through \\(BPDA\\)"):
+        detector.evasion_loss(x, targets, exact=True)
+
+
+def test_detector_evasion_loss_decreases_after_a_step_against_its_gradient_sign() -> None:
+    """One signed-gradient step of 2 pixels towards the least likely class lowers the (really squeezed) loss."""
+    model, images = _tiny_model(), _images(6, seed=3)
+    detector = FeatureSqueezing(model, squeezers=FACE)
+    with torch.no_grad():
+        targets = model(images).argmin(dim=1)
+    x = images.clone().requires_grad_()
+    loss = detector.evasion_loss(x, targets)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.isfinite(grad).all() and (grad.flatten(1).abs().amax(dim=1) > 0).all()
+    stepped = (images - 2 * grad.sign()).clamp(0, 255)
+    with torch.no_grad():
+        after = detector.evasion_loss(stepped, targets)
+    assert (after < loss.detach()).all(), (after.tolist(), loss.tolist())
+    assert after.mean() < loss.detach().mean() - 0.05, (float(after.mean()), float(loss.mean()))
+
+
+def test_detector_outputs_are_batch_independent() -> None:
+    model, x = _tiny_model(), _images(5)
+    detector = FeatureSqueezing(model, squeezers=FACE)
+    targets = torch.tensor([0, 1, 2, 3, 4])
+    x_batch = x.clone().requires_grad_()
+    score = detector.score(x_batch)
+    (grad,) = torch.autograd.grad(score.sum(), x_batch)
+    loss = detector.evasion_loss(x, targets)
+    ranked = torch.sort(score.detach()).values
+    detector.calibrate(((ranked[2] + ranked[3]) / 2).view(1))  # a threshold between scores: flags the top two
+    _, flagged = detector.evaluate(x, model(x))
+    for i in range(5):
+        one = x[i : i + 1].clone().requires_grad_()
+        score_one = detector.score(one)
+        (grad_one,) = torch.autograd.grad(score_one.sum(), one)
+        torch.testing.assert_close(score_one, score[i : i + 1], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grad_one, grad[i : i + 1], rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(detector.evasion_loss(x[i : i + 1], targets[i : i + 1]), loss[i : i + 1])
+        assert detector.evaluate(x[i : i + 1], model(x[i : i + 1]))[1].item() == flagged[i].item()
+    assert int(flagged.sum()) == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"squeezers": ["median_3x2"]}, r"squeezers=\['median_3x2'\]: squeezer 'median_3x2': only square"),
+        ({"squeezers": ["bit_depth_5", "foo"]}, r"squeezers=\['bit_depth_5', 'foo'\]: unknown squeezer name 'foo'"),
+        ({"squeezers": ["nlm_10_3_4"]}, r"squeezers=\['nlm_10_3_4'\]: .*search_window must be an odd"),
+        ({"squeezers": []}, r"squeezers=\[\]: expected at least one squeezer \(bit_depth_<bits>"),
+        ({"squeezers": "bit_depth_5"}, r"squeezers='bit_depth_5': expected a list of squeezer names"),
+        ({"squeezers": ["bit_depth_5", "bit_depth_5"]}, r"duplicate squeezers 'bit_depth_5'; each at most once"),
+        ({"squeezers": ["median_2x2", "median_filter_2_2"]}, r"'median_filter_2_2' \(same as 'median_2x2'\)"),
+        ({"fpr": 0.0}, r"fpr=0.0: expected a fraction in \(0, 1\)"),
+        ({"fpr": 1.0}, r"fpr=1.0: expected a fraction in \(0, 1\)"),
+        ({"fpr": 5}, r"fpr=5: expected a fraction in \(0, 1\)"),
+        ({"fpr": float("nan")}, r"fpr=nan: expected a fraction"),
+        ({"fpr": "0.05"}, r"fpr='0.05': expected a fraction"),
+        ({"fpr": True}, r"fpr=True: expected a fraction"),
+    ],
+)
+def test_detector_rejects_bad_parameters(params: dict, message: str) -> None:
+    problems = FeatureSqueezing.check_params(params)
+    assert len(problems) == 1 and re.search(message, problems[0]), problems
+    with pytest.raises(ValueError, match=message):
+        FeatureSqueezing(_tiny_model(), **params)
+    with pytest.raises(ValueError, match=message):
+        create_detector("feature_squeezing", _tiny_model(), **params)
+
+
+def test_detector_check_params_accepts_good_ones_and_lists_every_problem() -> None:
+    for params in ({}, {"squeezers": FACE, "fpr": 0.01}, {"squeezers": ("median_filter_3_3",), "fpr": 0.5}):
+        assert FeatureSqueezing.check_params(params) == []
+    problems = FeatureSqueezing.check_params({"squeezers": ["foo", "bit_depth_0"], "fpr": 2, "extra": 1})
+    assert len(problems) == 4 and problems[0].startswith("unknown parameters ['extra']")
+    with pytest.raises(ValueError, match="foo.*bit_depth_0.*fpr=2"):
+        FeatureSqueezing(_tiny_model(), squeezers=["foo", "bit_depth_0"], fpr=2)
+
+
+def test_create_detector_builds_and_names_bad_keywords() -> None:
+    detector = create_detector("feature_squeezing", _tiny_model(), name="fs", squeezers=["median_4x4"], fpr=0.1)
+    assert isinstance(detector, FeatureSqueezing) and detector.name == "fs" and detector.kind == "feature_squeezing"
+    assert detector.parameters_dict() == {"squeezers": ["median_4x4"], "fpr": 0.1, "threshold": None}
+    with pytest.raises(TypeError, match="detector 'feature_squeezing'.*squeezer"):
+        create_detector("feature_squeezing", _tiny_model(), squeezer=["median_4x4"])
+
+
+@pytest.mark.parametrize(("file", "squeezers"), [("feature_squeezing", DEFAULT), ("feature_squeezing_face", FACE)])
+def test_detector_configs_load_and_construct(file: str, squeezers: list[str]) -> None:
+    path = CONF / f"{file}.yaml"
+    assert path.read_text().splitlines()[0] == f"# @package detectors.{file}"
+    config = OmegaConf.load(path)
+    assert config.type == "feature_squeezing"
+    assert OmegaConf.to_container(config.params) == {"squeezers": squeezers, "fpr": 0.05}
+    assert FeatureSqueezing.check_params(config.params) == []
+    for params in (config.params, OmegaConf.to_container(config.params)):
+        detector = create_detector(config.type, _tiny_model(), name=file, **params)
+        assert detector.parameters_dict() == {"squeezers": squeezers, "fpr": 0.05, "threshold": None}
+    assert detector.score(_images(2)).shape == (2,)

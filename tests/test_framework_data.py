@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ami_lightning.data.datamodule import AmIDataModule, ShardSampler
+from ami_lightning.data.datamodule import EvalDataModule, ShardSampler
 from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set, load_pixels
+from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.detectors.steering import detection_score
 from ami_lightning.evaluation.metrics import FlagRate
-from ami_lightning.evaluation.module import AmIEvalModule
+from ami_lightning.evaluation.module import DetectorEvalModule
 from ami_lightning.evaluation.rates import eligible_mask, flag_rate
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
 from tests.conftest import random_predictions
@@ -90,12 +92,13 @@ def test_shard_sampler_covers_each_index_once(length: int, world: int) -> None:
 
 def test_flag_rate_metric_matches_kernel() -> None:
     labels, original, steered = random_predictions(60, 5, seed=1, p_correct=0.6, p_agree=0.7)
+    flagged = steered != original
     for adversarial in (False, True):
         metric = FlagRate(adversarial)
         for chunk in range(0, 60, 7):
             sl = slice(chunk, chunk + 7)
-            metric.update(original[sl], steered[sl], labels[sl])
-        out, expected = metric.compute(), flag_rate(original, steered, labels, adversarial)
+            metric.update(flagged[sl], original[sl], labels[sl])
+        out, expected = metric.compute(), flag_rate(flagged, original, labels, adversarial)
         assert (int(out["flagged"]), int(out["eligible"])) == (expected.flagged, expected.eligible)
         assert float(out["rate"]) == pytest.approx(expected.value)
     empty = FlagRate(True)
@@ -105,8 +108,8 @@ def test_flag_rate_metric_matches_kernel() -> None:
 def test_eval_module_matches_direct_computation() -> None:
     detector, sets = toy_eval_sets(32)
     (x, y), (noisy, _), (_, wrong_labels) = sets["benign"], sets["noise"], sets["shifted"]
-    datamodule = AmIDataModule(PixelSet(x, y), {"noise": PixelSet(noisy, y), "shifted": PixelSet(x, wrong_labels)}, 3)
-    module = AmIEvalModule(detector, datamodule.set_names, fpr_targets=[0.3, 0.1, 0.3])
+    datamodule = EvalDataModule(PixelSet(x, y), {"noise": PixelSet(noisy, y), "shifted": PixelSet(x, wrong_labels)}, 3)
+    module = DetectorEvalModule({"ami": detector}, datamodule.set_names, fpr_targets=[0.3, 0.1, 0.3])
     assert module.fpr_targets == [0.1, 0.3]
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, use_distributed_sampler=False)
@@ -114,17 +117,18 @@ def test_eval_module_matches_direct_computation() -> None:
     scores = {}
     with torch.no_grad():
         for name, (pixels, labels) in {"benign": (x, y), "noise": (noisy, y), "shifted": (x, wrong_labels)}.items():
-            original, steered = detector(pixels)
-            expected = flag_rate(original.argmax(1), steered.argmax(1), labels, adversarial=name != "benign")
-            row = module.results[name]
+            original, steered = detector.model(pixels), detector.steered_logits(pixels)
+            expected = flag_rate(original.argmax(1) != steered.argmax(1), original.argmax(1), labels,
+                                 adversarial=name != "benign")
+            row = module.results["ami"][name]
             assert (row["flagged"], row["eligible"], row["n"]) == (expected.flagged, expected.eligible, 10)
-            batches = [detector(pixels[i:i + 3]) for i in range(0, 10, 3)]  # the module's batches: the same floats
-            score = torch.cat([detection_score(o, s) for o, s in batches])
+            batches = [pixels[i:i + 3] for i in range(0, 10, 3)]  # the module's batches: the same floats
+            score = torch.cat([detection_score(detector.model(b), detector.steered_logits(b)) for b in batches])
             scores[name] = score[eligible_mask(original.argmax(1), labels, adversarial=name != "benign")].double()
     benign = scores["benign"]
     assert len(benign) == 10 and 0 < len(scores["noise"]) < 10  # the noise fools the toy model on some faces
     for name, set_scores in scores.items():
-        row, eligible = module.results[name], len(set_scores)
+        row, eligible = module.results["ami"][name], len(set_scores)
         assert [p.target_fpr for p in row["operating_points"]] == [0.1, 0.3]
         for point, k in zip(row["operating_points"], (1, 3), strict=True):  # 10 % and 30 % of 10 benign scores
             threshold = benign.sort(descending=True).values[k].item()
@@ -132,23 +136,28 @@ def test_eval_module_matches_direct_computation() -> None:
             assert point.detected == int((set_scores > threshold).sum())
             if name != "benign":
                 metrics = trainer.callback_metrics
-                assert float(metrics[f"{name}/detection_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
+                assert float(metrics[f"ami/{name}/detection_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
                     point.detected / eligible)
-                assert float(metrics[f"{name}/undetected_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
+                assert float(metrics[f"ami/{name}/undetected_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
                     (eligible - point.detected) / 10)
         if name != "benign":
-            assert float(trainer.callback_metrics[f"{name}/undetected"]) == pytest.approx(
+            assert float(trainer.callback_metrics[f"ami/{name}/undetected"]) == pytest.approx(
                 (row["eligible"] - row["flagged"]) / row["n"])
-    assert float(trainer.callback_metrics["benign/threshold_at_fpr_0.3"]) == pytest.approx(
-        module.results["benign"]["operating_points"][1].threshold)
-    shifted = module.results["shifted"]
+    assert float(trainer.callback_metrics["ami/benign/threshold_at_fpr_0.3"]) == pytest.approx(
+        module.results["ami"]["benign"]["operating_points"][1].threshold)
+    shifted = module.results["ami"]["shifted"]
     assert shifted["eligible"] == 10 and shifted["auroc"] is not None
     # 'shifted' holds the benign pixels again, as positives: the same scores as the negatives, so AUROC is 0.5 and
     # exactly the benign fraction is detected at each calibrated threshold
     assert shifted["auroc"] == pytest.approx(0.5)
     assert [p.detected for p in shifted["operating_points"]] == [1, 3]
-    assert trainer.callback_metrics["shifted/undetected"] == pytest.approx((10 - shifted["flagged"]) / 10)
+    assert trainer.callback_metrics["ami/shifted/undetected"] == pytest.approx((10 - shifted["flagged"]) / 10)
     with pytest.raises(ValueError, match="first set must be 'benign'"):
-        AmIEvalModule(detector, ["noise"])
+        DetectorEvalModule({"ami": detector}, ["noise"])
     with pytest.raises(ValueError, match=r"a target FPR is a fraction in \[0, 1\], got 5"):
-        AmIEvalModule(detector, ["benign"], fpr_targets=[0.05, 5])
+        DetectorEvalModule({"ami": detector}, ["benign"], fpr_targets=[0.05, 5])
+    with pytest.raises(ValueError, match="no detector to evaluate"):
+        DetectorEvalModule({}, ["benign"])
+    other = AmIDetector(copy.deepcopy(detector.model), detector.witnesses)  # on another classifier instance
+    with pytest.raises(ValueError, match="must share one classifier"):
+        DetectorEvalModule({"ami": detector, "other": other}, ["benign"])

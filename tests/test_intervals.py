@@ -12,7 +12,7 @@ import torch
 from scipy.stats import binomtest, mannwhitneyu, norm
 from torchmetrics.functional.classification import binary_auroc
 
-from ami_lightning.data.datamodule import AmIDataModule
+from ami_lightning.data.datamodule import EvalDataModule
 from ami_lightning.detectors.steering import detection_score
 from ami_lightning.evaluation.intervals import (
     bootstrap_auroc_interval,
@@ -20,7 +20,7 @@ from ami_lightning.evaluation.intervals import (
     mann_whitney_auroc,
     wilson_interval,
 )
-from ami_lightning.evaluation.module import AmIEvalModule
+from ami_lightning.evaluation.module import DetectorEvalModule
 from ami_lightning.evaluation.rates import eligible_mask
 from tests.toy import PixelSet, toy_eval_sets
 
@@ -185,9 +185,9 @@ def test_bootstrap_rejects_bad_scores() -> None:
 
 def test_eval_module_reports_the_bootstrap_interval_of_its_auroc() -> None:
     detector, sets = toy_eval_sets(32)
-    datamodule = AmIDataModule(PixelSet(*sets["benign"]), {k: PixelSet(*v) for k, v in sets.items() if k != "benign"},
+    datamodule = EvalDataModule(PixelSet(*sets["benign"]), {k: PixelSet(*v) for k, v in sets.items() if k != "benign"},
                                3)
-    module = AmIEvalModule(detector, datamodule.set_names, bootstrap_resamples=300, bootstrap_seed=7)
+    module = DetectorEvalModule({"ami": detector}, datamodule.set_names, bootstrap_resamples=300, bootstrap_seed=7)
     assert module.bootstrap == {"resamples": 300, "seed": 7}
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, use_distributed_sampler=False)
@@ -195,21 +195,22 @@ def test_eval_module_reports_the_bootstrap_interval_of_its_auroc() -> None:
     scores = {}
     with torch.no_grad():
         for name, (pixels, labels) in sets.items():
-            batches = [detector(pixels[i:i + 3]) for i in range(0, 10, 3)]  # the module's batches: the same floats
-            original = torch.cat([o for o, _ in batches])
-            score = torch.cat([detection_score(o, s) for o, s in batches])
+            batches = [pixels[i:i + 3] for i in range(0, 10, 3)]  # the module's batches: the same floats
+            original = torch.cat([detector.model(b) for b in batches])
+            score = torch.cat([detection_score(detector.model(b), detector.steered_logits(b)) for b in batches])
             scores[name] = score[eligible_mask(original.argmax(1), labels, adversarial=name != "benign")]
     metrics = trainer.callback_metrics
-    assert module.results["benign"]["auroc_ci"] is None and "benign/auroc_ci_low" not in metrics
+    assert module.results["ami"]["benign"]["auroc_ci"] is None and "ami/benign/auroc_ci_low" not in metrics
     for name in ("noise", "shifted"):
-        row = module.results[name]
+        row = module.results["ami"][name]
         expected = bootstrap_auroc_interval(scores["benign"], scores[name], resamples=300, seed=7)
         assert row["auroc_ci"] == expected and row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
-        assert (float(metrics[f"{name}/auroc_ci_low"]), float(metrics[f"{name}/auroc_ci_high"])) == pytest.approx(
-            expected)
-        assert (float(metrics[f"{name}/rate_ci_low"]), float(metrics[f"{name}/rate_ci_high"])) == pytest.approx(
+        assert (float(metrics[f"ami/{name}/auroc_ci_low"]), float(metrics[f"ami/{name}/auroc_ci_high"])) == \
+            pytest.approx(expected)
+        assert (float(metrics[f"ami/{name}/rate_ci_low"]), float(metrics[f"ami/{name}/rate_ci_high"])) == \
+            pytest.approx(
             wilson_interval(row["flagged"], row["eligible"]))
-    default = AmIEvalModule(detector, ["benign"])
+    default = DetectorEvalModule({"ami": detector}, ["benign"])
     assert default.bootstrap == {"resamples": 1000, "seed": 0}
     with pytest.raises(ValueError, match="resamples must be an integer >= 1"):
-        AmIEvalModule(detector, ["benign"], bootstrap_resamples=0)
+        DetectorEvalModule({"ami": detector}, ["benign"], bootstrap_resamples=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_dir(tmp_path: Path, flagged: int = 7) -> Path:
+    """A run of two detectors on the benign set, fgsm and an adaptive set attacking feature_squeezing."""
     results = RunResults(
-        sets=[SetResult("benign", False, n=40, eligible=38, flagged=4),
-              SetResult("fgsm", True, n=8, eligible=8, flagged=flagged, auroc=0.91, auroc_ci=(0.8, 0.97))],
-        weaken=1000.0, strengthen=(2.15, 200.0), model="dlib_resnet",
+        sets=[SetResult("ami", "benign", False, n=40, eligible=38, flagged=4),
+              SetResult("ami", "fgsm", True, n=8, eligible=8, flagged=flagged, auroc=0.91, auroc_ci=(0.8, 0.97)),
+              SetResult("ami", "adaptive_fs", True, n=6, eligible=5, flagged=5),
+              SetResult("feature_squeezing", "benign", False, n=40, eligible=38, flagged=2),
+              SetResult("feature_squeezing", "fgsm", True, n=8, eligible=8, flagged=3, auroc=0.7),
+              SetResult("feature_squeezing", "adaptive_fs", True, n=6, eligible=5, flagged=1)],
+        model="dlib_resnet",
+        detectors={"ami": {"type": "ami", "params": {"weaken": 1000.0, "strengthen": [2.15, 200.0]}},
+                   "feature_squeezing": {"type": "feature_squeezing", "params": {}}},
+        attack_sets={"fgsm": {"attack": "fgsm", "detector": None},
+                     "adaptive_fs": {"attack": "adaptive_gradient", "detector": "feature_squeezing"}},
         provenance=provenance(["ami-run", "ami.weaken=1000"]),
     )
     write_results(results, tmp_path / "run")
@@ -35,11 +45,19 @@ def test_block_is_written_from_the_run_with_its_provenance(tmp_path: Path) -> No
     readme = _readme(tmp_path)
     assert readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert text.startswith("# x\n\nbefore\n\n<!-- results:default-run -->\n| set | n | eligible |")
+    assert text.startswith("# x\n\nbefore\n\n<!-- results:default-run -->\n"
+                           "| detector | set | attacked detector | n | eligible | rate (FPR / detection) | AUROC |")
     assert text.endswith("<!-- /results:default-run -->\n\nafter\n") and "old table" not in text
-    fgsm = SetResult("fgsm", True, n=8, eligible=8, flagged=7, auroc=0.91, auroc_ci=(0.8, 0.97))
-    assert f"| fgsm | 8 | 8 | {fgsm.rate_text()} | 0.910 [0.800, 0.970] |" in text
-    assert "| benign (FPR) | 40 | 38 | 10.53 % (4/38) [" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:3] for row in rows[2:]] == [
+        ["| ami", "benign (FPR)", "-"], ["| ami", "fgsm", "-"], ["| ami", "adaptive_fs", "feature_squeezing"],
+        ["| feature_squeezing", "benign (FPR)", "-"], ["| feature_squeezing", "fgsm", "-"],
+        ["| feature_squeezing", "adaptive_fs", "feature_squeezing"]]  # grouped by detector
+    fgsm = SetResult("ami", "fgsm", True, n=8, eligible=8, flagged=7, auroc=0.91, auroc_ci=(0.8, 0.97))
+    assert f"| ami | fgsm | - | 8 | 8 | {fgsm.rate_text()} | 0.910 [0.800, 0.970] | 12.50 % (1/8) [" in text
+    assert "| ami | benign (FPR) | - | 40 | 38 | 10.53 % (4/38) [" in text
+    assert "| feature_squeezing | benign (FPR) | - | 40 | 38 | 5.26 % (2/38) [" in text
+    assert "| feature_squeezing | adaptive_fs | feature_squeezing | 6 | 5 | 20.00 % (1/5) [" in text
     commit = (provenance()["git"] or {}).get("commit", "unknown")[:7]
     assert f"Written by `scripts/readme_tables.py default-run` from `ami-run ami.weaken=1000` at commit `{commit}" \
         in text  # followed by " +uncommitted changes" in a dirty tree
@@ -49,7 +67,7 @@ def test_an_empty_block_is_filled(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- results:default-run -->\n<!-- /results:default-run -->\nb\n")
     readme_tables.main(["default-run", str(_run_dir(tmp_path)), "--readme", str(readme)])
-    assert readme.read_text().startswith("a\n<!-- results:default-run -->\n| set |")
+    assert readme.read_text().startswith("a\n<!-- results:default-run -->\n| detector | set |")
     assert readme.read_text().endswith(".\n<!-- /results:default-run -->\nb\n")
 
 
@@ -80,3 +98,17 @@ def test_the_readme_tables_are_written_by_the_script() -> None:
     for name in ("default-run", "calibration"):
         block = text.split(f"<!-- results:{name} -->\n", 1)[1].split(f"\n<!-- /results:{name} -->", 1)[0]
         assert block.startswith(("| ", "Top-1")) and f"Written by `scripts/readme_tables.py {name}` from `" in block
+
+
+def test_a_single_detector_results_file_renders_as_ami(tmp_path: Path) -> None:
+    """A results.json written before runs had several detectors (AmI's parameters at the top, sets without
+    ``detector``) still renders: every row is ami's, no set attacked a detector."""
+    run = _run_dir(tmp_path)
+    data = json.loads((run / "results.json").read_text())
+    data["sets"] = [s for s in data["sets"] if s.pop("detector") == "ami"]
+    del data["detectors"], data["attack_sets"]
+    data["weaken"], data["strengthen"] = 1000.0, [2.15, 200.0]
+    (run / "results.json").write_text(json.dumps(data))
+    table = readme_tables.render("default-run", run).split("\n\nWritten by")[0]
+    assert [line.split(" | ")[:3] for line in table.splitlines()[2:]] == [
+        ["| ami", "benign (FPR)", "-"], ["| ami", "fgsm", "-"], ["| ami", "adaptive_fs", "-"]]

@@ -1,5 +1,5 @@
-"""The reporting of one evaluation run: tables, results files with intervals, plots, sample figures and W&B (offline)
-logging. Wilson intervals are checked against SciPy's."""
+"""The reporting of one evaluation run of one or more detectors: tables, results files with intervals, plots, sample
+figures and W&B (offline) logging. Wilson intervals are checked against SciPy's."""
 
 from __future__ import annotations
 
@@ -19,38 +19,46 @@ from rich.console import Console
 from scipy.stats import binomtest
 
 from ami_lightning.evaluation.thresholds import OperatingPoint
+from ami_lightning.reporting.plots import error_bars, plot_detection_rates, plot_roc, plot_undetected
 from ami_lightning.reporting.results import (
+    LEGACY_DETECTOR,
+    RunResults,
+    SampleBatch,
+    SetResult,
+    interval_methods,
+    print_results,
+    read_results,
+    scalar_metrics,
+    write_all,
+    write_results,
+)
+from ami_lightning.reporting.samples import (
     DIFF_GAIN,
     FLAG_COLOURS,
     SAMPLE_ROWS,
     THUMBNAIL,
-    RunResults,
-    SampleBatch,
-    SetResult,
-    error_bars,
-    interval_methods,
-    log_to_wandb,
-    plot_detection_rates,
-    plot_roc,
-    plot_undetected,
-    print_results,
-    read_results,
-    results_table,
     sample_caption,
     sample_cell_box,
     sample_figure_caption,
     sample_figure_size,
     save_sample_figure,
     save_sample_figures,
-    scalar_metrics,
     thumbnail_rows,
-    wandb_table_rows,
-    write_all,
-    write_results,
 )
+from ami_lightning.reporting.tables import results_markdown, results_table
+from ami_lightning.reporting.wandb_logging import log_to_wandb, wandb_table_rows
 
 H = W = 32
 PATCH_AUROC_CI = (0.9012, 0.9771)  # a bootstrap interval as the evaluation module would give it
+AMI = {"type": "ami", "params": {"weaken": 60.0, "strengthen": [2.15, 50.0]},
+       "score": "-log p of the original top-1 under the steered model (nats, >= 0)",
+       "rule": "flagged when the original and the steered model disagree on the top-1 identity", "gradient": "exact"}
+FS = {"type": "feature_squeezing", "params": {"squeezers": ["bit_depth_5", "median_2x2"], "target_fpr": 0.05},
+      "score": "largest L1 distance between the softmax outputs on the input and on a squeezed input (in [0, 2])",
+      "rule": "flagged when the score is above the threshold at 5 % benign FPR", "gradient": "straight-through"}
+ATTACK_SETS = {"patch_first": {"attack": "patch", "detector": None},
+               "cw_l2_next": {"attack": "cw_l2", "detector": None}, "fgsm": {"attack": "fgsm", "detector": None}}
+TAB = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44), "red": (214, 39, 40)}  # tab10
 
 
 def _wilson(k: int, n: int) -> tuple[float, float]:
@@ -65,11 +73,14 @@ def _brackets(k: int, n: int) -> str:
     return f" [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def _batch(k: int, size: int = H, value: float = 100.0, step: float = 5.0) -> SampleBatch:
-    """k uniform grey samples (original ``value``, adversarial ``value + step``); flagged on even columns."""
+def _batch(k: int, size: int = H, value: float = 100.0, step: float = 5.0,
+           detectors: tuple[str, ...] = ("ami",)) -> SampleBatch:
+    """k uniform grey samples (original ``value``, adversarial ``value + step``); the first detector flags the even
+    columns, the others the odd ones."""
+    flagged = {d: [(i % 2 == 0) == (j == 0) for i in range(k)] for j, d in enumerate(detectors)}
     original = torch.full((k, 3, size, size), value)
     return SampleBatch(original, original + step, [f"Person_{i}" for i in range(k)],
-                       [f"Other_{i}" for i in range(k)], [i % 2 == 0 for i in range(k)])
+                       [f"Other_{i}" for i in range(k)], flagged)
 
 
 def _points(detected: tuple[int, int]) -> list[OperatingPoint]:
@@ -77,25 +88,60 @@ def _points(detected: tuple[int, int]) -> list[OperatingPoint]:
     return [OperatingPoint(0.05, 2.5, 17 / 343, detected[0]), OperatingPoint(0.1, 1.75, 34 / 343, detected[1])]
 
 
+def _ami_sets() -> list[SetResult]:
+    """AmI: benign 33/343 flagged (9.62 %), two attack sets with ROC points and one with nothing eligible."""
+    return [
+        SetResult("ami", "benign", False, n=400, eligible=343, flagged=33, operating_points=_points((17, 34))),
+        SetResult("ami", "patch_first", True, n=100, eligible=90, flagged=81, auroc=0.9321, auroc_ci=PATCH_AUROC_CI,
+                  roc_fpr=[0.0, 0.05, 0.2, 1.0], roc_tpr=[0.0, 0.7, 0.95, 1.0], operating_points=_points((71, 80))),
+        SetResult("ami", "cw_l2_next", True, n=50, eligible=48, flagged=12, auroc=0.6125,
+                  roc_fpr=[0.0, 0.1, 0.5, 1.0], roc_tpr=[0.0, 0.2, 0.7, 1.0], operating_points=_points((5, 9))),
+        SetResult("ami", "fgsm", True, n=20, eligible=0, flagged=0, operating_points=_points((0, 0))),
+    ]
+
+
+def _fs_sets() -> list[SetResult]:
+    """Feature Squeezing on the same sets (benign 17/343 flagged, 4.96 %) and an adaptive set attacking it."""
+    return [
+        SetResult("feature_squeezing", "benign", False, n=400, eligible=343, flagged=17,
+                  operating_points=_points((17, 34))),
+        SetResult("feature_squeezing", "patch_first", True, n=100, eligible=90, flagged=60, auroc=0.81,
+                  auroc_ci=(0.75, 0.86), roc_fpr=[0.0, 0.3, 1.0], roc_tpr=[0.0, 0.8, 1.0],
+                  operating_points=_points((60, 70))),
+        SetResult("feature_squeezing", "cw_l2_next", True, n=50, eligible=48, flagged=30, auroc=0.7,
+                  roc_fpr=[0.0, 0.4, 1.0], roc_tpr=[0.0, 0.6, 1.0], operating_points=_points((30, 33))),
+        SetResult("feature_squeezing", "fgsm", True, n=20, eligible=0, flagged=0, operating_points=_points((0, 0))),
+        SetResult("feature_squeezing", "adaptive_fs", True, n=10, eligible=9, flagged=2, auroc=0.55,
+                  roc_fpr=[0.0, 1.0], roc_tpr=[0.0, 1.0], operating_points=_points((1, 2))),
+    ]
+
+
 @pytest.fixture
 def results() -> RunResults:
-    """Benign 33/343 flagged (9.62 %), two attack sets with ROC points and one with nothing eligible; operating points
-    at 5 % and 10 % benign FPR."""
+    """One detector (AmI): benign 33/343 flagged (9.62 %), two attack sets with ROC points and one with nothing
+    eligible; operating points at 5 % and 10 % benign FPR."""
     return RunResults(
-        sets=[
-            SetResult("benign", False, n=400, eligible=343, flagged=33, operating_points=_points((17, 34))),
-            SetResult("patch_first", True, n=100, eligible=90, flagged=81, auroc=0.9321, auroc_ci=PATCH_AUROC_CI,
-                      roc_fpr=[0.0, 0.05, 0.2, 1.0], roc_tpr=[0.0, 0.7, 0.95, 1.0], operating_points=_points((71, 80))),
-            SetResult("cw_l2_next", True, n=50, eligible=48, flagged=12, auroc=0.6125,
-                      roc_fpr=[0.0, 0.1, 0.5, 1.0], roc_tpr=[0.0, 0.2, 0.7, 1.0], operating_points=_points((5, 9))),
-            SetResult("fgsm", True, n=20, eligible=0, flagged=0, operating_points=_points((0, 0))),
-        ],
-        weaken=60.0,
-        strengthen=(2.15, 50.0),
+        sets=_ami_sets(),
         model="dlib_resnet",
+        detectors={"ami": AMI},
+        attack_sets=ATTACK_SETS,
         extra={"accuracy": 0.9575, "skipped": {"benign": 0, "patch_first": 2}},
         samples={"patch_first": _batch(4), "cw_l2_next": _batch(3)},  # |difference| x 10 = 50
         bootstrap={"resamples": 1000, "seed": 0},
+    )
+
+
+@pytest.fixture
+def two() -> RunResults:
+    """AmI and Feature Squeezing on the same sets; Feature Squeezing also on ``adaptive_fs``, which attacked it."""
+    return RunResults(
+        sets=[*_ami_sets(), *_fs_sets()],
+        model="dlib_resnet",
+        detectors={"ami": AMI, "feature_squeezing": FS},
+        attack_sets={**ATTACK_SETS, "adaptive_fs": {"attack": "adaptive_gradient", "detector": "feature_squeezing"}},
+        extra={"accuracy": 0.9575},
+        samples={"patch_first": _batch(4, detectors=("ami", "feature_squeezing"))},
+        bootstrap={"resamples": 200, "seed": 3},
     )
 
 
@@ -107,9 +153,11 @@ def test_rates_and_their_text(results: RunResults) -> None:
     assert patch.rate_text() == "90.00 % (81/90)" + _brackets(81, 90) and patch.metric == "detection"
     assert patch.auroc_text() == "0.932 [0.901, 0.977]" and patch.auroc_text(ci=False) == "0.932"
     assert math.isnan(fgsm.rate) and fgsm.rate_text() == "n/a (0/0)"
-    assert SetResult("x", True, 8, 8, 7).rate_text() == "87.50 % (7/8)" + _brackets(7, 8)
-    assert SetResult("x", True, 8, 8, 7, auroc=0.9).auroc_text() == "0.900"  # no interval: the value alone
-    assert results.benign is benign and [s.name for s in results.attacks] == ["patch_first", "cw_l2_next", "fgsm"]
+    assert SetResult("ami", "x", True, 8, 8, 7).rate_text() == "87.50 % (7/8)" + _brackets(7, 8)
+    assert SetResult("ami", "x", True, 8, 8, 7, auroc=0.9).auroc_text() == "0.900"  # no interval: the value alone
+    assert results.benign_of("ami") is benign and [s.name for s in results.attacks_of("ami")] == [
+        "patch_first", "cw_l2_next", "fgsm"]
+    assert results.detector_names == ["ami"] and results.title() == "ami on dlib_resnet"
 
 
 def test_operating_point_rates_and_undetected(results: RunResults) -> None:
@@ -126,7 +174,7 @@ def test_operating_point_rates_and_undetected(results: RunResults) -> None:
     assert fgsm.undetected_rate == 0.0 and fgsm.undetected_text() == "0.00 % (0/20)" + _brackets(0, 20)
     assert math.isnan(fgsm.detection_at(0.05)) and fgsm.detection_at_text(0.05) == "n/a (0/0)"
     assert patch.point(0.2) is None and math.isnan(patch.detection_at(0.2)) and patch.detection_at_text(0.2) == "-"
-    no_threshold = SetResult("x", True, n=10, eligible=4, flagged=1,
+    no_threshold = SetResult("ami", "x", True, n=10, eligible=4, flagged=1,
                              operating_points=[OperatingPoint(0.05, math.nan, math.nan, None)])
     assert math.isnan(no_threshold.undetected_at(0.05)) and no_threshold.detection_at_text(0.05) == "-"
 
@@ -155,14 +203,16 @@ def test_wilson_intervals_follow_from_the_counts(results: RunResults) -> None:
 
 def test_rich_table_has_counts_next_to_every_rate(results: RunResults) -> None:
     table = results_table(results)
-    assert [c.header for c in table.columns] == ["set", "metric", "n", "eligible", "flagged", "rate", "AUROC",
-                                                 "det@5%FPR", "det@10%FPR", "undetected"]
-    assert table.row_count == 4
+    assert [c.header for c in table.columns] == ["detector", "set", "metric", "n", "eligible", "flagged", "rate",
+                                                 "AUROC", "det@5%FPR", "det@10%FPR", "undetected"]
+    assert table.row_count == 4 and table.title == "ami on dlib_resnet"
+    assert list(table.columns[0].cells) == ["ami"] * 4
+    assert list(table.columns[1].cells) == ["benign", "patch_first", "cw_l2_next", "fgsm"]
     console = Console(record=True, width=250, file=io.StringIO())
     print_results(results, console)
     text = console.export_text()
     for expected in ("9.62 % (33/343)" + _brackets(33, 343), "90.00 % (81/90)" + _brackets(81, 90),
-                     "25.00 % (12/48)" + _brackets(12, 48), "n/a (0/0)", "0.932 [0.901, 0.977]", "strengthen",
+                     "25.00 % (12/48)" + _brackets(12, 48), "n/a (0/0)", "0.932 [0.901, 0.977]", "ami on dlib_resnet",
                      "78.89 % (71/90)" + _brackets(71, 90), "88.89 % (80/90)" + _brackets(80, 90),
                      "4.96 % (17/343) ", "9.00 % (9/100)" + _brackets(9, 100), "72.00 % (36/50)" + _brackets(36, 50)):
         assert expected in text
@@ -170,8 +220,8 @@ def test_rich_table_has_counts_next_to_every_rate(results: RunResults) -> None:
     assert "Intervals in brackets: rates (in %): Wilson score, 95 %" in caption
     assert "AUROC: stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0." in caption
     assert "4.96 % (17/343) [" not in text  # the benign set's achieved FPR carries no interval
-    targets = RunResults([SetResult("benign", False, 10, 10, 1, operating_points=[OperatingPoint(0.01, 3.0, 0.0, 0)])],
-                         60.0, (2.15, 50.0), "m")
+    targets = RunResults([SetResult("ami", "benign", False, 10, 10, 1,
+                                    operating_points=[OperatingPoint(0.01, 3.0, 0.0, 0)])], "m", {"ami": AMI})
     assert [c.header for c in results_table(targets).columns][-2:] == ["det@1%FPR", "undetected"]
 
 
@@ -193,7 +243,10 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
     assert (sets["benign"]["eligible"], sets["benign"]["flagged"], sets["benign"]["n"]) == (343, 33, 400)
     assert sets["patch_first"]["auroc"] == 0.9321 and sets["patch_first"]["roc_tpr"] == [0.0, 0.7, 0.95, 1.0]
     assert sets["fgsm"]["rate"] is None and sets["fgsm"]["metric"] == "detection"
-    assert (data["weaken"], data["strengthen"], data["model"]) == (60.0, [2.15, 50.0], "dlib_resnet")
+    assert list(data) == ["model", "detectors", "attack_sets", "intervals", "bootstrap", "sets", "extra", "provenance"]
+    assert data["model"] == "dlib_resnet" and data["detectors"] == {"ami": AMI} and data["attack_sets"] == ATTACK_SETS
+    assert [list(s)[:2] for s in data["sets"]] == [["detector", "name"]] * 4
+    assert {s["detector"] for s in data["sets"]} == {"ami"}
     assert data["extra"]["skipped"] == {"benign": 0, "patch_first": 2}
     assert sets["patch_first"]["undetected"] == pytest.approx(0.09) and sets["benign"]["undetected"] is None
     assert sets["patch_first"]["operating_points"][0] == {
@@ -216,7 +269,8 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
     assert data["bootstrap"] == {"resamples": 1000, "seed": 0}
 
     back = read_results(paths["json"])
-    assert back.sets == results.sets and back.strengthen == results.strengthen and back.extra == results.extra
+    assert back.sets == results.sets and back.extra == results.extra
+    assert back.detectors == results.detectors and back.attack_sets == results.attack_sets
     assert back.sets[1].operating_points[1] == OperatingPoint(0.1, 1.75, 34 / 343, 80)
     assert back.sets[1].auroc_ci == PATCH_AUROC_CI and back.bootstrap == results.bootstrap
 
@@ -224,23 +278,26 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
 def test_old_results_json_reads_back_without_operating_points(results: RunResults, tmp_path: Path) -> None:
     path = write_results(results, tmp_path)["json"]
     data = json.loads(path.read_text())
-    del data["intervals"], data["bootstrap"]
-    for s in data["sets"]:  # the format before operating points and intervals
-        del s["operating_points"], s["undetected"], s["rate_ci"], s["undetected_ci"], s["auroc_ci"]
+    del data["intervals"], data["bootstrap"], data["detectors"], data["attack_sets"]
+    data["weaken"], data["strengthen"] = 60.0, [2.15, 50.0]
+    for s in data["sets"]:  # the format before several detectors, operating points and intervals
+        del s["detector"], s["operating_points"], s["undetected"], s["rate_ci"], s["undetected_ci"], s["auroc_ci"]
     path.write_text(json.dumps(data))
     back = read_results(path)
     assert [s.operating_points for s in back.sets] == [[]] * 4 and back.fpr_targets == []
-    assert [(s.name, s.n, s.eligible, s.flagged, s.auroc) for s in back.sets] == [
-        (s.name, s.n, s.eligible, s.flagged, s.auroc) for s in results.sets]
+    assert [(s.detector, s.name, s.n, s.eligible, s.flagged, s.auroc) for s in back.sets] == [
+        (s.detector, s.name, s.n, s.eligible, s.flagged, s.auroc) for s in results.sets]
+    assert back.detectors["ami"]["params"] == AMI["params"] and back.attack_sets == {}
     assert back.sets[1].undetected_rate == pytest.approx(0.09)
     assert [c.header for c in results_table(back).columns][-2:] == ["AUROC", "undetected"]
     metrics = scalar_metrics(back)
-    assert metrics["patch_first/undetected"] == pytest.approx(0.09)
+    assert metrics["ami/patch_first/undetected"] == pytest.approx(0.09)
     assert not any("_at_fpr_" in key for key in metrics)
     assert _png_size(plot_undetected(back, tmp_path / "u.png"))[0] > 0
 
 
 # results.json as the evaluation wrote it before intervals existed (operating points, no *_ci keys, no "intervals")
+# and before runs had several detectors (AmI's "weaken" and "strengthen" at the top, no "detector" in the sets)
 OLD_RESULTS_JSON = """{
   "model": "dlib_resnet", "weaken": 1000.0, "strengthen": [2.15, 200.0],
   "sets": [
@@ -262,19 +319,31 @@ def test_a_results_file_from_before_intervals_reads_back(tmp_path: Path) -> None
     path.write_text(OLD_RESULTS_JSON)
     back = read_results(path)
     benign, glasses = back.sets
+    assert back.detectors == {"ami": {
+        "type": "ami", "params": {"weaken": 1000.0, "strengthen": [2.15, 200.0]},
+        "score": "-log p of the original model's top-1 identity under the attribute-steered model (nats, >= 0)",
+        "rule": "flagged when the original and the attribute-steered model disagree on the top-1 identity",
+        "gradient": "exact"}}
+    assert LEGACY_DETECTOR == "ami" and [(s.detector, s.name) for s in back.sets] == [
+        ("ami", "benign"), ("ami", "glasses_next")]
+    assert back.attack_sets == {} and back.model == "dlib_resnet" and back.title() == "ami on dlib_resnet"
+    assert (benign.n, benign.eligible, benign.flagged, glasses.n, glasses.eligible, glasses.flagged) == (
+        952, 933, 97, 8, 8, 7)
+    assert benign.operating_points == [OperatingPoint(0.05, 3.1, 0.04930332261521972, 46)]
     assert back.bootstrap is None and glasses.auroc_ci is None and glasses.auroc == 0.933
     assert glasses.rate_ci() == pytest.approx(_wilson(7, 8), rel=1e-12)  # derived from the counts
     assert glasses.detection_ci_at(0.05) == pytest.approx(_wilson(5, 8), rel=1e-12)
     assert glasses.auroc_text() == "0.933" and glasses.rate_text() == "87.50 % (7/8)" + _brackets(7, 8)
     assert back.intervals()["auroc"].endswith("(resamples and seed not recorded)")
     metrics = scalar_metrics(back)
-    assert "glasses_next/auroc_ci_low" not in metrics and metrics["glasses_next/auroc"] == 0.933
-    assert metrics["glasses_next/rate_ci_high"] == pytest.approx(_wilson(7, 8)[1], rel=1e-12)
+    assert "ami/glasses_next/auroc_ci_low" not in metrics and metrics["ami/glasses_next/auroc"] == 0.933
+    assert metrics["ami/glasses_next/rate_ci_high"] == pytest.approx(_wilson(7, 8)[1], rel=1e-12)
     again = write_results(back, tmp_path / "again")["json"]  # and is written again in the new format
     data = json.loads(again.read_text())
     assert data["sets"][1]["auroc_ci"] is None and data["bootstrap"] is None
     assert data["sets"][1]["rate_ci"] == pytest.approx(list(_wilson(7, 8)), rel=1e-12)
-    assert read_results(again).sets == back.sets
+    assert "weaken" not in data and data["detectors"] == back.detectors and data["sets"][1]["detector"] == "ami"
+    assert read_results(again).sets == back.sets and read_results(again).detectors == back.detectors
 
 
 def test_missing_threshold_round_trips_as_nan(results: RunResults, tmp_path: Path) -> None:
@@ -297,20 +366,117 @@ def test_json_is_safe_for_tensors_and_nan(results: RunResults, tmp_path: Path) -
     assert read_results(tmp_path / "results.json").sets[2].auroc_ci is None
 
 
+def _md_tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables of ``text``, each as its rows of cells (header first, the rule under it left out)."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in text.splitlines():
+        if line.startswith("|") and not previous.startswith("|"):
+            tables.append([])
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            tables[-1].append([c.strip() for c in line[1:-1].split(" | ")])
+        previous = line
+    return tables
+
+
 def test_markdown_has_one_row_per_set_and_the_parameters(results: RunResults, tmp_path: Path) -> None:
     text = write_results(results, tmp_path)["md"].read_text()
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "9.62 %" in rows["benign"] and "(33/343)" + _brackets(33, 343) in rows["benign"] and "FPR" in rows["benign"]
-    assert "90.00 % (81/90)" + _brackets(81, 90) in rows["patch_first"]
-    assert "0.932 [0.901, 0.977]" in rows["patch_first"]
-    assert "n/a (0/0) |" in rows["fgsm"]
-    assert sum(name in rows for name in ("benign", "patch_first", "cw_l2_next", "fgsm")) == 4
-    assert "| det@5%FPR | det@10%FPR | undetected |" in rows["set"]
-    assert rows["patch_first"].endswith(f"| 78.89 % (71/90){_brackets(71, 90)} | 88.89 % (80/90){_brackets(80, 90)} "
-                                        f"| 9.00 % (9/100){_brackets(9, 100)} |")
-    for parameter in ("| weaken | 60 |", "| strengthen (s0, s1) | (2.15, 50) |", "| accuracy | 0.9575 |"):
-        assert parameter in text
+    assert text.startswith("# ami on dlib_resnet\n")
+    run, ami, attack_sets, table = _md_tables(text)
+    assert run == [["parameter", "value"], ["model", "dlib_resnet"], ["accuracy", "0.9575"],
+                   ["skipped", '{"benign": 0, "patch_first": 2}']]
+    assert ami == [["parameter", "value"], ["name", "ami"], ["type", "ami"], ["params.weaken", "60.0"],
+                   ["params.strengthen", "[2.15, 50.0]"], ["score", AMI["score"]], ["rule", AMI["rule"]],
+                   ["gradient", "exact"]]
+    assert attack_sets == [["set", "attack", "attacked detector"], ["patch_first", "patch", "-"],
+                           ["cw_l2_next", "cw_l2", "-"], ["fgsm", "fgsm", "-"]]
+    header, *rows = table
+    assert header == ["detector", "set", "metric", "n", "eligible", "flagged", "rate", "AUROC", "det@5%FPR",
+                      "det@10%FPR", "undetected"]
+    by_set = {row[1]: row for row in rows}
+    assert [row[:2] for row in rows] == [["ami", "benign"], ["ami", "patch_first"], ["ami", "cw_l2_next"],
+                                         ["ami", "fgsm"]]
+    assert by_set["benign"][2:7] == ["FPR", "400", "343", "33", "9.62 % (33/343)" + _brackets(33, 343)]
+    assert by_set["patch_first"][6:] == ["90.00 % (81/90)" + _brackets(81, 90), "0.932 [0.901, 0.977]",
+                                         "78.89 % (71/90)" + _brackets(71, 90), "88.89 % (80/90)" + _brackets(80, 90),
+                                         "9.00 % (9/100)" + _brackets(9, 100)]
+    assert by_set["fgsm"][6] == "n/a (0/0)"
     assert "Wilson score, 95 %" in text and "stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0" in text
+
+
+def test_two_detectors_rows_are_grouped_and_named(two: RunResults, tmp_path: Path) -> None:
+    assert two.detector_names == ["ami", "feature_squeezing"]
+    assert two.title() == "ami, feature_squeezing on dlib_resnet"
+    assert two.set_names == ["patch_first", "cw_l2_next", "fgsm", "adaptive_fs"]
+    assert [s.name for s in two.attacks_of("ami")] == ["patch_first", "cw_l2_next", "fgsm"]
+    assert two.benign_of("feature_squeezing").flagged == 17 and two.benign_of("nothing") is None
+    assert two.attacked_detector("adaptive_fs") == "feature_squeezing" and two.attacked_detector("fgsm") is None
+    # the rich table: a detector column, rows grouped by detector
+    table = results_table(two)
+    assert table.title == "ami, feature_squeezing on dlib_resnet" and table.row_count == 9
+    assert list(table.columns[0].cells) == ["ami"] * 4 + ["feature_squeezing"] * 5
+    assert list(table.columns[1].cells) == ["benign", "patch_first", "cw_l2_next", "fgsm"] * 2 + ["adaptive_fs"]
+    assert list(table.columns[6].cells)[4:6] == ["4.96 % (17/343)" + _brackets(17, 343),
+                                                 "66.67 % (60/90)" + _brackets(60, 90)]
+    # results.md: a parameter table per detector, the attack sets with the attacked detector, the grouped results
+    text = results_markdown(two)
+    assert "## Detector `ami`" in text and "## Detector `feature_squeezing`" in text
+    run, ami, fs, attack_sets, results = _md_tables(text)
+    assert ami[1:4] == [["name", "ami"], ["type", "ami"], ["params.weaken", "60.0"]]
+    assert fs[1:] == [["name", "feature_squeezing"], ["type", "feature_squeezing"],
+                      ["params.squeezers", '["bit_depth_5", "median_2x2"]'], ["params.target_fpr", "0.05"],
+                      ["score", FS["score"]], ["rule", FS["rule"]], ["gradient", "straight-through"]]
+    assert attack_sets[-1] == ["adaptive_fs", "adaptive_gradient", "feature_squeezing"]
+    assert attack_sets[1] == ["patch_first", "patch", "-"]
+    rows = {(row[0], row[1]): row for row in results[1:]}
+    assert [key for key in rows] == [(d, s) for d in ("ami", "feature_squeezing") for s in
+                                     ("benign", "patch_first", "cw_l2_next", "fgsm")] + [
+        ("feature_squeezing", "adaptive_fs")]
+    assert rows["ami", "benign"][5] == "33" and rows["feature_squeezing", "benign"][5] == "17"
+    assert rows["feature_squeezing", "adaptive_fs"][6:] == [
+        "22.22 % (2/9)" + _brackets(2, 9), "0.550", "11.11 % (1/9)" + _brackets(1, 9),
+        "22.22 % (2/9)" + _brackets(2, 9), "70.00 % (7/10)" + _brackets(7, 10)]
+    with pytest.raises(ValueError, match="detector 'ami' has the set 'fgsm' twice"):
+        RunResults([*_ami_sets(), SetResult("ami", "fgsm", True, 1, 1, 1)], "m", {"ami": AMI})
+    # a detector of the sets that is not described comes after the described ones
+    undescribed = RunResults(_fs_sets()[:2] + _ami_sets()[:1], "m", {"ami": AMI})
+    assert undescribed.detector_names == ["ami", "feature_squeezing"]
+    assert "## Detector `feature_squeezing`" in results_markdown(undescribed)
+
+
+def test_two_detectors_round_trip_through_json(two: RunResults, tmp_path: Path) -> None:
+    data = json.loads(write_results(two, tmp_path)["json"].read_text())
+    assert list(data["detectors"]) == ["ami", "feature_squeezing"] and data["detectors"]["feature_squeezing"] == FS
+    assert data["attack_sets"]["adaptive_fs"] == {"attack": "adaptive_gradient", "detector": "feature_squeezing"}
+    assert [(s["detector"], s["name"]) for s in data["sets"]][3:6] == [
+        ("ami", "fgsm"), ("feature_squeezing", "benign"), ("feature_squeezing", "patch_first")]
+    assert data["sets"][5]["rate"] == pytest.approx(60 / 90) and data["sets"][5]["auroc_ci"] == [0.75, 0.86]
+    assert data["bootstrap"] == {"resamples": 200, "seed": 3}
+    back = read_results(tmp_path / "results.json")
+    assert back.sets == two.sets and back.detectors == two.detectors and back.attack_sets == two.attack_sets
+    assert (back.model, back.extra, back.bootstrap, back.samples) == (two.model, two.extra, two.bootstrap, {})
+
+
+def test_metric_keys_carry_the_detector(two: RunResults) -> None:
+    metrics = scalar_metrics(two)
+    assert metrics["ami/fgsm/rate"] != metrics["ami/fgsm/rate"]  # nan: nothing eligible
+    assert metrics["ami/patch_first/rate"] == pytest.approx(81 / 90)
+    assert metrics["feature_squeezing/patch_first/rate"] == pytest.approx(60 / 90)
+    assert metrics["feature_squeezing/benign/threshold_at_fpr_0.05"] == 2.5
+    assert (metrics["ami/patch_first/auroc_ci_low"], metrics["ami/patch_first/auroc_ci_high"]) == PATCH_AUROC_CI
+    assert metrics["feature_squeezing/adaptive_fs/undetected"] == pytest.approx(0.7)
+    assert (metrics["feature_squeezing/adaptive_fs/undetected_at_fpr_0.1_ci_low"],
+            metrics["feature_squeezing/adaptive_fs/undetected_at_fpr_0.1_ci_high"]) == pytest.approx(
+        _wilson(9 - 2, 10), rel=1e-12)
+    assert metrics["extra/accuracy"] == 0.9575
+    assert "ami/adaptive_fs/rate" not in metrics and not any(key.startswith("patch_first/") for key in metrics)
+    assert {key.split("/")[0] for key in metrics} == {"ami", "feature_squeezing", "extra"}
+    per_set = len([key for key in metrics if key.startswith("ami/patch_first/")])
+    # rate, flagged, eligible, n, auroc, undetected, detection and undetected at 2 targets; 7 intervals x 2 bounds
+    assert per_set == len([key for key in metrics if key.startswith("feature_squeezing/patch_first/")]) == 24
+    columns, rows = wandb_table_rows(two)
+    assert columns[:3] == ["detector", "set", "metric"] and len(rows) == 9
+    assert [row[:2] for row in rows][3:5] == [["ami", "fgsm"], ["feature_squeezing", "benign"]]
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -320,28 +486,81 @@ def _png_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
+def _colours(path: Path) -> set[tuple[int, ...]]:
+    """The distinct RGB colours of a PNG."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    return {tuple(int(c) for c in p) for p in np.unique(pixels, axis=0)}
+
+
 def test_plots_are_valid_pngs(results: RunResults, tmp_path: Path) -> None:
     bars = plot_detection_rates(results, tmp_path / "rates.png")
     roc = plot_roc(results, tmp_path / "roc.png")
     width, height = _png_size(bars)
     assert 600 <= width <= 2000 and 400 <= height <= 1200
-    width, height = _png_size(roc)
-    assert 500 <= width <= 1200 and 500 <= height <= 1200
-    benign_only = RunResults([results.sets[0]], 60.0, (2.15, 50.0), "m")  # no attack set: still a (blank) chart
+    assert _png_size(roc) == (660, 684)  # one panel: 5.5 by 5.7 inches at 120 dpi
+    assert TAB["blue"] in _colours(bars) and TAB["orange"] not in _colours(bars)  # one detector, one colour
+    benign_only = RunResults([results.sets[0]], "m", {"ami": AMI})  # no attack set: still a (blank) chart
     assert _png_size(plot_detection_rates(benign_only, tmp_path / "b.png"))[0] > 0
     assert _png_size(plot_roc(benign_only, tmp_path / "r.png"))[0] > 0
     assert _png_size(plot_undetected(benign_only, tmp_path / "u.png"))[0] > 0
+    nothing = RunResults([], "m", {})  # no detector at all: one blank panel each
+    assert nothing.title() == "no detector on m"
+    for plot in (plot_detection_rates, plot_roc, plot_undetected):
+        assert _png_size(plot(nothing, tmp_path / f"{plot.__name__}.png"))[0] > 0
+
+
+def test_plots_of_two_detectors(two: RunResults, tmp_path: Path) -> None:
+    bars = plot_detection_rates(two, tmp_path / "rates.png")
+    assert _png_size(bars) == (924, 540)  # (0.45 x 2 detectors + 0.4) x 4 sets + 2.5 = 7.7 by 4.5 inches
+    assert {TAB["blue"], TAB["orange"]} <= _colours(bars)  # a colour per detector
+    assert _png_size(plot_roc(two, tmp_path / "roc.png")) == (1320, 684)  # a panel per detector, side by side
+    undetected = plot_undetected(two, tmp_path / "undetected.png")
+    assert _png_size(undetected) == (1140, 972)  # (0.45 x 3 + 0.4) x 4 + 2.5 = 9.5 by 0.9 + 3.6 x 2 panels
+    assert {TAB["blue"], TAB["orange"], TAB["green"]} <= _colours(undetected)
+    many = RunResults([SetResult(f"d{i}", "benign", False, 10, 10, 1) for i in range(4)], "m", {})
+    assert _png_size(plot_roc(many, tmp_path / "many.png")) == (1980, 1368)  # at most 3 panels a row
+
+
+def test_detection_bars_and_benign_lines_per_detector(
+    two: RunResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.axes import Axes
+
+    bars: list[tuple[Any, dict[str, Any]]] = []
+    lines: list[tuple[float, dict[str, Any]]] = []
+    original_bar, original_axhline = Axes.bar, Axes.axhline
+
+    def recording_bar(self: Axes, x: Any, *args: Any, **kwargs: Any) -> Any:
+        bars.append((list(x), kwargs))
+        return original_bar(self, x, *args, **kwargs)
+
+    def recording_axhline(self: Axes, y: float = 0, *args: Any, **kwargs: Any) -> Any:
+        lines.append((y, kwargs))
+        return original_axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", recording_bar)
+    monkeypatch.setattr(Axes, "axhline", recording_axhline)
+    plot_detection_rates(two, tmp_path / "rates.png")
+    (ami_x, ami), (fs_x, fs) = bars
+    assert ami["label"] == "ami: detection rate" and fs["label"] == "feature_squeezing: detection rate"
+    assert ami_x == pytest.approx([-0.2, 0.8, 1.8]) and fs_x == pytest.approx([0.2, 1.2, 2.2, 3.2])  # no ami bar
+    assert ami["color"] != fs["color"]
+    assert np.allclose(fs["yerr"], error_bars([s.rate for s in two.attacks_of("feature_squeezing")],
+                                              [s.rate_ci() for s in two.attacks_of("feature_squeezing")]))
+    (ami_y, ami_line), (fs_y, fs_line) = lines
+    assert (ami_y, fs_y) == pytest.approx((100 * 33 / 343, 100 * 17 / 343))
+    assert ami_line["color"] == ami["color"] and fs_line["color"] == fs["color"] and fs_line["linestyle"] == "--"
+    assert fs_line["label"] == "feature_squeezing: benign FPR " + two.benign_of("feature_squeezing").rate_text()
 
 
 def test_undetected_plot_has_a_bar_per_rule(results: RunResults, tmp_path: Path) -> None:
     path = plot_undetected(results, tmp_path / "undetected.png")
     assert _png_size(path) == (930, 540)  # (0.45 x 3 rules + 0.4) x 3 sets + 2.5 = 7.75 by 4.5 inches at 120 dpi
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-    colours = {tuple(p) for p in np.unique(pixels, axis=0)}
-    for rule in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):  # tab:blue, tab:orange, tab:green
-        assert rule in colours
-    assert (214, 39, 40) not in colours  # tab:red: no fourth rule
+    colours = _colours(path)
+    for rule in ("blue", "orange", "green"):
+        assert TAB[rule] in colours
+    assert TAB["red"] not in colours  # no fourth rule
 
 
 def test_error_bars_reach_the_wilson_bounds(
@@ -362,7 +581,7 @@ def test_error_bars_reach_the_wilson_bounds(
     monkeypatch.setattr(Axes, "bar", recording_bar)
     plot_detection_rates(results, tmp_path / "rates.png")
     (rates,) = drawn
-    attacks = results.attacks
+    attacks = results.attacks_of("ami")
     expected = error_bars([s.rate for s in attacks], [_wilson(s.flagged, s.eligible) if s.eligible else (math.nan,) * 2
                                                       for s in attacks])
     assert np.allclose(rates["yerr"], expected) and rates["yerr"][0][0] > 0 and rates["yerr"][1][0] > 0
@@ -399,7 +618,7 @@ def test_one_labelled_sample_figure_per_set(results: RunResults, tmp_path: Path)
     for name, k in (("patch_first", 4), ("cw_l2_next", 3)):
         path = paths[f"samples/{name}"]
         assert path == tmp_path / "samples" / f"{name}.png" and path.stat().st_size < 2_000_000
-        assert _png_size(path) == sample_figure_size(k)
+        assert _png_size(path) == sample_figure_size(k, ["ami"])
         pixels = _pixels(path)
         for column in range(k):  # rows: original, adversarial, |difference| x 10; drawn one to one
             assert _centre(pixels, 0, column) == (100, 100, 100) and _centre(pixels, 1, column) == (105, 105, 105)
@@ -410,19 +629,44 @@ def test_one_labelled_sample_figure_per_set(results: RunResults, tmp_path: Path)
         left, _, right, _ = sample_cell_box(2, 1)
         assert _near(captions[:, left:right], FLAG_COLOURS[False])  # column 1 is not flagged
         assert not _near(pixels[:sample_cell_box(0, 0)[1]], "tab:green")  # the title is black
-    widths = [sample_figure_size(k)[0] for k in (1, 2, 3, 8)]
+    widths = [sample_figure_size(k, ["ami"])[0] for k in (1, 2, 3, 8)]
     assert widths[2] - widths[1] == widths[1] - widths[0] > THUMBNAIL and widths[3] == widths[0] + 7 * (
         widths[1] - widths[0])  # one column per sample, the height fixed
-    assert len({sample_figure_size(k)[1] for k in (1, 2, 3, 8)}) == 1
+    assert len({sample_figure_size(k, ["ami"])[1] for k in (1, 2, 3, 8)}) == 1
+
+
+def _rows_of(pixels: np.ndarray, colour: str, tolerance: int = 40) -> np.ndarray:
+    """The row indices of ``pixels`` holding ``colour``."""
+    from matplotlib.colors import to_rgb
+
+    target = np.array([round(255 * c) for c in to_rgb(colour)])
+    return np.flatnonzero((np.abs(pixels - target).max(-1) <= tolerance).any(-1))
+
+
+def test_sample_figure_captions_each_detectors_verdict(two: RunResults, tmp_path: Path) -> None:
+    (path,) = save_sample_figures(two, tmp_path).values()
+    detectors = ["ami", "feature_squeezing"]
+    one_line, two_lines = sample_figure_size(4, ["ami"]), sample_figure_size(4, detectors)
+    assert _png_size(path) == two_lines and two_lines[0] == one_line[0]
+    assert two_lines[1] - one_line[1] == 25  # two more caption lines of 7 pt: "feature_squeezing:" / "NOT flagged"
+    assert sample_figure_size(4, ["ami", "x"])[1] - one_line[1] == 12  # a short name: one line more
+    pixels = _pixels(path)
+    bottom = sample_cell_box(2, 0)[3]
+    for column, first, second in ((0, "tab:green", "tab:red"), (1, "tab:red", "tab:green")):
+        left, _, right, _ = sample_cell_box(2, column)
+        caption = pixels[bottom:, left:right]
+        assert _rows_of(caption, first).max() < _rows_of(caption, second).min()  # ami's verdict, then the other
+    assert _centre(pixels, 2, 3) == (5 * DIFF_GAIN,) * 3  # the cells where they were
 
 
 def test_sample_figure_of_large_noisy_images_stays_small(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(0)
     original = torch.rand((8, 3, 224, 224), generator=generator) * 255  # incompressible: the worst case for PNG
     adversarial = (original + 8 * torch.randn(original.shape, generator=generator)).clamp(0, 255)
-    batch = SampleBatch(original, adversarial, ["Nikolaj_Coster-Waldau"] * 8, ["Ed_Begley_Jr."] * 8, [False] * 8)
+    batch = SampleBatch(original, adversarial, ["Nikolaj_Coster-Waldau"] * 8, ["Ed_Begley_Jr."] * 8,
+                        {"ami": [False] * 8, "feature_squeezing": [True] * 8})
     path = save_sample_figure(batch, tmp_path / "big.png", "fgsm: " + "a long detector title " * 6)
-    assert path.stat().st_size < 2_000_000 and _png_size(path) == sample_figure_size(8)
+    assert path.stat().st_size < 2_000_000 and _png_size(path) == sample_figure_size(8, list(batch.flagged))
     cells = thumbnail_rows(batch)
     assert cells.shape == (3, 8, 3, THUMBNAIL, THUMBNAIL)  # area-downsampled: the mean of each 2 x 2 block
     torch.testing.assert_close(cells[0], torch.nn.functional.avg_pool2d(original, 2) / 255)
@@ -434,23 +678,30 @@ def test_sample_figure_of_large_noisy_images_stays_small(tmp_path: Path) -> None
 
 
 def test_sample_captions() -> None:
-    assert sample_caption("Aaron_Tveit", "Cher", True) == ("true: Aaron_Tveit", "model: Cher", "flagged")
-    assert sample_caption("Cher", "Cher", False) == ("true: Cher", "model: Cher (not fooled)", "NOT flagged")
+    assert sample_caption("Aaron_Tveit", "Cher", {"ami": True}) == (
+        "true: Aaron_Tveit", "model: Cher", ["ami: flagged"])
+    assert sample_caption("Cher", "Cher", {"ami": False, "feature_squeezing": True}) == (
+        "true: Cher", "model: Cher (not fooled)", ["ami: NOT flagged", "feature_squeezing: flagged"])
     assert FLAG_COLOURS == {True: "tab:green", False: "tab:red"}
     caption = sample_figure_caption("cw_l2_next")
     assert caption.startswith("cw_l2_next: rows original / adversarial / |difference| x 10")
-    assert "identity the model gives the adversarial image" in caption and "flags" in caption
+    assert "identity the model gives the adversarial image" in caption
+    assert caption.endswith("and whether each detector flags it")
     assert [row.format(gain=DIFF_GAIN) for row in SAMPLE_ROWS] == ["original", "adversarial", "|difference| x 10"]
 
 
 def test_sample_batches_are_checked(results: RunResults, tmp_path: Path) -> None:
     a, b = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 16, 16)
     with pytest.raises(ValueError, match=r"original \(2, 3, 8, 8\) and adversarial \(2, 3, 16, 16\) pixels differ"):
-        SampleBatch(a, b, ["x", "y"], ["y", "x"], [True, False])
-    with pytest.raises(ValueError, match=r"2 samples but \{'flagged': 1\} entries"):
-        SampleBatch(a, a, ["x", "y"], ["y", "x"], [True])
+        SampleBatch(a, b, ["x", "y"], ["y", "x"], {"ami": [True, False]})
+    with pytest.raises(ValueError, match=r"2 samples but \{'flagged\[feature_squeezing\]': 1\} entries"):
+        SampleBatch(a, a, ["x", "y"], ["y", "x"], {"ami": [True, False], "feature_squeezing": [True]})
+    with pytest.raises(ValueError, match=r"2 samples but \{'true_identity': 1\} entries"):
+        SampleBatch(a, a, ["x"], ["y", "x"], {"ami": [True, False]})
+    with pytest.raises(TypeError, match="flagged must map each detector's name to its k flags, got list"):
+        SampleBatch(a, a, ["x", "y"], ["y", "x"], [True, False])  # type: ignore[arg-type]  # the former form
     with pytest.raises(ValueError, match=r"must be \(k, 3, H, W\) RGB"):
-        SampleBatch(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), ["x", "y"], ["y", "x"], [True, False])
+        SampleBatch(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), ["x", "y"], ["y", "x"], {"ami": [True, False]})
     batch = _batch(2)
     batch.adversarial = b  # changed after construction: caught when drawn
     with pytest.raises(ValueError, match="differ in shape"):
@@ -482,33 +733,36 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
     log_to_wandb(results, run, {k: v for k, v in files.items() if v.suffix == ".png"})
     (logged,) = run.logged
     for name in ("benign", "patch_first", "cw_l2_next", "fgsm"):
-        assert {f"{name}/rate", f"{name}/flagged", f"{name}/eligible"} <= set(logged)
-    assert "benign/auroc" not in logged and logged["patch_first/auroc"] == 0.9321
+        assert {f"ami/{name}/rate", f"ami/{name}/flagged", f"ami/{name}/eligible"} <= set(logged)
+    assert "ami/benign/auroc" not in logged and logged["ami/patch_first/auroc"] == 0.9321
     assert logged["extra/accuracy"] == 0.9575 and logged["extra/skipped/patch_first"] == 2
     assert isinstance(logged["results"], wandb.Table) and len(logged["results"].data) == 4
     figures = ("detection_rates", "roc", "undetected", "samples/patch_first", "samples/cw_l2_next")
     assert all(isinstance(logged[f"figures/{k}"], wandb.Image) for k in figures)
     assert logged["figures/samples/cw_l2_next"]._caption == sample_figure_caption("cw_l2_next")
     assert logged["figures/roc"]._caption is None
-    assert logged["patch_first/undetected"] == pytest.approx(0.09) and "benign/undetected" not in logged
-    assert logged["patch_first/detection_at_fpr_0.05"] == pytest.approx(71 / 90)
-    assert logged["cw_l2_next/undetected_at_fpr_0.1"] == pytest.approx(39 / 50)
-    assert logged["benign/threshold_at_fpr_0.05"] == 2.5 and logged["benign/achieved_fpr_at_fpr_0.1"] == 34 / 343
-    assert math.isnan(logged["fgsm/detection_at_fpr_0.05"]) and logged["fgsm/undetected_at_fpr_0.05"] == 0.0
-    # every interval's bounds as <set>/<figure>_ci_low / _ci_high
-    assert (logged["benign/rate_ci_low"], logged["benign/rate_ci_high"]) == pytest.approx(_wilson(33, 343), rel=1e-12)
-    assert (logged["patch_first/auroc_ci_low"], logged["patch_first/auroc_ci_high"]) == PATCH_AUROC_CI
-    assert "benign/auroc_ci_low" not in logged and "fgsm/auroc_ci_low" not in logged
-    assert (logged["cw_l2_next/undetected_ci_low"], logged["cw_l2_next/undetected_ci_high"]) == pytest.approx(
+    assert logged["ami/patch_first/undetected"] == pytest.approx(0.09) and "ami/benign/undetected" not in logged
+    assert logged["ami/patch_first/detection_at_fpr_0.05"] == pytest.approx(71 / 90)
+    assert logged["ami/cw_l2_next/undetected_at_fpr_0.1"] == pytest.approx(39 / 50)
+    assert logged["ami/benign/threshold_at_fpr_0.05"] == 2.5
+    assert logged["ami/benign/achieved_fpr_at_fpr_0.1"] == 34 / 343
+    assert math.isnan(logged["ami/fgsm/detection_at_fpr_0.05"]) and logged["ami/fgsm/undetected_at_fpr_0.05"] == 0.0
+    # every interval's bounds as <detector>/<set>/<figure>_ci_low / _ci_high
+    assert (logged["ami/benign/rate_ci_low"], logged["ami/benign/rate_ci_high"]) == pytest.approx(
+        _wilson(33, 343), rel=1e-12)
+    assert (logged["ami/patch_first/auroc_ci_low"], logged["ami/patch_first/auroc_ci_high"]) == PATCH_AUROC_CI
+    assert "ami/benign/auroc_ci_low" not in logged and "ami/fgsm/auroc_ci_low" not in logged
+    assert (logged["ami/cw_l2_next/undetected_ci_low"], logged["ami/cw_l2_next/undetected_ci_high"]) == pytest.approx(
         _wilson(36, 50), rel=1e-12)
-    assert (logged["patch_first/detection_at_fpr_0.05_ci_low"],
-            logged["patch_first/detection_at_fpr_0.05_ci_high"]) == pytest.approx(_wilson(71, 90), rel=1e-12)
-    assert (logged["cw_l2_next/undetected_at_fpr_0.1_ci_low"],
-            logged["cw_l2_next/undetected_at_fpr_0.1_ci_high"]) == pytest.approx(_wilson(39, 50), rel=1e-12)
-    assert math.isnan(logged["fgsm/rate_ci_low"]) and "benign/detection_at_fpr_0.05_ci_low" not in logged
+    assert (logged["ami/patch_first/detection_at_fpr_0.05_ci_low"],
+            logged["ami/patch_first/detection_at_fpr_0.05_ci_high"]) == pytest.approx(_wilson(71, 90), rel=1e-12)
+    assert (logged["ami/cw_l2_next/undetected_at_fpr_0.1_ci_low"],
+            logged["ami/cw_l2_next/undetected_at_fpr_0.1_ci_high"]) == pytest.approx(_wilson(39, 50), rel=1e-12)
+    assert math.isnan(logged["ami/fgsm/rate_ci_low"]) and "ami/benign/detection_at_fpr_0.05_ci_low" not in logged
     table = logged["results"]
     assert table.columns == wandb_table_rows(results)[0]
-    assert table.columns[5:] == ["rate", "rate_ci_low", "rate_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
+    assert table.columns[:6] == ["detector", "set", "metric", "n", "eligible", "flagged"]
+    assert table.columns[6:] == ["rate", "rate_ci_low", "rate_ci_high", "auroc", "auroc_ci_low", "auroc_ci_high",
                                  "detection_at_fpr_0.05", "detection_at_fpr_0.05_ci_low",
                                  "detection_at_fpr_0.05_ci_high", "detection_at_fpr_0.1",
                                  "detection_at_fpr_0.1_ci_low", "detection_at_fpr_0.1_ci_high", "undetected",
@@ -516,7 +770,8 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
                                  "undetected_at_fpr_0.05_ci_low", "undetected_at_fpr_0.05_ci_high",
                                  "undetected_at_fpr_0.1", "undetected_at_fpr_0.1_ci_low",
                                  "undetected_at_fpr_0.1_ci_high"]
-    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.data}
+    rows = {row[1]: dict(zip(table.columns, row, strict=True)) for row in table.data}
+    assert {row[0] for row in table.data} == {"ami"}
     patch = rows["patch_first"]
     assert [patch[c] for c in ("detection_at_fpr_0.05", "detection_at_fpr_0.1", "undetected", "undetected_at_fpr_0.05",
                                "undetected_at_fpr_0.1")] == [pytest.approx(71 / 90), pytest.approx(80 / 90),
@@ -527,7 +782,7 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
         list(_wilson(19, 100)), rel=1e-12)
     assert rows["benign"]["undetected"] is None and rows["benign"]["undetected_ci_low"] is None
     assert rows["benign"]["auroc_ci_low"] is None and rows["fgsm"]["rate_ci_high"] is None
-    assert scalar_metrics(results)["benign/rate"] == pytest.approx(33 / 343)
+    assert scalar_metrics(results)["ami/benign/rate"] == pytest.approx(33 / 343)
 
 
 def test_log_to_wandb_needs_wandb_only_when_called(results: RunResults, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -584,15 +839,16 @@ def test_write_all_logs_offline_to_a_wandb_logger(
             for key in parents:
                 node = node.setdefault(key, {})
             node[leaf] = json.loads(item.value_json)
-    assert logged["benign/rate"] == pytest.approx(33 / 343) and logged["patch_first/auroc"] == 0.9321
-    assert logged["cw_l2_next/eligible"] == 48 and logged["extra/accuracy"] == 0.9575
+    assert logged["ami/benign/rate"] == pytest.approx(33 / 343) and logged["ami/patch_first/auroc"] == 0.9321
+    assert logged["ami/cw_l2_next/eligible"] == 48 and logged["extra/accuracy"] == 0.9575
     assert logged["results"]["_type"] == "table-file" and logged["results"]["nrows"] == 4
     for name in ("patch_first", "cw_l2_next"):
         assert logged[f"figures/samples/{name}"]["_type"] == "image-file"
         assert logged[f"figures/samples/{name}"]["caption"] == sample_figure_caption(name)
     (table,) = (run_dir / "files" / "media" / "table").glob("results_*.table.json")
     content = json.loads(table.read_text())
-    rows = {row[0]: dict(zip(content["columns"], row, strict=True)) for row in content["data"]}
+    rows = {row[1]: dict(zip(content["columns"], row, strict=True)) for row in content["data"]}
+    assert content["columns"][:2] == ["detector", "set"] and {row[0] for row in content["data"]} == {"ami"}
     assert [rows["benign"][c] for c in ("n", "eligible", "flagged", "rate", "auroc")] == [
         400, 343, 33, pytest.approx(33 / 343), None] and rows["fgsm"]["rate"] is None
     assert [rows["benign"]["rate_ci_low"], rows["benign"]["rate_ci_high"]] == pytest.approx(list(_wilson(33, 343)))
@@ -600,6 +856,6 @@ def test_write_all_logs_offline_to_a_wandb_logger(
                                              "undetected_at_fpr_0.05", "undetected_at_fpr_0.1")] == [
         pytest.approx(71 / 90), pytest.approx(80 / 90), pytest.approx(0.09), pytest.approx(0.19), pytest.approx(0.1)]
     assert (rows["patch_first"]["auroc_ci_low"], rows["patch_first"]["auroc_ci_high"]) == PATCH_AUROC_CI
-    assert logged["patch_first/undetected_at_fpr_0.05"] == pytest.approx(0.19)
-    assert logged["patch_first/auroc_ci_high"] == PATCH_AUROC_CI[1]
+    assert logged["ami/patch_first/undetected_at_fpr_0.05"] == pytest.approx(0.19)
+    assert logged["ami/patch_first/auroc_ci_high"] == PATCH_AUROC_CI[1]
     assert len(list((run_dir / "files" / "media" / "images" / "figures").rglob("*.png"))) == 5

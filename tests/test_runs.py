@@ -20,7 +20,7 @@ from ami_lightning.models.classifiers import Classifier
 from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
 from ami_lightning.pipeline import cache, loggers
 from ami_lightning.pipeline import stages as pipeline
-from ami_lightning.pipeline.stages import witness_key
+from ami_lightning.witnesses import stage as witness_stage
 from tests.conftest import compose_config, cpu_config
 
 
@@ -33,6 +33,12 @@ def test_runs_started_in_the_same_second_get_their_own_folders() -> None:
     assert stamps[0] != stamps[1]
     assert all(len(s) == len("2026-12-01_02-50-20_") + 6 for s in stamps)
     assert run_stamp() == run_stamp()  # fixed within a process
+
+
+def witness_key(cfg: DictConfig) -> str:
+    """The cache key of the witnesses AmI extracts for ``cfg``'s model and witness rule."""
+    return witness_stage.witness_key(cache.model_identity(cfg.model, cfg.paths.cache_dir), cfg.ami.caffe_median,
+                                     cfg.paths.cache_dir)
 
 
 def test_run_and_sweep_folders_carry_the_stamp(tmp_path: Path) -> None:
@@ -209,11 +215,13 @@ def _witnesses_in_child(cfg: DictConfig, out: Path, counter: Path, queue: mp.Que
     from ami_lightning.models.base import Normalize, PixelModel
     from tests.toy import ToyNet
 
-    pipeline.witnesses_from_faces, pipeline.save_mutation_grid = _fake_extraction(counter)
+    witness_stage.witnesses_from_faces, witness_stage.save_mutation_grid = _fake_extraction(counter)
     net = ToyNet(224)  # untrained: only its layers matter here (224 px: the witness check's forward pass)
     classifier = Classifier("toy", PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers), ["a"])
-    witnesses = pipeline.witness_stage(cfg, classifier, out)
-    queue.put(witnesses.count())
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    detector = pipeline.prepare_detectors(cfg, classifier, names=["ami"])["ami"]
+    queue.put(detector.witnesses.count())
 
 
 def test_concurrent_runs_extract_witnesses_once(tmp_path: Path) -> None:
@@ -254,4 +262,4 @@ def test_witness_files_are_checked_against_the_model_before_use(tmp_path: Path) 
     cfg = cpu_config(compose_config("eval", [f"ami.witnesses={folder}"]), tmp_path)
     with pytest.raises(ValueError, match=r"witnesses/nose_neurons.txt:1: attribute 'nose': channel 16 out of range at "
                                          r"layer 'relu1': allowed 0..15 \(16 channels\)"):
-        pipeline.witness_stage(cfg, classifier, tmp_path / "out")
+        pipeline.prepare_detectors(cfg, classifier, names=["ami"])

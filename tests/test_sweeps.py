@@ -1,6 +1,6 @@
-"""The sweep summary (``ami_lightning.reporting.sweeps``): reading fabricated sweep folders, the tables, the Pareto
-fronts, the
-plot, the Hydra callback, and (slow) a real multirun of ``ami-eval``."""
+"""The sweep summary (``ami_lightning.reporting.sweeps``): reading fabricated sweep folders (one detector per job,
+two detectors per job, files of the single-detector format), the tables, the Pareto fronts per detector, the plot,
+the Hydra callback, and (slow) a real multirun of ``ami-eval``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 
 from ami_lightning.reporting.results import RunResults, SetResult, write_results
 from ami_lightning.reporting.sweeps import (
@@ -52,11 +55,21 @@ def _write_overrides(folder: Path, overrides: list[str]) -> None:
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides), encoding="utf-8")
 
 
+def _sets(detector: str, benign: tuple[int, int], *attacks: tuple[str, tuple[int, int, int]]) -> list[SetResult]:
+    """A detector's benign set (eligible, flagged; n = eligible + 3) and attack sets (n, eligible, flagged)."""
+    sets = [SetResult(detector, "benign", adversarial=False, n=benign[0] + 3, eligible=benign[0], flagged=benign[1])]
+    return sets + [SetResult(detector, name, adversarial=True, n=n, eligible=eligible, flagged=flagged, auroc=0.9)
+                   for name, (n, eligible, flagged) in attacks]
+
+
+def _ami(weaken: float) -> dict[str, Any]:
+    return {"type": "ami", "params": {"weaken": weaken, "strengthen": [2.15, 200.0]}, "score": "nats",
+            "rule": "top-1 disagreement", "gradient": "exact"}
+
+
 def _results(weaken: float, benign: tuple[int, int], *attacks: tuple[str, tuple[int, int, int]]) -> RunResults:
-    sets = [SetResult(name="benign", adversarial=False, n=benign[0] + 3, eligible=benign[0], flagged=benign[1])]
-    sets += [SetResult(name=name, adversarial=True, n=n, eligible=eligible, flagged=flagged, auroc=0.9)
-             for name, (n, eligible, flagged) in attacks]
-    return RunResults(sets=sets, weaken=weaken, strengthen=(2.15, 200.0), model="toy")
+    """One detector, AmI."""
+    return RunResults(sets=_sets("ami", benign, *attacks), model="toy", detectors={"ami": _ami(weaken)})
 
 
 def _sweep(root: Path) -> Path:
@@ -83,6 +96,7 @@ def test_collect_jobs_reads_every_job_and_keeps_the_failed_one(tmp_path: Path) -
     jobs = collect_jobs(_sweep(tmp_path))
     assert [j.job for j in jobs] == [0, 1, 2, FAILED_JOB]
     assert [j.status for j in jobs] == ["ok", "ok", "ok", "failed"]
+    assert [j.detector for j in jobs] == ["ami", "ami", "ami", ""]
     assert jobs[0].overrides == {"ami.weaken": "500", "attack": "[fgsm,bim]", "data.benign.limit": "4"}
     assert jobs[0].benign_fpr == pytest.approx(0.10)
     assert (jobs[0].benign_flagged, jobs[0].benign_eligible) == (10, 100)
@@ -100,14 +114,16 @@ def test_collect_jobs_reads_every_job_and_keeps_the_failed_one(tmp_path: Path) -
 
 def test_collect_jobs_tolerates_extra_missing_and_broken_files(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    # extra keys (confidence intervals, say) and no derived rates: read from the counts
+    # the single-detector format (AmI's parameters at the top, sets without "detector"), extra keys and no derived
+    # rates: read as the detector ami, the rates from the counts
     sets = [{"name": "benign", "adversarial": False, "n": 8, "eligible": 8, "flagged": 2, "rate_ci": [0.1, 0.5]},
             {"name": "fgsm", "adversarial": True, "n": 4, "eligible": 2, "flagged": 1, "auroc_ci": None,
              "undetected_ci": [0, 1]},
             {"name": "none_eligible", "adversarial": True, "n": 4, "eligible": 0, "flagged": 0, "rate": None,
              "undetected": 0.0}]
+    old = {"model": "toy", "weaken": 60.0, "strengthen": [2.15, 50.0], "sets": sets, "extra": {}, "new_key": 1}
     (sweep / "0").mkdir(parents=True)
-    (sweep / "0" / "results.json").write_text(json.dumps({"sets": sets, "new_key": 1}), encoding="utf-8")
+    (sweep / "0" / "results.json").write_text(json.dumps(old), encoding="utf-8")
     (sweep / "1").mkdir()
     (sweep / "1" / "results.json").write_text("{not json", encoding="utf-8")
     _write_overrides(sweep / "1", ["ami.weaken=7"])
@@ -116,7 +132,8 @@ def test_collect_jobs_tolerates_extra_missing_and_broken_files(tmp_path: Path) -
     write_results(_results(60, (10, 1), ("fgsm", (4, 4, 4))), sweep / "2")
     jobs = collect_jobs(sweep)
     assert [j.status for j in jobs] == ["ok", "failed", "ok"]
-    assert jobs[0].overrides == {}
+    assert [j.detector for j in jobs] == ["ami", "", "ami"]
+    assert jobs[0].overrides == {} and (jobs[0].benign_flagged, jobs[0].benign_eligible) == (2, 8)
     assert jobs[0].benign_fpr == pytest.approx(0.25)
     assert jobs[0].detection["fgsm"] == pytest.approx(0.5) and jobs[0].undetected["fgsm"] == pytest.approx(0.25)
     assert math.isnan(jobs[0].detection["none_eligible"])
@@ -181,6 +198,7 @@ def test_pareto_front_ties() -> None:
 def test_summary_csv_rows_numbers_and_fronts(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(summary_csv(collect_jobs(_sweep(tmp_path))))))
     assert [r["job"] for r in rows] == ["0", "1", "2", str(FAILED_JOB)]
+    assert [r["detector"] for r in rows] == ["ami", "ami", "ami", ""]
     assert [r["ami.weaken"] for r in rows] == ["500", "1000", "2000", "4000"]
     assert {r["attack"] for r in rows} == {"[fgsm,bim]"}
     assert [float(r["benign_fpr"]) for r in rows[:3]] == pytest.approx([0.10, 0.05, 0.20])
@@ -204,15 +222,15 @@ def test_summary_markdown_rows(tmp_path: Path) -> None:
     assert "4 jobs, 3 ok, 1 failed." in text
     assert "Overrides of every job: `attack=[fgsm,bim]`, `data.benign.limit=4`" in text
     header, *rows = _md_rows(text)
-    assert header == ["job", "ami.weaken", "benign FPR", "mean detection", "mean undetected", "front (detection)",
-                      "front (undetected)", "fgsm detection", "bim detection", "status"]
-    assert rows[0] == ["0", "500", "10.00 % (10/100)", "90.00 %", "10.00 %", "yes", "yes", "80.00 %", "100.00 %",
-                       "ok"]
-    assert rows[1][:5] == ["1", "1000", "5.00 % (5/100)", "55.00 %", "40.00 %"]
-    assert rows[2][5:7] == ["", ""]
-    assert rows[3] == [str(FAILED_JOB), "4000", "-", "-", "-", "", "", "-", "-", "failed: no results.json"]
-    assert "lowest benign FPR and highest mean detection: jobs 0, 1." in text
-    assert "lowest benign FPR and lowest mean undetected success: jobs 0, 1." in text
+    assert header == ["job", "detector", "ami.weaken", "benign FPR", "mean detection", "mean undetected",
+                      "front (detection)", "front (undetected)", "fgsm detection", "bim detection", "status"]
+    assert rows[0] == ["0", "ami", "500", "10.00 % (10/100)", "90.00 %", "10.00 %", "yes", "yes", "80.00 %",
+                       "100.00 %", "ok"]
+    assert rows[1][:6] == ["1", "ami", "1000", "5.00 % (5/100)", "55.00 %", "40.00 %"]
+    assert rows[2][6:8] == ["", ""]
+    assert rows[3] == [str(FAILED_JOB), "-", "4000", "-", "-", "-", "", "", "-", "-", "failed: no results.json"]
+    assert "lowest benign FPR and highest mean detection: ami: jobs 0, 1." in text
+    assert "lowest benign FPR and lowest mean undetected success: ami: jobs 0, 1." in text
 
 
 def test_plot_tradeoff_writes_a_png(tmp_path: Path) -> None:
@@ -224,6 +242,72 @@ def test_plot_tradeoff_writes_a_png(tmp_path: Path) -> None:
     assert (width, height) == (11 * 120, int(4.8 * 120))
     assert plot_tradeoff([], tmp_path / "empty.png").read_bytes()[:8] == PNG_MAGIC  # nothing to show: still a PNG
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# job -> feature_squeezing's (benign (eligible, flagged), fgsm (n, eligible, flagged), bim (n, eligible, flagged)), in
+# the same jobs as JOBS' AmI: on its own fronts every job is (FPR 2 / 8 / 1 %, mean detection 45 / 95 / 30 %, mean
+# undetected 40 / 5 / 70 %), and its job 1 (8 %, 95 %) dominates AmI's job 0 (10 %, 90 %), which stays on AmI's front
+FS_JOBS = {
+    0: ((100, 2), (10, 10, 5), (10, 5, 2)),
+    1: ((100, 8), (10, 10, 9), (10, 8, 8)),
+    2: ((100, 1), (10, 10, 3), (10, 10, 3)),
+}
+
+
+def _two_detector_sweep(root: Path) -> Path:
+    """A sweep of three jobs each evaluating AmI and Feature Squeezing, and one failed job."""
+    sweep = root / "sweep"
+    for job, (weaken, benign, fgsm, bim) in JOBS.items():
+        fs_benign, fs_fgsm, fs_bim = FS_JOBS[job]
+        sets = [*_sets("ami", benign, ("fgsm", fgsm), ("bim", bim)),
+                *_sets("feature_squeezing", fs_benign, ("fgsm", fs_fgsm), ("bim", fs_bim))]
+        detectors = {"ami": _ami(weaken), "feature_squeezing": {"type": "feature_squeezing", "params": {}}}
+        write_results(RunResults(sets=sets, model="toy", detectors=detectors), sweep / str(job))
+        _write_overrides(sweep / str(job), [f"ami.weaken={weaken}", *COMMON])
+    _write_overrides(sweep / str(FAILED_JOB), ["ami.weaken=4000", *COMMON])
+    return sweep
+
+
+def test_two_detectors_give_a_row_per_job_and_detector_and_fronts_per_detector(tmp_path: Path) -> None:
+    sweep = _two_detector_sweep(tmp_path)
+    jobs = collect_jobs(sweep)
+    assert [(j.job, j.detector) for j in jobs] == [(0, "ami"), (0, "feature_squeezing"), (1, "ami"),
+                                                   (1, "feature_squeezing"), (2, "ami"), (2, "feature_squeezing"),
+                                                   (FAILED_JOB, "")]
+    fs = [j for j in jobs if j.detector == "feature_squeezing"]
+    assert [j.benign_fpr for j in fs] == pytest.approx([0.02, 0.08, 0.01])
+    assert [(j.benign_flagged, j.benign_eligible) for j in fs] == [(2, 100), (8, 100), (1, 100)]
+    assert [j.mean_detection for j in fs] == pytest.approx([0.45, 0.95, 0.30])
+    assert [j.mean_undetected for j in fs] == pytest.approx([0.40, 0.05, 0.70])
+    assert fs[0].detection == pytest.approx({"fgsm": 0.5, "bim": 0.4})
+    assert jobs[0].detection == pytest.approx({"fgsm": 0.8, "bim": 1.0})  # AmI's figures are its own
+
+    rows = list(csv.DictReader(io.StringIO(summary_csv(jobs))))
+    assert [(r["job"], r["detector"]) for r in rows] == [(str(j.job), j.detector) for j in jobs]
+    assert [r["ami.weaken"] for r in rows] == ["500", "500", "1000", "1000", "2000", "2000", "4000"]
+    assert [float(r["benign_fpr"]) for r in rows[:6]] == pytest.approx([0.10, 0.02, 0.05, 0.08, 0.20, 0.01])
+    assert [float(r["detection:fgsm"]) for r in rows[:6]] == pytest.approx([0.8, 0.5, 0.6, 0.9, 0.7, 0.3])
+    assert [r["front_detection"] for r in rows] == ["true", "true", "true", "true", "false", "true", "false"]
+    assert [r["front_undetected"] for r in rows] == ["true", "true", "true", "true", "false", "true", "false"]
+
+    text = summary_markdown(jobs, sweep)
+    assert "4 jobs, 3 ok, 1 failed." in text  # a job counted once, whatever its detectors
+    header, *table = _md_rows(text)
+    assert header[:4] == ["job", "detector", "ami.weaken", "benign FPR"]
+    assert table[1] == ["0", "feature_squeezing", "500", "2.00 % (2/100)", "45.00 %", "40.00 %", "yes", "yes",
+                        "50.00 %", "40.00 %", "ok"]
+    assert [row[1] for row in table] == ["ami", "feature_squeezing"] * 3 + ["-"]
+    assert ("lowest benign FPR and highest mean detection: ami: jobs 0, 1; feature_squeezing: jobs 0, 1, 2."
+            in text)
+    assert ("lowest benign FPR and lowest mean undetected success: ami: jobs 0, 1; feature_squeezing: jobs 0, 1, 2."
+            in text)
+
+    written = write_summary(sweep)
+    assert set(written) == {"md", "csv", "png"} and (sweep / "summary.md").read_text() == text
+    with Image.open(written["png"]) as image:
+        assert image.size == (11 * 120, int(4.8 * 120))
+        pixels = {tuple(int(c) for c in p) for p in np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)}
+    assert {(31, 119, 180), (255, 127, 14)} <= pixels  # tab:blue and tab:orange: a colour per detector
 
 
 def test_write_summary_writes_all_three_files(tmp_path: Path) -> None:
@@ -240,7 +324,8 @@ def test_write_summary_without_jobs_warns_and_writes_what_it_can(tmp_path: Path)
         written = write_summary(tmp_path)
     assert set(written) == {"md", "csv", "png"}
     assert "0 jobs, 0 ok, 0 failed." in (tmp_path / "summary.md").read_text()
-    assert (tmp_path / "summary.csv").read_text().startswith("job,benign_fpr,")
+    assert (tmp_path / "summary.csv").read_text() == "job,detector,benign_fpr,benign_flagged,benign_eligible," \
+        "mean_detection,mean_undetected,front_detection,front_undetected,status,reason\n"
 
 
 # ---- the Hydra callback ---------------------------------------------------------------------------------------------
@@ -306,9 +391,10 @@ def test_real_multirun_writes_the_summary(tmp_path: Path) -> None:
     assert f"{sweep.absolute() / 'summary.md'}" in done.stdout
     text = (sweep / "summary.md").read_text()
     header, *rows = _md_rows(text)
-    assert header[:3] == ["job", "ami.weaken", "benign FPR"]
-    assert [row[:2] for row in rows] == [["0", "500"], ["1", "1000"]]
-    assert all(row[-1] == "ok" and re.fullmatch(r"\d+\.\d\d % \(\d+/\d+\)", row[2]) for row in rows)
+    assert header[:4] == ["job", "detector", "ami.weaken", "benign FPR"]
+    ami = [row for row in rows if row[1] == "ami"]
+    assert [[row[0], row[2]] for row in ami] == [["0", "500"], ["1", "1000"]]
+    assert all(row[-1] == "ok" and re.fullmatch(r"\d+\.\d\d % \(\d+/\d+\)", row[3]) for row in rows)
     table = list(csv.DictReader(io.StringIO((sweep / "summary.csv").read_text())))
-    assert [r["ami.weaken"] for r in table] == ["500", "1000"]
+    assert [r["ami.weaken"] for r in table if r["detector"] == "ami"] == ["500", "1000"]
     assert (sweep / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC

@@ -85,18 +85,26 @@ def test_unknown_attack_parameter_names_the_set_and_its_parameters() -> None:
 
 def test_the_detector_of_adaptive_sets_comes_from_the_pipeline() -> None:
     refused("eval", ["attack=[adaptive_transfer]", "+attacks.adaptive_transfer.params.detector=1"],
-            "attacks.adaptive_transfer.params.detector: the pipeline passes the run's AmI detector; it is not set by "
-            "the config")
+            "attacks.adaptive_transfer.params.detector: the pipeline passes the detector named by "
+            "attacks.adaptive_transfer.detector; it is not set by the params")
     refused("eval", ["+attacks.adaptive_gradient.params.k_target=2"],
-            "attacks.adaptive_gradient.params.k_target=2: not a parameter of adaptive_gradient (AmIGradient) (did you "
-            "mean k_targets?); allowed: gradient, eps, steps, rel_stepsize, k_targets")
+            "attacks.adaptive_gradient.params.k_target=2: not a parameter of adaptive_gradient (DetectorGradient) "
+            "(did you mean k_targets?); allowed: gradient, eps, steps, rel_stepsize, k_targets")
+    refused("eval", ["attack=[adaptive_gradient_fs]", "~attacks.adaptive_gradient_fs.detector"],
+            "attacks.adaptive_gradient_fs.detector: missing; name the detector this adaptive set attacks, one of "
+            "the run's detectors (ami, feature_squeezing)")
+    refused("eval", ["attack=[adaptive_gradient]", "detector=[feature_squeezing]"],
+            "attacks.adaptive_gradient.detector='ami': not among the run's detectors (feature_squeezing); add it "
+            "with detector=[...]")
+    refused("eval", ["attack=[fgsm]", "+attacks.fgsm.detector=ami"],
+            "attacks.fgsm.detector='ami': this attack does not attack a detector; remove the key")
 
 
-def test_attack_set_nodes_hold_only_their_name_and_params() -> None:
+def test_attack_set_nodes_hold_only_their_name_detector_and_params() -> None:
     refused("eval", ["attack=[fgsm]", "+attacks.fgsm.parms.eps=4"],
-            "attacks.fgsm.parms: unknown key of an attack set (did you mean params?); allowed: name, params")
-    refused("eval", ["attack=[fgsm]", "attacks.fgsm.name=bim"],
-            "attacks.fgsm.name='bim': expected the set's own name 'fgsm'")
+            "attacks.fgsm.parms: unknown key of an attack set (did you mean params?); allowed: name, detector, params")
+    refused("eval", ["attack=[fgsm]", "attacks.fgsm.name=bimm"],
+            "attacks.fgsm.name='bimm': unknown attack set (did you mean bim?); registered: adaptive_gradient,")
     refused("eval", ["attack=[fgsm]", "attacks.fgsm.params=3"],
             "attacks.fgsm.params=3: expected a mapping of parameter -> value")
 
@@ -213,10 +221,17 @@ def test_allowed_keys_come_from_the_config_files_including_the_users(tmp_path: P
     assert files.keys_at(("ami",)) >= {"weaken", "crop_layers", "witness_format"}
     assert "fpr_targets" in files.top_level("eval") and "fpr_targets" not in files.top_level("witness")
     assert "attacks" in files.top_level("witness")  # the attack group's package
-    (tmp_path / "ami").mkdir()
-    (tmp_path / "ami" / "mine.yaml").write_text("defaults:\n  - published\n  - _self_\nmy_factor: 3.0\n")
-    check_config(compose_config("eval", [f"hydra.searchpath=[file://{tmp_path}]", "ami=mine"]))
-    refused("eval", ["+ami.my_factor=3.0"], "ami.my_factor=3.0: unknown key in ami")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.yaml").write_text("defaults:\n  - shipped\n  - _self_\nmy_option: 3\n")
+    check_config(compose_config("eval", [f"hydra.searchpath=[file://{tmp_path}]", "data=mine"]))
+    refused("eval", ["+data.my_option=3"], "data.my_option=3: unknown key in data")
+    # the ami group is AmI's parameters (detectors.ami.params: ${ami}): a key of the user's there is allowed by the
+    # files but not by the detector, and is named where the user set it
+    user = tmp_path / "user"  # another folder: config_files caches what a folder holds
+    (user / "ami").mkdir(parents=True)
+    (user / "ami" / "mine.yaml").write_text("defaults:\n  - published\n  - _self_\nmy_factor: 3.0\n")
+    refused("eval", [f"hydra.searchpath=[file://{user}]", "ami=mine"],
+            "ami.my_factor=3.0: not a parameter of detector 'ami'; allowed: weaken, strengthen0, strengthen1,")
 
 
 # ---- 5: crop layers against the built model ------------------------------------------------------------------------

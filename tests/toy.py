@@ -54,7 +54,7 @@ def toy_classifier(size: int = 32, seed: int = 0, steps: int = 150) -> PixelMode
     torch.manual_seed(seed)
     images, labels = toy_faces(size)
     net = ToyNet(size)
-    model = PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers)
+    model = PixelModel(net, Normalize((128.0,) * 3, (64.0,) * 3), net.hook_layers, input_size=size)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     augmented = torch.cat([images, images.flip(-1)] + [shift(images, dx, dy) for dx, dy in ((2, 1), (-2, -1))])
     targets = labels.repeat(4)

@@ -3,7 +3,7 @@
 Thin: each job is wrapped by :func:`task`, which checks the composed config and the logger before any work, runs
 the stages of :mod:`ami_lightning.pipeline.stages` and closes whatever logger is open in ``finally``. Results go under
 ``logs/<task>/<timestamp>_<id>/`` (multiruns: ``logs/<task>/multiruns/<timestamp>_<id>/<job>``); a sweep optimises
-the logged metric named by ``optimized_metric`` (e.g. ``objective/fpr_gap``, ``fgsm/auroc``).
+the logged metric named by ``optimized_metric`` (e.g. ``objective/fpr_gap``, ``ami/fgsm/auroc``).
 """
 
 from __future__ import annotations
@@ -76,27 +76,34 @@ def task(job: Job) -> Callable[[DictConfig], float | None]:
 
 @task
 def _witness(cfg: DictConfig) -> None:
+    """Prepare the run's detectors (AmI: its witnesses, cached, a copy in the run folder); no calibration."""
     out = Path(cfg.paths.output_dir)
-    witnesses = pipeline.witness_stage(cfg, pipeline.classifier_from(cfg), out)
-    print(f"witnesses per attribute: {witnesses.count()} at {len(witnesses.steered_layers())} layers -> {out}")
+    classifier = pipeline.classifier_from(cfg)
+    for name, detector in pipeline.build_detectors(cfg, classifier).items():
+        detector.setup(pipeline.setup_context(cfg))
+        witnesses = getattr(detector, "witnesses", None)
+        if witnesses is not None:
+            print(f"{name}: witnesses per attribute {witnesses.count()} at {len(witnesses.steered_layers())} layers "
+                  f"-> {out / 'witnesses'}")
 
 
 @task
 def _eval(cfg: DictConfig) -> dict[str, float]:
-    """Witnesses, the attack sets (read from ``data.attacks_dir`` or generated), evaluation: the same path as
-    ``ami-run``; they differ only in their default experiment."""
+    """Detectors prepared, the attack sets (read from ``data.attacks_dir`` or generated), evaluation: the same path
+    as ``ami-run``; they differ only in their default experiment."""
     classifier = pipeline.classifier_from(cfg)
-    witnesses = pipeline.witness_stage(cfg, classifier, Path(cfg.paths.output_dir))
-    return pipeline.evaluate_and_report(cfg, classifier, witnesses, pipeline.attack_dirs(cfg, classifier, witnesses))
+    benign = pipeline.benign_set(cfg, classifier)
+    detectors = pipeline.prepare_detectors(cfg, classifier, benign)
+    dirs = pipeline.attack_dirs(cfg, classifier, detectors)
+    return pipeline.evaluate_and_report(cfg, classifier, detectors, benign, dirs)
 
 
 @task
 def _attack(cfg: DictConfig) -> None:
+    """Generate the selected attack sets; the detectors that adaptive sets attack are prepared first."""
     classifier = pipeline.classifier_from(cfg)
-    out = Path(cfg.paths.output_dir)
-    witnesses = pipeline.witness_stage(cfg, classifier, out) if pipeline.needs_witnesses(cfg) else None
-    dirs = pipeline.attack_stage(cfg, classifier, witnesses)
-    for name, folder in dirs.items():
+    detectors = pipeline.prepare_detectors(cfg, classifier, names=pipeline.attacked_detectors(cfg))
+    for name, folder in pipeline.attack_stage(cfg, classifier, detectors).items():
         print(f"{name}: {folder}")
 
 

@@ -24,10 +24,9 @@ from ami_lightning.data.benign import shipped_faces
 from ami_lightning.data.probes import VARIANTS, benign_variants
 from ami_lightning.data.shipped import witness_face_files
 from ami_lightning.detectors.ami import AmIDetector
-from ami_lightning.detectors.ami_calibration import calibrate, predictions, steering_grid
+from ami_lightning.detectors.ami_calibration import benign_fpr, calibrate, logits_of, steering_grid
 from ami_lightning.detectors.steering import PRESETS, SteeringParams
 from ami_lightning.evaluation.intervals import wilson_interval
-from ami_lightning.evaluation.rates import flag_rate
 from ami_lightning.models.classifiers import dlib_gallery
 from ami_lightning.pipeline.files import write_text
 from ami_lightning.pipeline.provenance import git_commit, provenance
@@ -87,15 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     save_mutation_grid(mutations, out / "mutations.png")
 
     probes, labels = benign_variants(faces)
-    original = predictions(gallery, probes, args.batch_size, device)
-    correct = original == labels
+    logits = logits_of(gallery, probes, args.batch_size, device)
+    correct = logits.argmax(1) == labels
     accuracy = {v: float(c.float().mean()) for v, c in zip(VARIANTS, correct.chunk(len(VARIANTS)), strict=True)}
     held_out = labels % 2 == 1  # identities with odd index; calibration uses the even ones
 
     def fpr(params: SteeringParams, mask: torch.Tensor) -> dict[str, float | int]:
         detector = AmIDetector(gallery, witnesses, params.weaken, params.strengthen)
-        steered = predictions(detector.steered_logits, probes[mask], args.batch_size, device)
-        rate = flag_rate(original[mask], steered, labels[mask], adversarial=False)
+        rate = benign_fpr(detector, probes[mask], logits[mask], labels[mask], args.batch_size, device)
         return {"fpr": rate.value, "flagged": rate.flagged, "eligible": rate.eligible}
 
     rows = {name: (params, fpr(params, torch.ones_like(held_out))) for name, params in PRESETS.items()}

@@ -1,4 +1,4 @@
-"""``AmIDataModule``: one benign test set and any number of attack sets, as Lightning test dataloaders."""
+"""``EvalDataModule``: one benign test set and any number of attack sets, as Lightning test dataloaders."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-class AmIDataModule(pl.LightningDataModule):
+class EvalDataModule(pl.LightningDataModule):
     """Test dataloaders, in order: ``benign`` then each attack set of ``attacks`` (name -> dataset).
 
     Items are ``(pixels, label, index)``; a label ``SKIPPED`` marks a file that its dataset skipped

@@ -10,7 +10,7 @@ first readable file). Such a file raises :class:`FaceFileError` (a ``ValueError`
 with ``on_error="skip"``, yields label ``SKIPPED`` (-1) and zero pixels of the set's size, which the evaluation drops
 and counts; the dataset records it in :attr:`FaceFiles.skipped` (path -> reason) and warns
 (:class:`SkippedFileWarning`) naming the file and the reason. In DataLoader worker processes the record is made by
-the main process: :class:`~ami_lightning.data.datamodule.AmIDataModule` calls :meth:`FaceFiles.note_skipped` for
+the main process: :class:`~ami_lightning.data.datamodule.EvalDataModule` calls :meth:`FaceFiles.note_skipped` for
 each skipped item of a batch.
 """
 
@@ -134,7 +134,7 @@ class FaceFiles(Dataset):
         except FaceFileError as err:
             if self.on_error == "raise":
                 raise
-            if get_worker_info() is None:  # in a worker the main process records it (AmIDataModule)
+            if get_worker_info() is None:  # in a worker the main process records it (EvalDataModule)
                 self.note_skipped(index, err.problem)
             return torch.zeros(3, *(self.expected_size or FALLBACK_SIZE)), SKIPPED, index
         return pixels, self.labels[index], index

@@ -10,17 +10,28 @@ import torch
 from torch import nn
 
 from ami_lightning.detectors.ami import AmIDetector
+from ami_lightning.detectors.base import Detector
 from ami_lightning.detectors.steering import SteeringParams
 from ami_lightning.evaluation.rates import Rate, flag_rate
 from ami_lightning.witnesses import WitnessSet
 
 
 @torch.no_grad()
-def predictions(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """Top-1 predictions (N,) on the CPU of a logits function over pixels x (N, 3, H, W), in batches on ``device``."""
-    return torch.cat([fn(chunk.to(device).float()).argmax(1).cpu() for chunk in x.split(batch_size)])
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (N, K) on the CPU of ``model`` over pixels x (N, 3, H, W), in batches on ``device``."""
+    return torch.cat([model(chunk.to(device).float()).cpu() for chunk in x.split(batch_size)])
+
+
+@torch.no_grad()
+def benign_fpr(
+    detector: Detector, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, batch_size: int,
+    device: torch.device
+) -> Rate:
+    """The detector's FPR on benign pixels x (N, 3, H, W) with true labels (N,), given the plain model's logits
+    (N, K) (:func:`logits_of`, computed once for every detector), in batches on ``device``."""
+    flagged = torch.cat([detector(chunk.to(device).float(), chunk_logits.to(device)).flagged.cpu()
+                         for chunk, chunk_logits in zip(x.split(batch_size), logits.split(batch_size), strict=True)])
+    return flag_rate(flagged, logits.argmax(1), labels, adversarial=False)
 
 
 def steering_grid(
@@ -55,10 +66,9 @@ def calibrate(
 ) -> Calibration:
     """FPR on benign pixels x (N, 3, H, W) with true labels (N,) at each grid point; the original model runs once."""
     device = next(model.parameters()).device
-    original = predictions(model, x, batch_size, device)
+    logits = logits_of(model, x, batch_size, device)
     points = []
     for params in progress(list(grid)):
         detector = AmIDetector(model, witnesses, params.weaken, params.strengthen, crop_layers)
-        steered = predictions(detector.steered_logits, x, batch_size, device)
-        points.append((params, flag_rate(original, steered, labels, adversarial=False)))
+        points.append((params, benign_fpr(detector, x, logits, labels, batch_size, device)))
     return Calibration(target, tuple(points))

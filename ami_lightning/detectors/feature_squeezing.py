@@ -1,8 +1,20 @@
-"""Feature Squeezing (Xu, Evans and Qi, NDSS 2018): the squeezers and the detection score, as pure functions.
+"""Feature Squeezing (Xu, Evans and Qi, NDSS 2018): the squeezers, the detection score and the detector.
+
+The detector compares the classifier's softmax output on an image with its outputs on "squeezed" copies of it
+(reduced colour depth, median smoothing, non-local means); the score is the largest L1 distance between them, in
+[0, 2], and an image is flagged when its score is above a threshold calibrated to a benign false-positive rate.
+The published ImageNet detector (EvadeML-Zoo) uses bit depth 5, a 2 x 2 median and NLM 11-3-4, with the threshold at
+5 % FPR on the benign images the model classifies correctly (calibrated on the evaluated benign set itself, as the
+paper does): ``conf/detector/feature_squeezing.yaml``. The AmI paper (Tao et al., NeurIPS 2018) compares AmI with
+Feature Squeezing on VGG-Face faces; the face variant ``conf/detector/feature_squeezing_face.yaml`` uses a 4 x 4
+median instead of 2 x 2 (larger faces, smoother images). For the dlib gallery classifier the "softmax" is the
+softmax of the gallery's logits (-10 x the distance to each identity's centroid); the detector only ever applies
+``softmax`` to the logits the model returns.
 
 Images are batched tensors ``x`` of shape (B, C, H, W) (C = 3, RGB, for the models of this package), floating point,
-pixels in [0, 255]; every squeezer returns a tensor of the same shape, dtype and device. The semantics follow the
-authors' code, EvadeML-Zoo (``utils/squeeze.py`` and ``detections/feature_squeezing.py``), which works on [0, 1]:
+pixels in [0, 255]; every squeezer returns a tensor of the same shape, dtype and device, and works on each image on
+its own (a sample's result never depends on its batch mates). The semantics follow the authors' code, EvadeML-Zoo
+(``utils/squeeze.py`` and ``detections/feature_squeezing.py``), which works on [0, 1]:
 
 * :func:`bit_depth` is ``reduce_precision_py``: ``np.rint(v * (2**bits - 1)) / (2**bits - 1)`` on ``v = x / 255``,
   rounding half to even (``torch.round`` rounds as ``np.rint`` does), then scaled back by 255.
@@ -12,19 +24,40 @@ authors' code, EvadeML-Zoo (``utils/squeeze.py`` and ``detections/feature_squeez
 * :func:`max_l1_score` is ``FeatureSqueezingDetector.get_distance`` with ``distance_measure=l1``: the largest L1
   distance between the softmax output on the input and on each squeezed input.
 
+Squeezers are named as in the configs (:data:`SQUEEZER_FORMS`); :func:`parse_squeezer` validates a name and returns
+the squeezer without running it, :func:`squeeze` applies one.
+
 None of the squeezers is usefully differentiable (bit depth and the median have zero or sparse gradients, NLM runs
-in OpenCV on uint8 and breaks the graph); an adaptive attack needs BPDA (straight-through) around them.
+in OpenCV on uint8 and breaks the graph), so :class:`FeatureSqueezing` differentiates through them by BPDA
+(straight-through): the squeezed input has the squeezed image's value and the identity's gradient with respect to x.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["SQUEEZER_FORMS", "bit_depth", "max_l1_score", "median_filter", "non_local_means", "squeeze"]
+from ami_lightning.detectors.base import Detector, register_detector
+from ami_lightning.evaluation.thresholds import above, threshold_at_fpr
+
+__all__ = [
+    "SQUEEZER_FORMS",
+    "FeatureSqueezing",
+    "bit_depth",
+    "max_l1_score",
+    "median_filter",
+    "non_local_means",
+    "parse_squeezer",
+    "squeeze",
+]
 
 PIXEL_MAX = 255.0
 
@@ -153,25 +186,46 @@ SQUEEZER_FORMS: tuple[str, ...] = (
 )
 
 
-def squeeze(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Apply the squeezer called ``name`` to ``x`` ((B, C, H, W) float pixels in [0, 255]; 3 channels for NLM).
+def parse_squeezer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The squeezer called ``name`` as a function of x, validated but not run (a :func:`functools.partial` of
+    :func:`bit_depth`, :func:`median_filter` or :func:`non_local_means` with its parameters as keywords).
 
-    Names (EvadeML-Zoo's spellings also accepted): ``"bit_depth_5"`` -> ``bit_depth(x, 5)``; ``"median_2x2"`` or
-    ``"median_filter_2_2"`` -> ``median_filter(x, 2)``; ``"nlm_11_3_4"`` or ``"non_local_means_color_11_3_4"`` ->
-    ``non_local_means(x, search_window=11, patch_size=3, strength=4)``. Raises ValueError for any other name.
+    Names (EvadeML-Zoo's spellings also accepted): ``"bit_depth_5"`` -> ``bit_depth(x, bits=5)``; ``"median_2x2"`` or
+    ``"median_filter_2_2"`` -> ``median_filter(x, size=2)``; ``"nlm_11_3_4"`` or ``"non_local_means_color_11_3_4"``
+    -> ``non_local_means(x, search_window=11, patch_size=3, strength=4.0)``. Raises ValueError for an unknown name
+    (listing :data:`SQUEEZER_FORMS`) or parameters the squeezer does not take (e.g. 9 bits, a 2 x 3 median, an even
+    NLM window), naming the squeezer.
     """
     for pattern, kind in _FORMS:
         match = pattern.fullmatch(name) if isinstance(name, str) else None
         if match is None:
             continue
-        if kind == "bit_depth":
-            return bit_depth(x, int(match[1]))
-        if kind == "median":
-            if match[1] != match[2]:
-                raise ValueError(f"squeezer {name!r}: only square median windows are supported")
-            return median_filter(x, int(match[1]))
-        return non_local_means(x, search_window=int(match[1]), patch_size=int(match[2]), strength=float(match[3]))
+        try:
+            if kind == "bit_depth":
+                bits = int(match[1])
+                _check_int(bits, "bits", 1, 8)
+                return partial(bit_depth, bits=bits)
+            if kind == "median":
+                if match[1] != match[2]:
+                    raise ValueError("only square median windows are supported")
+                size = int(match[1])
+                _check_int(size, "size", 1)
+                return partial(median_filter, size=size)
+            search_window, patch_size, strength = int(match[1]), int(match[2]), float(match[3])
+            _check_int(search_window, "search_window", 1, odd=True)
+            _check_int(patch_size, "patch_size", 1, odd=True)
+            if not strength > 0:
+                raise ValueError(f"strength must be a positive number, got {match[3]!r}")
+            return partial(non_local_means, search_window=search_window, patch_size=patch_size, strength=strength)
+        except ValueError as err:
+            raise ValueError(f"squeezer {name!r}: {err}") from None
     raise ValueError(f"unknown squeezer name {name!r}; accepted forms: {'; '.join(SQUEEZER_FORMS)}")
+
+
+def squeeze(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Apply the squeezer called ``name`` (:func:`parse_squeezer`) to ``x`` ((B, C, H, W) float pixels in [0, 255];
+    3 channels for NLM). Raises ValueError for a name :func:`parse_squeezer` rejects."""
+    return parse_squeezer(name)(x)
 
 
 def max_l1_score(probs_original: torch.Tensor, probs_squeezed: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -192,3 +246,148 @@ def max_l1_score(probs_original: torch.Tensor, probs_squeezed: Sequence[torch.Te
             raise ValueError(f"probs_squeezed[{j}]: expected shape {tuple(probs_original.shape)}, got {shape}")
     distances = torch.stack([(probs_original - probs).abs().sum(dim=1) for probs in probs_squeezed])  # (J, B)
     return distances.amax(dim=0)
+
+
+def _squeezer_key(squeezer: partial) -> tuple[Any, ...]:
+    """What identifies a parsed squeezer whatever its spelling (``median_2x2`` == ``median_filter_2_2``)."""
+    return squeezer.func.__name__, tuple(sorted(squeezer.keywords.items()))
+
+
+def _straight_through(x: torch.Tensor, squeezer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """BPDA around ``squeezer``: a tensor with the value of ``squeezer(x)`` (exactly) and the gradient of the identity
+    with respect to ``x`` (as ``x + (squeezer(x) - x).detach()``, without its rounding). The squeezer runs under
+    ``torch.no_grad()``; without a graph on ``x`` the squeezed image is returned as it is."""
+    with torch.no_grad():
+        squeezed = squeezer(x.detach())
+    if not x.requires_grad:
+        return squeezed
+    return squeezed + (x - x.detach())  # value: squeezed + 0; d/dx: identity
+
+
+@register_detector("feature_squeezing")
+class FeatureSqueezing(Detector):
+    """Feature Squeezing (Xu et al., NDSS 2018) on ``model`` (pixels (B, 3, H, W) in [0, 255] -> logits (B, K)).
+
+    ``squeezers``: names (:data:`SQUEEZER_FORMS`, distinct, at least one); the published ImageNet detector's are the
+    default. ``fpr``: the benign false-positive rate (fraction in (0, 1)) the threshold is calibrated to. The score of
+    an image is ``max_j |softmax(model(x)) - softmax(model(squeeze_j(x)))|_1``; it is flagged when the score is above
+    the threshold :meth:`calibrate` sets (:func:`~ami_lightning.evaluation.thresholds.above`). Gradients go through
+    the squeezers straight-through (BPDA). Raises ValueError for bad parameters (:meth:`check_params`).
+    """
+
+    score_unit = (
+        "the largest L1 distance between the softmax of the classifier's logits on the input and on each squeezed "
+        "input; in [0, 2]"
+    )
+    rule = (
+        "flagged when the score is above the threshold that gives `fpr` (5 %) FPR on the benign images the model "
+        "classifies correctly (calibrated on the evaluated benign set, as the paper does)"
+    )
+    gradient = "straight-through"
+    needs_calibration = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        squeezers: Sequence[str] = ("bit_depth_5", "median_2x2", "nlm_11_3_4"),
+        fpr: float = 0.05,
+    ) -> None:
+        problems = self.check_params({"squeezers": squeezers, "fpr": fpr})
+        if problems:
+            raise ValueError(f"feature_squeezing: bad parameters: {'; '.join(problems)}")
+        super().__init__(model)
+        self.squeezers: tuple[str, ...] = tuple(squeezers)
+        self._squeeze = [parse_squeezer(name) for name in self.squeezers]
+        self.fpr = float(fpr)
+        self.threshold: float | None = None
+
+    @staticmethod
+    def check_params(params: Mapping[str, Any]) -> list[str]:
+        """The problems (strings naming key, value and what is allowed; empty when none) of the parameters
+        ``params`` (any of ``squeezers``, ``fpr``; missing keys take their defaults)."""
+        problems = []
+        unknown = sorted(set(params) - {"squeezers", "fpr"})
+        if unknown:
+            problems.append(f"unknown parameters {unknown}; allowed: squeezers, fpr")
+        if "squeezers" in params:
+            names, forms = params["squeezers"], "; ".join(SQUEEZER_FORMS)
+            if isinstance(names, str | bytes) or not isinstance(names, Sequence):
+                problems.append(f"squeezers={names!r}: expected a list of squeezer names ({forms})")
+            elif len(names) == 0:
+                problems.append(f"squeezers={list(names)!r}: expected at least one squeezer ({forms})")
+            else:
+                shown, seen, duplicates = list(names), {}, []
+                for name in names:
+                    try:
+                        key = _squeezer_key(parse_squeezer(name))
+                    except ValueError as err:
+                        problems.append(f"squeezers={shown!r}: {err}")
+                        continue
+                    if key in seen:
+                        duplicates.append(f"{name!r} (same as {seen[key]!r})" if seen[key] != name else repr(name))
+                    else:
+                        seen[key] = name
+                if duplicates:
+                    repeated = ", ".join(duplicates)
+                    problems.append(f"squeezers={shown!r}: duplicate squeezers {repeated}; each at most once")
+        if "fpr" in params:
+            fpr = params["fpr"]
+            number = isinstance(fpr, int | float | np.integer | np.floating) and not isinstance(fpr, bool)
+            if not number or not 0.0 < float(fpr) < 1.0:  # also rejects nan
+                problems.append(f"fpr={fpr!r}: expected a fraction in (0, 1), e.g. 0.05 for 5 % benign FPR")
+        return problems
+
+    def _squeezed_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The straight-through squeezed copies of x, one per squeezer."""
+        return [_straight_through(x, squeezer) for squeezer in self._squeeze]
+
+    def score(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) max L1 distance (in [0, 2]) between ``softmax(logits)`` (``logits`` = ``model(x)``, computed when not
+        given) and the softmax of the model on each squeezed x; differentiable with respect to x (straight-through
+        through the squeezers, and through ``logits`` when they carry a graph)."""
+        if logits is None:
+            logits = self.model(x)
+        probs = logits.softmax(dim=1)
+        return max_l1_score(probs, [self.model(s).softmax(dim=1) for s in self._squeezed_inputs(x)])
+
+    def evaluate(self, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score (B,), flagged (B,) bool): flagged when the score is above the calibrated threshold (compared in
+        float64). RuntimeError before :meth:`calibrate`."""
+        if self.threshold is None:
+            raise RuntimeError(
+                f"{self.name} is not calibrated: its rule needs a threshold at {self.fpr:g} benign FPR; "
+                "call calibrate(benign_scores) first"
+            )
+        score = self.score(x, logits)
+        return score, above(score, self.threshold)
+
+    def calibrate(self, benign_scores: torch.Tensor) -> None:
+        """Set the threshold so that at most ``fpr`` of ``benign_scores`` (N,) (the scores of the benign images the
+        model gets right) are above it (:func:`~ami_lightning.evaluation.thresholds.threshold_at_fpr`). ValueError
+        for no scores or a nan score."""
+        scores = torch.as_tensor(benign_scores).detach()
+        if scores.numel() == 0:
+            raise ValueError(
+                f"{self.name}: cannot calibrate on an empty set of benign scores (no benign image the model gets "
+                "right): nothing to calibrate on"
+            )
+        threshold = threshold_at_fpr(scores, self.fpr)
+        if math.isnan(threshold):  # not reached for a non-empty set; kept as a guard
+            raise ValueError(f"{self.name}: calibration gave no threshold")
+        self.threshold = threshold
+
+    def evasion_loss(self, x: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """(B,) mean over the squeezers of the model's cross-entropy on the squeezed x towards ``targets`` (B,) long,
+        differentiated straight-through (BPDA). ``exact=True`` raises ValueError: the squeezers have no useful
+        gradient."""
+        if exact:
+            raise ValueError(
+                f"{self.name}: the squeezers (bit depth, median, NLM) have no useful exact gradient; "
+                "use the straight-through (BPDA) loss, exact=False"
+            )
+        losses = [F.cross_entropy(self.model(s), targets, reduction="none") for s in self._squeezed_inputs(x)]
+        return torch.stack(losses).mean(dim=0)
+
+    def parameters_dict(self) -> dict[str, Any]:
+        """``{"squeezers": [...], "fpr": float, "threshold": float or None (not calibrated)}``."""
+        return {"squeezers": list(self.squeezers), "fpr": self.fpr, "threshold": self.threshold}

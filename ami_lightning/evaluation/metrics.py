@@ -1,4 +1,4 @@
-"""torchmetrics wrappers of the published AmI rates (stateful, DDP-safe: states are sums or concatenations)."""
+"""torchmetrics wrappers of the published rates (stateful, DDP-safe: states are sums or concatenations)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from ami_lightning.evaluation.rates import flag_counts
 class FlagRate(Metric):
     """Benign false-positive rate (``adversarial=False``) or detection rate (``adversarial=True``).
 
-    ``update(original_pred, steered_pred, labels)`` with (N,) long top-1 predictions and true labels; ``compute()``
+    ``update(flagged, original_pred, labels)`` with the detector's (N,) bool flags, the (N,) long top-1
+    predictions of the plain model and the true labels; ``compute()``
     returns ``{"rate": flagged / eligible (nan when nothing was eligible), "flagged": ..., "eligible": ...}`` as 0-d
     tensors, summed over processes.
     """
@@ -27,9 +28,9 @@ class FlagRate(Metric):
         self.add_state("flagged", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("eligible", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, original_pred: torch.Tensor, steered_pred: torch.Tensor, labels: torch.Tensor) -> None:
-        flagged, eligible = flag_counts(original_pred, steered_pred, labels, self.adversarial)
-        self.flagged += flagged
+    def update(self, flagged: torch.Tensor, original_pred: torch.Tensor, labels: torch.Tensor) -> None:
+        count, eligible = flag_counts(flagged, original_pred, labels, self.adversarial)
+        self.flagged += count
         self.eligible += eligible
 
     def compute(self) -> dict[str, torch.Tensor]:

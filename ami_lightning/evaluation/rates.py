@@ -1,8 +1,9 @@
-"""The published AmI rates as pure functions of top-1 predictions (all tensors (N,) long unless stated).
+"""The published rates of a detector as pure functions of its flags and the top-1 predictions (tensors (N,)).
 
-* false-positive rate: over benign images the original model classifies correctly, the fraction that AmI flags;
+* false-positive rate: over benign images the original model classifies correctly, the fraction the detector flags;
 * detection rate: over adversarial images the original model misclassifies (the attack worked), the fraction flagged.
-A sample is flagged when the original and the steered model disagree on the top-1 identity.
+Which samples a detector flags is its own rule (:attr:`ami_lightning.detectors.base.Detector.rule`); which samples a
+rate counts is the rule of :func:`eligible_mask`, the same for every detector.
 """
 
 from __future__ import annotations
@@ -34,16 +35,15 @@ def eligible_mask(original_pred: torch.Tensor, labels: torch.Tensor, adversarial
 
 
 def flag_counts(
-    original_pred: torch.Tensor, steered_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool
+    flagged: torch.Tensor, original_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flagged, eligible) as 0-d long tensors on the inputs' device (no host sync)."""
+    """(flagged eligible, eligible) as 0-d long tensors on the inputs' device (no host sync); ``flagged`` (N,) bool
+    by the detector's rule, ``original_pred`` (N,) the plain model's top-1, ``labels`` (N,) the true identities."""
     eligible = eligible_mask(original_pred, labels, adversarial)
-    return (eligible & (steered_pred != original_pred)).sum(), eligible.sum()
+    return (eligible & flagged).sum(), eligible.sum()
 
 
-def flag_rate(
-    original_pred: torch.Tensor, steered_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool
-) -> Rate:
+def flag_rate(flagged: torch.Tensor, original_pred: torch.Tensor, labels: torch.Tensor, adversarial: bool) -> Rate:
     """FPR (``adversarial=False``) or detection rate (``adversarial=True``) with the published eligibility rule."""
-    flagged, eligible = flag_counts(original_pred, steered_pred, labels, adversarial)
-    return Rate(int(flagged), int(eligible))
+    count, eligible = flag_counts(flagged, original_pred, labels, adversarial)
+    return Rate(int(count), int(eligible))

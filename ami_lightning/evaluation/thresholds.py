@@ -1,16 +1,17 @@
-"""Operating points of the continuous AmI score (:func:`ami_lightning.detectors.steering.detection_score`, nats, >= 0).
+"""Operating points of a detector's continuous score (:attr:`ami_lightning.detectors.base.Detector.score_unit`).
 
-Besides AmI's binary rule (flagged = the original and the steered model disagree on top-1), a set can be judged at
-a *calibrated threshold*: the score threshold at which a target fraction of the benign set's eligible samples (the
-benign images the original model gets right) is flagged, with the rule ``score > threshold``. An attack set's
-detection rate at that threshold is then comparable across detectors at the same benign false-positive rate.
+Besides each detector's own rule (AmI: the original and the steered model disagree on top-1; Feature Squeezing: its
+score above a threshold calibrated on the benign set), a set can be judged at a *calibrated threshold*: the score
+threshold at which a target fraction of the benign set's eligible samples (the benign images the original model gets
+right) is flagged, with the rule ``score > threshold``. An attack set's detection rate at that threshold is then
+comparable across detectors at the same benign false-positive rate.
 
 The *undetected success rate* of an attack set is the fraction of its evaluated samples (``n``, skipped files
-excluded) that fool the original model and are not flagged: ``(eligible - flagged) / n`` at the binary rule, and
-``(eligible - detected) / n`` at a calibrated threshold.
+excluded) that fool the original model and are not flagged: ``(eligible - flagged) / n`` at the detector's own rule,
+and ``(eligible - detected) / n`` at a calibrated threshold.
 
-Scores are compared in float64 (a float32 score is exact there), so a threshold must be applied with
-:func:`count_above`, not by comparing a float32 tensor with it.
+Scores are compared in float64 (a float32 score is exact there), so a threshold must be applied with :func:`above`
+or :func:`count_above`, not by comparing a float32 tensor with it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch
 class OperatingPoint:
     """One set at the threshold calibrated to ``target_fpr`` (fraction in [0, 1]).
 
-    ``threshold``: the score threshold (nats; flagged when ``score > threshold``), nan when the benign set has no
-    eligible sample; ``benign_fpr``: the benign FPR achieved at it (fraction, <= ``target_fpr``; nan likewise);
-    ``detected``: how many of the set's eligible scores are above it (None when there is no threshold). For the benign
-    set itself ``detected`` counts its flagged eligible samples, so ``detected / eligible == benign_fpr``.
+    ``threshold``: the score threshold (the score's unit; flagged when ``score > threshold``), nan when the benign
+    set has no eligible sample; ``benign_fpr``: the benign FPR achieved at it (fraction, <= ``target_fpr``; nan
+    likewise); ``detected``: how many of the set's eligible scores are above it (None when there is no threshold).
+    For the benign set itself ``detected`` counts its flagged eligible samples, so ``detected / eligible ==
+    benign_fpr``.
     """
 
     target_fpr: float
@@ -64,7 +66,7 @@ def threshold_at_fpr(benign_scores: torch.Tensor, target_fpr: float) -> float:
     does not exceed the target (fewer than ``k`` may be flagged; never more). ``target_fpr == 1`` (``k == N``) gives
     the float64 just below the smallest score (every score flagged); ``target_fpr == 0`` gives the largest score.
 
-    Returns a float (nats, like the scores); nan when ``benign_scores`` is empty (no calibration possible).
+    Returns a float (in the scores' unit); nan when ``benign_scores`` is empty (no calibration possible).
     Raises ValueError for a target outside [0, 1] or a nan score.
     """
     target = check_target_fpr(target_fpr)
@@ -82,14 +84,20 @@ def threshold_at_fpr(benign_scores: torch.Tensor, target_fpr: float) -> float:
     return torch.sort(scores, descending=True).values[k].item()
 
 
+def above(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,) bool on the scores' device: which of ``scores`` (N,) are strictly above ``threshold`` (the rule
+    ``score > threshold``), compared in float64. ValueError for a nan threshold (no calibration)."""
+    if math.isnan(threshold):
+        raise ValueError("the threshold is nan (the benign set had no eligible score to calibrate on)")
+    return scores.detach().to(torch.float64) > threshold
+
+
 def count_above(scores: torch.Tensor, threshold: float) -> int:
-    """How many of ``scores`` (any shape) are strictly above ``threshold``, compared in float64.
+    """How many of ``scores`` (any shape) are strictly above ``threshold`` (:func:`above`), compared in float64.
 
     Raises ValueError for a nan threshold (no calibration) or a nan score.
     """
-    if math.isnan(threshold):
-        raise ValueError("the threshold is nan (the benign set had no eligible score to calibrate on)")
-    return int((_scores(scores) > threshold).sum())
+    return int(above(_scores(scores), threshold).sum())
 
 
 def operating_point(benign_scores: torch.Tensor, scores: torch.Tensor, target_fpr: float) -> OperatingPoint:
@@ -122,7 +130,7 @@ def point_metrics(
     points: Sequence[OperatingPoint], n: int, eligible: int, flagged: int, adversarial: bool
 ) -> dict[str, float]:
     """A set's scalars beyond the binary rate, keyed by name (to be prefixed ``<set>/``), all fractions in [0, 1]
-    except thresholds (nats), nan where undefined.
+    except thresholds (in the score's unit), nan where undefined.
 
     Attack set: ``undetected`` (binary rule), and per target ``detection_at_fpr_<t>`` and ``undetected_at_fpr_<t>``.
     Benign set: per target ``threshold_at_fpr_<t>`` and ``achieved_fpr_at_fpr_<t>``.

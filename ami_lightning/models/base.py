@@ -26,16 +26,21 @@ class PixelModel(nn.Module):
     """``net(preprocess(x))`` for x of shape (B, 3, H, W), RGB, float pixels in ``bounds`` = [0, 255].
 
     ``hook_layers`` names the modules of ``net`` whose outputs AmI may observe and steer (ReLU and pool outputs),
-    in forward order. Preprocessing is differentiable, so gradients reach the pixels.
+    in forward order. Preprocessing is differentiable, so gradients reach the pixels. ``input_size``: the side in
+    pixels of the square input the network needs (None: any size works), used to probe its layers
+    (:func:`ami_lightning.models.layers.layer_channels`).
     """
 
     bounds: tuple[float, float] = PIXEL_BOUNDS
 
-    def __init__(self, net: nn.Module, preprocess: nn.Module, hook_layers: Sequence[str]) -> None:
+    def __init__(
+        self, net: nn.Module, preprocess: nn.Module, hook_layers: Sequence[str], input_size: int | None = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.preprocess = preprocess
         self.hook_layers: tuple[str, ...] = tuple(hook_layers)
+        self.input_size = input_size
         for name in self.hook_layers:
             net.get_submodule(name)  # fail early on a misspelt layer
 

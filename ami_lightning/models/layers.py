@@ -45,9 +45,24 @@ def forward_hooks(model: nn.Module, hooks: Mapping[str, Callable[..., Any]]) -> 
             handle.remove()
 
 
+PROBE_SIZE = 224  # px: the side of the probe image for models that accept any input size
+
+
+def input_size(model: nn.Module) -> int:
+    """The square input side (px) the model needs: the first ``input_size`` set in its module tree, else
+    :data:`PROBE_SIZE`."""
+    for module in model.modules():
+        size = getattr(module, "input_size", None)
+        if isinstance(size, int):
+            return size
+    return PROBE_SIZE
+
+
 @torch.no_grad()
-def layer_channels(model: nn.Module, names: Sequence[str], size: int = 224) -> dict[str, int]:
-    """Channel count of each named layer's output, from one forward pass of a (1, 3, size, size) grey image."""
+def layer_channels(model: nn.Module, names: Sequence[str], size: int | None = None) -> dict[str, int]:
+    """Channel count of each named layer's output, from one forward pass of a (1, 3, size, size) grey image
+    (``size`` default: :func:`input_size`)."""
+    size = input_size(model) if size is None else size
     channels: dict[str, int] = {}
 
     def record(name: str) -> Callable[..., None]:

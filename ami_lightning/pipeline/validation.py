@@ -31,9 +31,14 @@ at the root). Then
 * a node with a ``_target_`` (``model``, ``trainer``, ``data.benign``): the keyword parameters of the target
   (``inspect.signature``), as ``instantiate`` would call it; not checked when the target takes ``**kwargs``. The
   logger is left to :func:`ami_lightning.pipeline.loggers.check_logger`, Hydra's own node to Hydra;
-* ``attacks.<set>``: a registered set (:data:`ami_lightning.attacks.registry.ATTACK_SETS`), keys ``name`` (the set's
-  own name) and ``params``, the parameters of the set's attack constructor
-  (:meth:`~ami_lightning.attacks.registry.AttackSpec.parameters`; ``detector`` is the pipeline's).
+* ``attacks.<set>``: keys ``name`` (a registered attack of
+  :data:`ami_lightning.attacks.registry.ATTACK_SETS`; a budget-only entry without one takes the name its
+  ``attack/<set>.yaml`` file gives, else the set's own), ``detector`` (for an adaptive attack: which of the run's
+  detectors it attacks; no other attack takes one) and ``params``, the parameters of the attack's constructor
+  (:meth:`~ami_lightning.attacks.registry.AttackSpec.parameters`; ``detector`` is the pipeline's);
+* ``detectors.<name>``: keys ``type`` (a registered detector, :func:`ami_lightning.detectors.base.registered_detectors`)
+  and ``params`` (the keyword parameters of its factory, checked by its ``check_params`` where it has one); a run
+  that evaluates (``ami-eval``, ``ami-run``) needs at least one.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from ami_lightning.data import benign
 from ami_lightning.data.datasets import OnError
 from ami_lightning.data.probes import VARIANTS
 from ami_lightning.data.shipped import face_files
+from ami_lightning.detectors.base import get_detector_factory, registered_detectors
 from ami_lightning.models import classifiers
 from ami_lightning.witnesses.witness_set import Format
 
@@ -67,7 +73,9 @@ CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
 """Groups whose keys must be among those their config files define."""
 UNCHECKED_TARGETS: tuple[str, ...] = ("hydra", "logger")
 """Top-level nodes whose ``_target_`` keyword arguments are left alone (Hydra's own; the logger's own check)."""
-ATTACK_KEYS: tuple[str, ...] = ("name", "params")
+ATTACK_KEYS: tuple[str, ...] = ("name", "detector", "params")
+DETECTOR_KEYS: tuple[str, ...] = ("type", "params")
+EVALUATING_TASKS: tuple[str, ...] = ("eval", "run")
 WITNESS_FORMATS: tuple[str, ...] = tuple(get_args(Format))
 ON_ERROR: tuple[str, ...] = tuple(get_args(OnError))
 CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
@@ -313,7 +321,8 @@ def check_config(cfg: DictConfig) -> None:
         if isinstance(raw.get(group), Mapping):
             _check_keys(raw[group], (group,), files, problems)
     _check_targets(cfg, problems)
-    _check_attacks(problems)
+    _check_detectors(problems, files)
+    _check_attacks(problems, files)
     _check_values(problems)
     _check_trainer(problems)
     _check_paths(problems)
@@ -383,43 +392,131 @@ def _check_target_keys(node: Mapping[str, Any], where: str, target: str, problem
                          f"{_did_you_mean(key, parameters)}; it takes: {', '.join(parameters)}")
 
 
-def _check_attacks(problems: _Problems) -> None:
+def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
+    """``detectors.<name>``: keys ``type`` (a registered detector) and ``params`` (keyword parameters of its factory,
+    with the values its ``check_params`` accepts); at least one detector in a run that evaluates. Params taken from a
+    group by interpolation (AmI's ``params: ${ami}``) are reported under that group's keys, and a key the group's
+    own check already refused is not reported twice."""
+    detectors = problems.get("detectors")
+    if detectors is _BROKEN:
+        return
+    if detectors is _ABSENT or detectors is None or (isinstance(detectors, DictConfig) and len(detectors) == 0):
+        if problems.get("task_name") in EVALUATING_TASKS:
+            problems.add("detectors: none selected; choose at least one, e.g. detector=[ami,feature_squeezing] "
+                         f"(registered: {', '.join(registered_detectors())})")
+        return
+    if not isinstance(detectors, DictConfig):
+        problems.add(f"detectors={_show(detectors)}: expected a mapping of detector name -> {{type, params}}")
+        return
+    for name in map(str, detectors.keys()):
+        key = f"detectors.{name}"
+        node = problems.get(key)
+        if not isinstance(node, DictConfig):
+            if node is not _BROKEN:
+                problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(DETECTOR_KEYS)}")
+            continue
+        for extra in (str(k) for k in node.keys() if k not in DETECTOR_KEYS):
+            problems.add(f"{key}.{extra}: unknown key of a detector{_did_you_mean(extra, DETECTOR_KEYS)}; "
+                         f"allowed: {', '.join(DETECTOR_KEYS)}")
+        kind = problems.get(f"{key}.type")
+        if kind is _BROKEN:
+            continue
+        registered = registered_detectors()
+        if kind not in registered:
+            problems.add(f"{key}.type={_show(None if kind is _ABSENT else kind)}: not a registered detector"
+                         f"{_did_you_mean(str(kind), registered)}; registered: {', '.join(registered)}")
+            continue
+        params = problems.get(f"{key}.params")
+        if params is _ABSENT or params is None:
+            continue
+        if not isinstance(params, DictConfig):
+            if params is not _BROKEN:
+                problems.add(f"{key}.params={_show(params)}: expected a mapping of parameter -> value")
+            continue
+        factory = get_detector_factory(kind)
+        accepted = {n: p for n, p in keyword_parameters(factory).items() if n != "model"}
+        raw = OmegaConf.to_container(params, resolve=False)
+        source = problems.source(f"{key}.params")
+        group_keys = files.keys_at(tuple(source.split("."))) if source != f"{key}.params" else None
+        for param in map(str, params.keys()):
+            if param not in accepted and (group_keys is None or param in group_keys):
+                problems.add(f"{_item(f'{source}.{param}', raw[param])}: not a parameter of detector {kind!r}"
+                             f"{_did_you_mean(param, accepted)}; allowed: {', '.join(accepted)}")
+        check = getattr(factory, "check_params", None)
+        if check is not None:
+            for line in check(OmegaConf.to_container(params, resolve=True)):
+                problems.add(f"{key}.params.{line}")
+
+
+def _attack_of(set_name: str, node: DictConfig, files: ConfigFiles) -> str | None:
+    """The registered attack of the set ``attacks.<set_name>``: its ``name``, else the ``name`` that the config file
+    of that set (``attack/<set_name>.yaml``) gives, else the set's own name; None if none is registered."""
+    if node.get("name"):  # an explicit name must itself be registered
+        candidates = [node.get("name")]
+    else:
+        candidates = [found.get("name") for found in files.nodes.get(("attacks", set_name), ())] + [set_name]
+    return next((str(c) for c in candidates if isinstance(c, str) and c in ATTACK_SETS), None)
+
+
+def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
     attacks = problems.get("attacks")
     if attacks is _ABSENT or attacks is _BROKEN or attacks is None:
         return
     if not isinstance(attacks, DictConfig):
-        problems.add(f"attacks={_show(attacks)}: expected a mapping of attack set -> {{name, params}}")
+        problems.add(f"attacks={_show(attacks)}: expected a mapping of attack set -> {{name, detector, params}}")
         return
     registered = ", ".join(sorted(ATTACK_SETS))
+    detectors = problems.get("detectors")
+    detector_names = [str(k) for k in detectors.keys()] if isinstance(detectors, DictConfig) else []
     for set_name in map(str, attacks.keys()):
         key = f"attacks.{set_name}"
-        if set_name not in ATTACK_SETS:
-            problems.add(f"{key}: unknown attack set{_did_you_mean(set_name, ATTACK_SETS)}; registered: {registered}")
-            continue
         node = problems.get(key)
         if not isinstance(node, DictConfig):
             if node is not _BROKEN:
                 problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(ATTACK_KEYS)}")
             continue
+        attack = _attack_of(set_name, node, files)
+        name = problems.get(f"{key}.name")
+        named = name is not _ABSENT and name is not _BROKEN and name is not None
+        if attack is None:
+            shown = f"{key}.name={_show(name)}" if named else key
+            problems.add(f"{shown}: unknown attack set{_did_you_mean(str(name) if named else set_name, ATTACK_SETS)}; "
+                         f"registered: {registered}")
+            continue
         for extra in (str(k) for k in node.keys() if k not in ATTACK_KEYS):
             problems.add(f"{key}.{extra}: unknown key of an attack set{_did_you_mean(extra, ATTACK_KEYS)}; "
                          f"allowed: {', '.join(ATTACK_KEYS)}")
-        name = problems.get(f"{key}.name")
-        named = name is not _ABSENT and name is not _BROKEN and name is not None
-        if named and name != set_name:
-            problems.add(f"{key}.name={_show(name)}: expected the set's own name {set_name!r} (or no name: a budget "
-                         f"for a set that attack=[...] may select)")
+        if named:
+            _check_attacked_detector(key, ATTACK_SETS[attack].needs_detector, detector_names, problems)
         params = problems.get(f"{key}.params")
         if params is _ABSENT or params is _BROKEN:
             continue
         if not isinstance(params, DictConfig):
             problems.add(f"{key}.params={_show(params)}: expected a mapping of parameter -> value")
             continue
-        _check_attack_params(set_name, params, selected=named, problems=problems)
+        _check_attack_params(set_name, attack, params, selected=named, problems=problems)
 
 
-def _check_attack_params(set_name: str, params: DictConfig, selected: bool, problems: _Problems) -> None:
-    spec = ATTACK_SETS[set_name]
+def _check_attacked_detector(key: str, needs_detector: bool, detector_names: list[str], problems: _Problems) -> None:
+    """An adaptive set names the run's detector it attacks (``detector``); another set names none."""
+    detector = problems.get(f"{key}.detector")
+    if detector is _BROKEN:
+        return
+    given = detector is not _ABSENT and detector is not None
+    if not needs_detector:
+        if given:
+            problems.add(f"{key}.detector={_show(detector)}: this attack does not attack a detector; remove the key")
+        return
+    if not given:
+        problems.add(f"{key}.detector: missing; name the detector this adaptive set attacks, one of the run's "
+                     f"detectors ({', '.join(detector_names) or 'none selected'})")
+    elif str(detector) not in detector_names:
+        problems.add(f"{key}.detector={_show(detector)}: not among the run's detectors "
+                     f"({', '.join(detector_names) or 'none selected'}); add it with detector=[...]")
+
+
+def _check_attack_params(set_name: str, attack: str, params: DictConfig, selected: bool, problems: _Problems) -> None:
+    spec = ATTACK_SETS[attack]
     constructor = spec.constructor()
     accepted = spec.parameters()
     open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
@@ -430,7 +527,8 @@ def _check_attack_params(set_name: str, params: DictConfig, selected: bool, prob
     for param in map(str, params.keys()):
         key = f"attacks.{set_name}.params.{param}"
         if spec.needs_detector and param == "detector":
-            problems.add(f"{key}: the pipeline passes the run's AmI detector; it is not set by the config")
+            problems.add(f"{key}: the pipeline passes the detector named by attacks.{set_name}.detector; it is not "
+                         "set by the params")
         elif param not in configurable and not open_ended:
             problems.add(f"{_item(key, raw[param])}: not a parameter of {label}{_did_you_mean(param, configurable)}; "
                          f"allowed: {', '.join(configurable)}")
@@ -454,7 +552,7 @@ def _check_values(problems: _Problems) -> None:
     problems.value("auroc_bootstrap.resamples", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=False)
     problems.value("auroc_bootstrap.seed", _is_int, "an integer", required=False)
     problems.value("optimized_metric", lambda v: v is None or (isinstance(v, str) and "/" in v),
-                   "null or a logged metric name <set>/<metric>, like objective/fpr_gap or fgsm/auroc", required=False)
+                   "null or a logged metric name, like objective/fpr_gap or ami/fgsm/auroc", required=False)
     problems.value("objective.target_fpr", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
                    required=False)
     problems.value("seed", _is_int, "an integer")
@@ -524,7 +622,7 @@ def _check_attacks_dir(problems: _Problems) -> None:
     generated from the first ``data.attack_faces`` shipped faces, which must then be at least one."""
     if not isinstance(problems.get("attacks"), DictConfig):
         return
-    selected = [name for name in selected_attacks(problems.cfg) if name in ATTACK_SETS]
+    selected = list(selected_attacks(problems.cfg))
     if not selected:
         return
     root = problems.get("data.attacks_dir")

@@ -1,44 +1,48 @@
-"""The summary of a Hydra multirun: one table of every job's parameters and figures, one plot of the trade-off.
+"""The summary of a Hydra multirun: one table of every job's parameters and each detector's figures, one plot of the
+trade-off.
 
 A multirun (``-m``: the basic grid sweeper or ``hparams_search=optuna``) writes each job under
 ``<sweep dir>/<job num>/`` with its ``results.json`` (:func:`ami_lightning.reporting.results.results_dict`) and Hydra's
 ``.hydra/overrides.yaml`` (the job's command-line overrides, its parameters). :class:`SweepSummary`, a Hydra callback
 registered in ``conf/hydra/default.yaml``, then writes into the sweep folder:
 
-* ``summary.md`` and ``summary.csv`` (:func:`summary_markdown`, :func:`summary_csv`): one row per job, failed jobs
-  (no readable ``results.json``) included: its overrides, the benign FPR, the mean detection rate and the mean
-  undetected success rate over its attack sets, each attack set's detection rate, whether the job is on a Pareto
-  front, its status;
+* ``summary.md`` and ``summary.csv`` (:func:`summary_markdown`, :func:`summary_csv`): one row per job and detector
+  (a job evaluates one or more detectors), failed jobs (no readable ``results.json``) included with one row: its
+  overrides, the detector, its benign FPR, its mean detection rate and mean undetected success rate over the attack
+  sets, its detection rate on each attack set, whether the row is on its detector's Pareto fronts, the job's status;
 * ``tradeoff.png`` (:func:`plot_tradeoff`): benign FPR against mean detection and against mean undetected success,
-  one point per job labelled with its number, the Pareto fronts drawn as step lines.
+  one point per job and detector labelled with the job's number, a colour and a Pareto front (step line) per
+  detector.
 
 Means are unweighted, over the attack sets whose value is defined (detection: at least one eligible sample;
-undetected: at least one sample). The Pareto fronts (:func:`pareto_front`): lowest benign FPR with highest mean
-detection, and lowest benign FPR with lowest mean undetected success.
+undetected: at least one sample). The Pareto fronts (:func:`pareto_front`), per detector over the jobs: lowest
+benign FPR with highest mean detection, and lowest benign FPR with lowest mean undetected success.
 
-Only the keys that the summary needs are read from ``results.json`` (``sets[i]``: ``name``, ``adversarial``, ``n``,
-``eligible``, ``flagged``, ``rate``, ``undetected``); others are ignored, a missing ``rate`` / ``undetected`` is
-derived from the counts.
+Each ``results.json`` is read with :func:`ami_lightning.reporting.results.read_results`, so files written before
+runs had several detectors read as the one detector ``ami``; the rates follow from the counts.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from hydra.experimental.callback import Callback
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from ami_lightning.pipeline.files import atomic_path, write_text
+from ami_lightning.pipeline.files import write_text
+from ami_lightning.reporting.plots import palette, save_figure
+from ami_lightning.reporting.results import RunResults, read_results
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,12 @@ Sense = Literal["min", "max"]
 
 @dataclass
 class JobSummary:
-    """One job of a sweep: its number, folder, parameters (``overrides``, key -> value as written on the command
-    line) and figures. ``status`` is :data:`OK` when its ``results.json`` was read, else :data:`FAILED` with the
-    ``reason``; a failed job's figures are nan.
+    """One job of a sweep and one of its detectors: the job's number, folder, parameters (``overrides``, key ->
+    value as written on the command line) and the detector's figures. ``status`` is :data:`OK` when the job's
+    ``results.json`` was read, else :data:`FAILED` with the ``reason``; a failed job has one summary, with
+    ``detector`` ``""`` and nan figures.
 
-    ``benign_fpr``: the flag rate of the first non-adversarial set (``benign_flagged / benign_eligible``);
+    ``benign_fpr``: the detector's flag rate on its benign set (``benign_flagged / benign_eligible``);
     ``detection`` / ``undetected``: per attack set (in the file's order) its detection rate and its undetected
     success rate, fractions in [0, 1] (nan where undefined).
     """
@@ -68,6 +73,7 @@ class JobSummary:
     overrides: dict[str, str] = field(default_factory=dict)
     status: str = FAILED
     reason: str = ""
+    detector: str = ""
     benign_fpr: float = NAN
     benign_flagged: int | None = None
     benign_eligible: int | None = None
@@ -93,18 +99,6 @@ class JobSummary:
 def _mean(values: Any) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else NAN
-
-
-def _number(value: Any) -> float:
-    """A JSON number as a float; None, strings and the like as nan."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return NAN
-    return float(value)
-
-
-def _fraction(count: Any, total: Any) -> float:
-    count, total = _number(count), _number(total)
-    return count / total if math.isfinite(count) and math.isfinite(total) and total > 0 else NAN
 
 
 # ---- reading a sweep ------------------------------------------------------------------------------------------------
@@ -146,9 +140,10 @@ def _job_number(folder: Path) -> int | None:
         return None
 
 
-def read_job(folder: Path, job: int) -> JobSummary:
-    """One job folder as a :class:`JobSummary`; never raises: an unreadable file makes the job failed, with the
-    reason (unreadable overrides alone are noted in ``reason`` but keep a job with results ``ok``)."""
+def read_job(folder: Path, job: int) -> list[JobSummary]:
+    """One job folder as a :class:`JobSummary` per detector of its ``results.json`` (in the file's order); never
+    raises: an unreadable file gives one failed summary, with the reason (unreadable overrides alone are noted in
+    ``reason`` but keep a job with results ``ok``)."""
     summary = JobSummary(job=job, path=folder)
     notes = []
     try:
@@ -158,45 +153,32 @@ def read_job(folder: Path, job: int) -> JobSummary:
     path = folder / RESULTS
     if not path.is_file():
         summary.reason = "; ".join([f"no {RESULTS}", *notes])
-        return summary
+        return [summary]
     try:
-        sets = json.loads(path.read_text(encoding="utf-8"))["sets"]
-        if not isinstance(sets, list):
-            raise TypeError(f"'sets' is a {type(sets).__name__}, not a list")
-        _read_sets(summary, sets)
+        results = read_results(path)
     except Exception as error:
         summary.reason = "; ".join([f"unreadable {RESULTS}: {type(error).__name__}: {error}", *notes])
-        summary.benign_fpr, summary.detection, summary.undetected = NAN, {}, {}
-        return summary
-    summary.status, summary.reason = OK, "; ".join(notes)
-    return summary
+        return [summary]
+    return [replace(summary, status=OK, reason="; ".join(notes), detector=detector, **_figures(results, detector))
+            for detector in results.detector_names or [""]]
 
 
-def _read_sets(summary: JobSummary, sets: list[dict[str, Any]]) -> None:
-    """Fill ``summary``'s figures from ``results.json``'s ``sets``."""
-    benign_seen = False
-    for s in sets:
-        name = str(s["name"])
-        rate = _number(s.get("rate"))
-        if not math.isfinite(rate):
-            rate = _fraction(s.get("flagged"), s.get("eligible"))
-        if not s.get("adversarial", name != "benign"):
-            if not benign_seen:  # the first benign set, as RunResults.benign
-                benign_seen = True
-                summary.benign_fpr = rate
-                summary.benign_flagged, summary.benign_eligible = s.get("flagged"), s.get("eligible")
-            continue
-        undetected = _number(s.get("undetected"))
-        if not math.isfinite(undetected) and "eligible" in s and "flagged" in s:
-            undetected = _fraction(_number(s["eligible"]) - _number(s["flagged"]), s.get("n"))
-        summary.detection[name] = rate
-        summary.undetected[name] = undetected
+def _figures(results: RunResults, detector: str) -> dict[str, Any]:
+    """The :class:`JobSummary` figures of ``detector`` in ``results``: its benign FPR with the counts (nan and
+    None without a benign set), its detection and undetected success rates per attack set."""
+    benign = results.benign_of(detector)
+    attacks = results.attacks_of(detector)
+    return {"benign_fpr": NAN if benign is None else benign.rate,
+            "benign_flagged": None if benign is None else benign.flagged,
+            "benign_eligible": None if benign is None else benign.eligible,
+            "detection": {s.name: s.rate for s in attacks},
+            "undetected": {s.name: s.undetected_rate for s in attacks}}
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[JobSummary]:
-    """Every job of the sweep in ``sweep_dir``, by job number: its sub-folders named by an integer (or holding a
-    ``.hydra/hydra.yaml`` with the job's number). A job without a readable ``results.json`` is listed as failed,
-    not dropped. Empty when the folder is missing or holds no job."""
+    """Every job of the sweep in ``sweep_dir`` (:func:`read_job`: a summary per detector), by job number: its
+    sub-folders named by an integer (or holding a ``.hydra/hydra.yaml`` with the job's number). A job without a
+    readable ``results.json`` is listed as failed, not dropped. Empty when the folder is missing or holds no job."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
@@ -206,8 +188,8 @@ def collect_jobs(sweep_dir: str | Path) -> list[JobSummary]:
             continue
         num = _job_number(folder)
         if num is not None:
-            jobs.append(read_job(folder, num))
-    return sorted(jobs, key=lambda j: (j.job, j.path.name))
+            jobs += read_job(folder, num)
+    return sorted(jobs, key=lambda j: (j.job, j.path.name))  # stable: a job's detectors stay in the file's order
 
 
 # ---- Pareto fronts --------------------------------------------------------------------------------------------------
@@ -242,17 +224,31 @@ def pareto_front(points: Sequence[tuple[float, float]], senses: tuple[Sense, Sen
     return front
 
 
+def _detectors(jobs: Sequence[JobSummary]) -> list[str]:
+    """The detectors of the jobs that were read, in order of first appearance."""
+    return list(dict.fromkeys(j.detector for j in jobs if j.ok))
+
+
 def _fronts(jobs: Sequence[JobSummary]) -> tuple[list[bool], list[bool]]:
-    """Per job: on the (min FPR, max mean detection) front; on the (min FPR, min mean undetected) front (failed
-    jobs never)."""
-    ok = [j.ok for j in jobs]
-    detection = pareto_front([(j.benign_fpr, j.mean_detection) if j.ok else (NAN, NAN) for j in jobs], ("min", "max"))
-    undetected = pareto_front([(j.benign_fpr, j.mean_undetected) if j.ok else (NAN, NAN) for j in jobs], ("min", "min"))
-    return ([a and b for a, b in zip(ok, detection, strict=True)],
-            [a and b for a, b in zip(ok, undetected, strict=True)])
+    """Per summary: on its detector's (min FPR, max mean detection) front; on its detector's (min FPR, min mean
+    undetected) front, each front over the summaries of that detector (failed jobs never)."""
+    front_det, front_und = [False] * len(jobs), [False] * len(jobs)
+    for detector in _detectors(jobs):
+        rows = [i for i, j in enumerate(jobs) if j.ok and j.detector == detector]
+        detection = pareto_front([(jobs[i].benign_fpr, jobs[i].mean_detection) for i in rows], ("min", "max"))
+        undetected = pareto_front([(jobs[i].benign_fpr, jobs[i].mean_undetected) for i in rows], ("min", "min"))
+        for i, on_det, on_und in zip(rows, detection, undetected, strict=True):
+            front_det[i], front_und[i] = on_det, on_und
+    return front_det, front_und
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
+def _job_counts(jobs: Sequence[JobSummary]) -> tuple[int, int]:
+    """(jobs, failed jobs): a job counted once however many detectors it has."""
+    folders = {j.path: j.ok for j in jobs}
+    return len(folders), sum(not ok for ok in folders.values())
+
+
 def _override_keys(jobs: Sequence[JobSummary]) -> list[str]:
     """Every override key of the jobs, in order of first appearance."""
     return list(dict.fromkeys(k for j in jobs for k in j.overrides))
@@ -286,18 +282,24 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _job_list(jobs: Sequence[JobSummary], flags: list[bool]) -> str:
-    numbers = [str(j.job) for j, flag in zip(jobs, flags, strict=True) if flag]
-    return ", ".join(numbers) if numbers else "none"
+def _front_text(jobs: Sequence[JobSummary], flags: list[bool]) -> str:
+    """Per detector the jobs on its front: ``"ami: jobs 0, 1; feature_squeezing: jobs 2"`` (``none`` for a detector
+    without one; ``"none"`` when no job was read)."""
+    parts = []
+    for detector in _detectors(jobs):
+        numbers = [str(j.job) for j, flag in zip(jobs, flags, strict=True) if flag and j.detector == detector]
+        parts.append(f"{detector}: jobs {', '.join(numbers) if numbers else 'none'}")
+    return "; ".join(parts) if parts else "none"
 
 
 def summary_markdown(jobs: Sequence[JobSummary], sweep_dir: str | Path | None = None) -> str:
-    """Markdown: the counts, the overrides common to all jobs, one table row per job (job, the overrides that vary,
-    benign FPR with its counts, mean detection, mean undetected, whether on each Pareto front, each attack set's
-    detection rate, status), then the jobs of each front and a link to ``tradeoff.png``."""
-    failed = sum(not j.ok for j in jobs)
+    """Markdown: the counts, the overrides common to all jobs, one table row per job and detector (job, detector,
+    the overrides that vary, benign FPR with its counts, mean detection, mean undetected, whether on each of its
+    detector's Pareto fronts, each attack set's detection rate, status), then the jobs of each detector's fronts
+    and a link to ``tradeoff.png``."""
+    total, failed = _job_counts(jobs)
     where = f"`{sweep_dir}`: " if sweep_dir is not None else ""
-    lines = ["# Sweep summary", "", f"{where}{len(jobs)} jobs, {len(jobs) - failed} ok, {failed} failed.", ""]
+    lines = ["# Sweep summary", "", f"{where}{total} jobs, {total - failed} ok, {failed} failed.", ""]
     if not jobs:
         return "\n".join([*lines, "No job folder found (`<sweep dir>/<job num>/`)."]) + "\n"
     varying, fixed = _varying_keys(jobs)
@@ -306,12 +308,12 @@ def summary_markdown(jobs: Sequence[JobSummary], sweep_dir: str | Path | None = 
         lines += [f"Overrides of every job: {common}", ""]
     sets = _attack_sets(jobs)
     front_det, front_und = _fronts(jobs)
-    header = ["job", *varying, "benign FPR", "mean detection", "mean undetected", "front (detection)",
+    header = ["job", "detector", *varying, "benign FPR", "mean detection", "mean undetected", "front (detection)",
               "front (undetected)", *(f"{name} detection" for name in sets), "status"]
     rows = []
     for j, on_det, on_und in zip(jobs, front_det, front_und, strict=True):
         status = j.status if not j.reason else f"{j.status}: {j.reason}"
-        rows.append([str(j.job), *(j.overrides.get(k, "") for k in varying), _fpr_text(j),
+        rows.append([str(j.job), j.detector or "-", *(j.overrides.get(k, "") for k in varying), _fpr_text(j),
                      _percent(j.mean_detection), _percent(j.mean_undetected), "yes" if on_det else "",
                      "yes" if on_und else "", *(_percent(j.detection.get(name, NAN)) for name in sets), status])
     figures = {"benign FPR", "mean detection", "mean undetected", *(f"{name} detection" for name in sets)}
@@ -320,13 +322,13 @@ def summary_markdown(jobs: Sequence[JobSummary], sweep_dir: str | Path | None = 
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     lines += [
         "",
-        "Benign FPR: the benign set's flag rate; mean detection / mean undetected: unweighted means over the job's "
-        "attack sets of the detection rate (flagged among the samples that fool the model) and the undetected "
-        "success rate (fooling and not flagged, among all samples).",
+        "Benign FPR: the detector's flag rate on the benign set; mean detection / mean undetected: unweighted means "
+        "over the job's attack sets of the detection rate (flagged among the samples that fool the model) and the "
+        "undetected success rate (fooling and not flagged, among all samples). Pareto fronts are per detector.",
         "",
-        f"Pareto front, lowest benign FPR and highest mean detection: jobs {_job_list(jobs, front_det)}.",
+        f"Pareto front, lowest benign FPR and highest mean detection: {_front_text(jobs, front_det)}.",
         "",
-        f"Pareto front, lowest benign FPR and lowest mean undetected success: jobs {_job_list(jobs, front_und)}.",
+        f"Pareto front, lowest benign FPR and lowest mean undetected success: {_front_text(jobs, front_und)}.",
         "",
         f"![trade-off]({FILES['png']})",
     ]
@@ -338,74 +340,76 @@ def _csv_number(value: float) -> str:
 
 
 def summary_csv(jobs: Sequence[JobSummary]) -> str:
-    """CSV, one row per job: ``job``, every override key (empty where a job has none), ``benign_fpr``,
-    ``benign_flagged``, ``benign_eligible``, ``mean_detection``, ``mean_undetected``, ``front_detection``,
-    ``front_undetected`` (``true`` / ``false``), ``detection:<set>`` then ``undetected:<set>`` per attack set,
-    ``status``, ``reason``. Rates are fractions in [0, 1], empty where undefined."""
+    """CSV, one row per job and detector: ``job``, ``detector`` (empty for a failed job), every override key (empty
+    where a job has none), ``benign_fpr``, ``benign_flagged``, ``benign_eligible``, ``mean_detection``,
+    ``mean_undetected``, ``front_detection``, ``front_undetected`` (``true`` / ``false``, on the detector's front),
+    ``detection:<set>`` then ``undetected:<set>`` per attack set, ``status``, ``reason``. Rates are fractions in
+    [0, 1], empty where undefined."""
     keys, sets = _override_keys(jobs), _attack_sets(jobs)
     front_det, front_und = _fronts(jobs)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["job", *keys, "benign_fpr", "benign_flagged", "benign_eligible", "mean_detection",
+    writer.writerow(["job", "detector", *keys, "benign_fpr", "benign_flagged", "benign_eligible", "mean_detection",
                      "mean_undetected", "front_detection", "front_undetected", *(f"detection:{s}" for s in sets),
                      *(f"undetected:{s}" for s in sets), "status", "reason"])
     for j, on_det, on_und in zip(jobs, front_det, front_und, strict=True):
         counts = ["" if c is None else str(c) for c in (j.benign_flagged, j.benign_eligible)]
-        writer.writerow([j.job, *(j.overrides.get(k, "") for k in keys), _csv_number(j.benign_fpr), *counts,
-                         _csv_number(j.mean_detection), _csv_number(j.mean_undetected), str(on_det).lower(),
+        writer.writerow([j.job, j.detector, *(j.overrides.get(k, "") for k in keys), _csv_number(j.benign_fpr),
+                         *counts, _csv_number(j.mean_detection), _csv_number(j.mean_undetected), str(on_det).lower(),
                          str(on_und).lower(), *(_csv_number(j.detection.get(s, NAN)) for s in sets),
                          *(_csv_number(j.undetected.get(s, NAN)) for s in sets), j.status, j.reason])
     return buffer.getvalue()
 
 
 # ---- plot -----------------------------------------------------------------------------------------------------------
-def _panel(ax: Any, jobs: Sequence[JobSummary], ys: list[float], sense: Sense, ylabel: str) -> None:
-    """One panel: benign FPR (%) against ``ys`` (fractions), a point per job with its number, the front as a step
-    line over its marked points."""
-    points = [(j.benign_fpr, y) if j.ok else (NAN, NAN) for j, y in zip(jobs, ys, strict=True)]
-    shown = [(j, x, y) for j, (x, y) in zip(jobs, points, strict=True) if math.isfinite(x) and math.isfinite(y)]
+def _panel(ax: Axes, jobs: Sequence[JobSummary], ys: list[float], sense: Sense, ylabel: str) -> None:
+    """One panel: benign FPR (%) against ``ys`` (fractions), per detector in its colour a point per job with the
+    job's number and the detector's front as a step line over its marked points."""
     ax.set_xlabel("benign FPR (%)")
     ax.set_ylabel(f"{ylabel} (%)")
     ax.grid(True, alpha=0.3)
-    if not shown:
+    detectors = _detectors(jobs)
+    drawn = False
+    for detector, colour in zip(detectors, palette(len(detectors)), strict=True):
+        shown = [(j, j.benign_fpr, y) for j, y in zip(jobs, ys, strict=True)
+                 if j.ok and j.detector == detector and math.isfinite(j.benign_fpr) and math.isfinite(y)]
+        if not shown:
+            continue
+        drawn = True
+        front = pareto_front([(x, y) for _, x, y in shown], ("min", sense))
+        ax.scatter([100 * x for _, x, _ in shown], [100 * y for _, _, y in shown], color=colour, s=25, zorder=2,
+                   alpha=0.6, label=f"{detector}: job")
+        on_front = sorted((x, y) for (_, x, y), flag in zip(shown, front, strict=True) if flag)
+        ax.step([100 * x for x, _ in on_front], [100 * y for _, y in on_front], where="post", color=colour, zorder=3,
+                label=f"{detector}: Pareto front ({sense} {ylabel}, min FPR)")
+        ax.scatter([100 * x for x, _ in on_front], [100 * y for _, y in on_front], color=colour, s=45, zorder=4,
+                   edgecolors="black", linewidths=0.6)
+        labels: dict[tuple[float, float], list[str]] = {}
+        for j, x, y in shown:
+            labels.setdefault((x, y), []).append(str(j.job))
+        for (x, y), numbers in labels.items():
+            ax.annotate(",".join(numbers), (100 * x, 100 * y), xytext=(4, 4), textcoords="offset points",
+                        fontsize=8, color=colour)
+    if not drawn:
         ax.text(0.5, 0.5, "no job with a benign FPR\nand an attack set", ha="center", va="center",
                 transform=ax.transAxes, color="grey")
         return
-    front = pareto_front(points, ("min", sense))
-    ax.scatter([100 * x for _, x, _ in shown], [100 * y for _, _, y in shown], color="tab:grey", s=25, zorder=2,
-               label="job")
-    on_front = sorted((x, y) for (x, y), flag in zip(points, front, strict=True) if flag)
-    ax.step([100 * x for x, _ in on_front], [100 * y for _, y in on_front], where="post", color="tab:red",
-            zorder=3, label=f"Pareto front ({'max' if sense == 'max' else 'min'} {ylabel}, min FPR)")
-    ax.scatter([100 * x for x, _ in on_front], [100 * y for _, y in on_front], color="tab:red", s=45, zorder=4)
-    labels: dict[tuple[float, float], list[str]] = {}
-    for j, x, y in shown:
-        labels.setdefault((x, y), []).append(str(j.job))
-    for (x, y), numbers in labels.items():
-        ax.annotate(",".join(numbers), (100 * x, 100 * y), xytext=(4, 4), textcoords="offset points", fontsize=8)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best", fontsize=7)
 
 
 def plot_tradeoff(jobs: Sequence[JobSummary], path: str | Path, title: str = "") -> Path:
-    """Two panels, benign FPR (%) against mean detection and against mean undetected success (%): one point per job
-    that has both values, labelled with its job number (jobs at the same point share a label), the Pareto front as a
-    step line with its points marked in red. Failed jobs are counted in the title. Written atomically as PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
+    """Two panels, benign FPR (%) against mean detection and against mean undetected success (%): per detector, in
+    its colour, one point per job that has both values, labelled with its job number (jobs at the same point share
+    a label), and the detector's Pareto front as a step line with its points marked. Failed jobs are counted in the
+    title. Written atomically as PNG."""
     fig = Figure(figsize=(11, 4.8))
-    FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     _panel(left, jobs, [j.mean_detection for j in jobs], "max", "mean detection")
     _panel(right, jobs, [j.mean_undetected for j in jobs], "min", "mean undetected success")
-    failed = sum(not j.ok for j in jobs)
-    counts = f"{len(jobs)} jobs" + (f", {failed} failed (not shown)" if failed else "")
+    total, failed = _job_counts(jobs)
+    counts = f"{total} jobs" + (f", {failed} failed (not shown)" if failed else "")
     fig.suptitle(f"{title}: {counts}" if title else counts, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 # ---- writing and the Hydra callback ---------------------------------------------------------------------------------
