@@ -48,7 +48,7 @@ import functools
 import importlib.resources
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -392,6 +392,24 @@ def _check_target_keys(node: Mapping[str, Any], where: str, target: str, problem
                          f"{_did_you_mean(key, parameters)}; it takes: {', '.join(parameters)}")
 
 
+def _entries(
+    problems: _Problems, top: str, mapping: DictConfig, keys: tuple[str, ...], what: str
+) -> Iterator[tuple[str, DictConfig]]:
+    """``(key, node)`` of each entry ``<top>.<name>`` of ``mapping`` that is itself a mapping; a problem for any
+    other value and for each key of an entry outside ``keys`` (``what`` names an entry in the message)."""
+    for name in map(str, mapping.keys()):
+        key = f"{top}.{name}"
+        node = problems.get(key)
+        if not isinstance(node, DictConfig):
+            if node is not _BROKEN:
+                problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(keys)}")
+            continue
+        for extra in (str(k) for k in node.keys() if k not in keys):
+            problems.add(f"{key}.{extra}: unknown key of {what}{_did_you_mean(extra, keys)}; "
+                         f"allowed: {', '.join(keys)}")
+        yield key, node
+
+
 def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
     """``detectors.<name>``: keys ``type`` (a registered detector) and ``params`` (keyword parameters of its factory,
     with the values its ``check_params`` accepts); at least one detector in a run that evaluates. Params taken from a
@@ -408,16 +426,7 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
     if not isinstance(detectors, DictConfig):
         problems.add(f"detectors={_show(detectors)}: expected a mapping of detector name -> {{type, params}}")
         return
-    for name in map(str, detectors.keys()):
-        key = f"detectors.{name}"
-        node = problems.get(key)
-        if not isinstance(node, DictConfig):
-            if node is not _BROKEN:
-                problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(DETECTOR_KEYS)}")
-            continue
-        for extra in (str(k) for k in node.keys() if k not in DETECTOR_KEYS):
-            problems.add(f"{key}.{extra}: unknown key of a detector{_did_you_mean(extra, DETECTOR_KEYS)}; "
-                         f"allowed: {', '.join(DETECTOR_KEYS)}")
+    for key, _node in _entries(problems, "detectors", detectors, DETECTOR_KEYS, "a detector"):
         kind = problems.get(f"{key}.type")
         if kind is _BROKEN:
             continue
@@ -468,13 +477,8 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
     registered = ", ".join(sorted(ATTACK_SETS))
     detectors = problems.get("detectors")
     detector_names = [str(k) for k in detectors.keys()] if isinstance(detectors, DictConfig) else []
-    for set_name in map(str, attacks.keys()):
-        key = f"attacks.{set_name}"
-        node = problems.get(key)
-        if not isinstance(node, DictConfig):
-            if node is not _BROKEN:
-                problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(ATTACK_KEYS)}")
-            continue
+    for key, node in _entries(problems, "attacks", attacks, ATTACK_KEYS, "an attack set"):
+        set_name = key.removeprefix("attacks.")
         attack = _attack_of(set_name, node, files)
         name = problems.get(f"{key}.name")
         named = name is not _ABSENT and name is not _BROKEN and name is not None
@@ -483,9 +487,6 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
             problems.add(f"{shown}: unknown attack set{_did_you_mean(str(name) if named else set_name, ATTACK_SETS)}; "
                          f"registered: {registered}")
             continue
-        for extra in (str(k) for k in node.keys() if k not in ATTACK_KEYS):
-            problems.add(f"{key}.{extra}: unknown key of an attack set{_did_you_mean(extra, ATTACK_KEYS)}; "
-                         f"allowed: {', '.join(ATTACK_KEYS)}")
         if named:
             _check_attacked_detector(key, ATTACK_SETS[attack].needs_detector, detector_names, problems)
         params = problems.get(f"{key}.params")

@@ -113,14 +113,14 @@ def plot_detection_rates(results: RunResults, path: str | Path) -> Path:
     ax = fig.add_subplot()
     fontsize = 8 if len(detectors) <= 1 else 7
     for detector, colour, offset in zip(detectors, palette(len(detectors)), offsets, strict=True):
-        shown = results.attacks_of(detector)
-        xs = _positions(shown, names, offset)
-        fractions = [s.rate for s in shown]
+        attacks = results.attacks_of(detector)
+        xs = _positions(attacks, names, offset)
+        fractions = [s.rate for s in attacks]
         heights = _heights(fractions)
-        below, above = error_bars(fractions, [s.rate_ci() for s in shown])
+        below, above = error_bars(fractions, [s.rate_ci() for s in attacks])
         ax.bar(xs, heights, color=colour, width=width, yerr=[below, above], capsize=3,
                error_kw={"elinewidth": 1, "ecolor": "black"}, label=f"{detector}: detection rate")
-        _annotate_bars(ax, xs, _bar_tops(heights, above), [s.rate_text(ci=False).replace(" (", "\n(") for s in shown],
+        _annotate_bars(ax, xs, _bar_tops(heights, above), [s.rate_text(ci=False).replace(" (", "\n(") for s in attacks],
                        fontsize)
         benign = results.benign_of(detector)
         if benign is not None and benign.eligible:
@@ -170,7 +170,7 @@ def plot_roc(results: RunResults, path: str | Path) -> Path:
     colours = dict(zip(names, palette(len(names)), strict=True))
     rows, cols = _grid(len(detectors), ROC_COLUMNS)
     fig = Figure(figsize=(5.5 * cols, 5.7 * rows), layout="constrained")  # room for titles of several lines
-    for ax, detector in zip(_panels(fig, len(detectors), ROC_COLUMNS), detectors, strict=False):
+    for ax, detector in zip(_panels(fig, len(detectors), ROC_COLUMNS), detectors, strict=False):  # none: one blank
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
         benign = results.benign_of(detector)
         decisions = benign is not None and benign.eligible > 0
@@ -205,7 +205,7 @@ def plot_undetected(results: RunResults, path: str | Path) -> Path:
     width, offsets = _offsets(rules)
     rows, _ = _grid(len(detectors), 1)
     fig = Figure(figsize=(_grouped_figure_width(rules, len(names)), 0.9 + PANEL_HEIGHT * rows))
-    for ax, detector in zip(_panels(fig, len(detectors), 1), detectors, strict=False):
+    for ax, detector in zip(_panels(fig, len(detectors), 1), detectors, strict=False):  # none: one blank panel
         attacks = results.attacks_of(detector)
         series = {RULE: ([s.undetected_rate for s in attacks], [s.undetected_ci() for s in attacks])}
         series |= {f"score > threshold at {short_percent(t)} benign FPR": ([s.undetected_at(t) for s in attacks],

@@ -41,8 +41,10 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from ami_lightning.pipeline.files import write_text
+from ami_lightning.reporting.formatting import fraction_text
 from ami_lightning.reporting.plots import palette, save_figure
 from ami_lightning.reporting.results import RunResults, read_results
+from ami_lightning.reporting.tables import md_cell
 
 log = logging.getLogger(__name__)
 
@@ -271,15 +273,11 @@ def _percent(fraction: float) -> str:
 
 
 def _fpr_text(job: JobSummary) -> str:
-    if not math.isfinite(job.benign_fpr):
+    """The benign FPR with its counts (:func:`~ami_lightning.reporting.formatting.fraction_text`); ``"-"`` without
+    a benign set or an eligible benign sample."""
+    if job.benign_flagged is None or job.benign_eligible is None or not math.isfinite(job.benign_fpr):
         return "-"
-    if isinstance(job.benign_flagged, int) and isinstance(job.benign_eligible, int):
-        return f"{_percent(job.benign_fpr)} ({job.benign_flagged}/{job.benign_eligible})"
-    return _percent(job.benign_fpr)
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return fraction_text(job.benign_flagged, job.benign_eligible)
 
 
 def _front_text(jobs: Sequence[JobSummary], flags: list[bool]) -> str:
@@ -317,9 +315,9 @@ def summary_markdown(jobs: Sequence[JobSummary], sweep_dir: str | Path | None = 
                      _percent(j.mean_detection), _percent(j.mean_undetected), "yes" if on_det else "",
                      "yes" if on_und else "", *(_percent(j.detection.get(name, NAN)) for name in sets), status])
     figures = {"benign FPR", "mean detection", "mean undetected", *(f"{name} detection" for name in sets)}
-    lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+    lines.append("| " + " | ".join(md_cell(h) for h in header) + " |")
     lines.append("|" + "|".join(" ---: " if h in figures else " --- " for h in header) + "|")
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     lines += [
         "",
         "Benign FPR: the detector's flag rate on the benign set; mean detection / mean undetected: unweighted means "

@@ -70,18 +70,18 @@ def print_results(results: RunResults, console: Console | None = None) -> None:
     console.print(results_table(results))
 
 
-def _md_cell(value: Any) -> str:
-    """A value as a Markdown cell: dicts and lists as JSON, ``|`` escaped."""
+def md_cell(value: Any) -> str:
+    """A value as a Markdown table cell: dicts and lists as JSON, ``|`` escaped, line breaks as spaces."""
     value = json_safe(value)
     text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    return text.replace("|", "\\|")
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(header: tuple[str, ...], rows: list[tuple[Any, ...]], left: int) -> list[str]:
     """A Markdown table whose first ``left`` columns are left-aligned, the others right-aligned."""
     rule = "|" + "|".join(" --- " if i < left else " ---: " for i in range(len(header))) + "|"
     lines = ["| " + " | ".join(header) + " |", rule]
-    return lines + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines + ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
 
 
 def detector_rows(name: str, description: dict[str, Any]) -> list[tuple[str, Any]]:
