@@ -231,6 +231,7 @@ def generate(
     num_workers: int = 0,
     progress: bool = True,
     detector: Detector | None = None,
+    label: str | None = None,
 ) -> Path:
     """Attack this process's share of ``dataset`` with set ``attack_set`` and write it under ``out_dir/<set>``;
     returns that folder. See the module docstring for the files, the manifest, resuming and sharding.
@@ -242,7 +243,8 @@ def generate(
     or ``jpg`` (default: the set's :attr:`AttackSpec.file_format`); ``target_mode``: ``first``, ``next`` or
     ``untargeted`` (default: the set's). ``rank`` / ``world_size``: default from ``torch.distributed`` if
     initialised, else 0 / 1. ``detector``: the detector on ``model`` that an adaptive set attacks (required
-    for them, unused by the others).
+    for them, unused by the others). ``label``: the progress bar's (default: the set's name; the pipeline gives
+    the config's set name, e.g. ``adaptive_gradient_fs``).
 
     Bad input raises before any sample is attacked where it can be seen up front: an unknown set (``KeyError``),
     parameters the attack rejects (``TypeError``), an unknown target mode or format, a source file name that does
@@ -256,6 +258,7 @@ def generate(
     When the share is already finished and its manifest tidy, nothing is written, locked or created.
     """
     spec = attack_set if isinstance(attack_set, AttackSpec) else get_spec(attack_set)
+    label = label or spec.name
     attack = create_attack(spec, **dict(params or {}), **({"detector": detector} if spec.needs_detector else {}))
     file_format = file_format or spec.file_format
     target_mode = target_mode or spec.target_mode
@@ -285,7 +288,7 @@ def generate(
                 run = Run(attack, model, dataset, names, identities, folder, file_format, target_mode, jpeg_quality,
                           device, num_classes)
                 bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress,
-                           desc=spec.name if world_size == 1 else f"{spec.name} [{rank}/{world_size}]")
+                           desc=label if world_size == 1 else f"{label} [{rank}/{world_size}]")
                 with bar:
                     run.attack_samples(todo, image_shape(dataset, mine[0]), manifest, batch_size, num_workers, bar)
             if not share.tidy():

@@ -178,12 +178,12 @@ def test_wandb_run_gets_the_whole_config_and_is_closed_on_failure(
 # ---- the task wrapper -----------------------------------------------------------------------------------------------
 def test_optimized_metric_is_named_and_checked(tmp_path: Path) -> None:
     assert compose_config("eval", ["hparams_search=optuna"]).optimized_metric == "objective/fpr_gap"
-    cfg = cpu_config(compose_config("eval", ["optimized_metric=fgsm/auroc"]), tmp_path)
-    assert apps.optimized_value(cfg, {"fgsm/auroc": 0.75, "benign/rate": 0.1}) == 0.75
-    with pytest.raises(KeyError, match=r"optimized_metric='fgsm/auroc' is not a metric of this job; it has: "
-                                       r"\['benign/rate'\]"):
-        apps.optimized_value(cfg, {"benign/rate": 0.1})
-    assert apps.optimized_value(cpu_config(compose_config("eval"), tmp_path), {"benign/rate": 0.1}) is None
+    cfg = cpu_config(compose_config("eval", ["optimized_metric=ami/fgsm/auroc"]), tmp_path)
+    assert apps.optimized_value(cfg, {"ami/fgsm/auroc": 0.75, "ami/benign/rate": 0.1}) == 0.75
+    with pytest.raises(KeyError, match=r"optimized_metric='ami/fgsm/auroc' is not a metric of this job; it has: "
+                                       r"\['ami/benign/rate'\]"):
+        apps.optimized_value(cfg, {"ami/benign/rate": 0.1})
+    assert apps.optimized_value(cpu_config(compose_config("eval"), tmp_path), {"ami/benign/rate": 0.1}) is None
 
 
 def test_a_refused_config_leaves_no_run_folder(tmp_path: Path) -> None:

@@ -278,5 +278,5 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, D
         torch.manual_seed(cfg.seed)
         dirs[name] = generate(spec.name, classifier.model, dataset, root, spec.get("params", {}),
                               batch_size=cfg.data.batch_size, device=device, num_classes=len(classifier.identities),
-                              detector=detector)
+                              detector=detector, label=name)
     return dirs
