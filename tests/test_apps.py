@@ -28,17 +28,21 @@ def test_eval_with_generated_sets_writes_results(tmp_path: Path) -> None:
     objective = apps._eval(cfg)
     out = Path(cfg.paths.output_dir)
     results = json.loads((out / "results.json").read_text())
-    names = [s["name"] for s in results["sets"]]
-    assert names == ["benign", "fgsm", "glasses_next"]
-    benign = results["sets"][0]
-    assert benign["n"] == 48 and benign["auroc"] is None
-    assert objective == pytest.approx(abs((benign["rate"] or 0) - 0.0991))
-    assert all(s["n"] == 3 for s in results["sets"][1:])
+    rows = [(s["detector"], s["name"]) for s in results["sets"]]
+    assert rows == [(d, name) for d in ("ami", "feature_squeezing") for name in ("benign", "fgsm", "glasses_next")]
+    assert list(results["detectors"]) == ["ami", "feature_squeezing"]
+    assert results["detectors"]["feature_squeezing"]["params"]["threshold"] > 0  # calibrated on the benign set
+    benign, fs_benign = results["sets"][0], results["sets"][3]
+    assert benign["n"] == fs_benign["n"] == 48 and benign["auroc"] is None
+    assert fs_benign["flagged"] <= 0.05 * fs_benign["eligible"]  # its own rule: 5 % FPR on this very set
+    assert objective == pytest.approx(abs((benign["rate"] or 0) - 0.0991))  # of the first detector, AmI
+    assert all(s["n"] == 3 for s in results["sets"] if s["name"] != "benign")
     for name in ("results.md", "detection_rates.png", "roc.png", "samples/fgsm.png", "samples/glasses_next.png"):
         assert (out / name).stat().st_size > 0
     assert WitnessSet.read(out / "witnesses").count()["leye"] > 0
     (metrics,) = (out / "csv").rglob("metrics.csv")  # the logger got the figures after the files were written
-    assert "benign/rate" in metrics.read_text().splitlines()[0]
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"ami/benign/rate", "feature_squeezing/fgsm/auroc"} <= set(header)
     assert "weaken: 1000.0" in next((out / "csv").rglob("hparams.yaml")).read_text()  # and the whole config
     # a second run reuses the cached witnesses and attack sets (no new files in the cache)
     cache = sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file())
@@ -52,7 +56,8 @@ def test_eval_reads_the_published_layout(tmp_path: Path) -> None:
                                                     f"data.attacks_dir={adversarial}"]), tmp_path))
     apps._eval(cfg)  # the release's samples are of identities among the 238 shipped ones
     sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
-    assert [(s["name"], s["n"]) for s in sets[1:]] == [("patch_first", 3), ("cw_l2_first", 3)]  # .jpg and .npy
+    assert [(s["name"], s["n"]) for s in sets if s["detector"] == "ami"][1:] == [("patch_first", 3),
+                                                                                ("cw_l2_first", 3)]  # .jpg, .npy
     with open_dict(cfg):
         cfg.data.attacks_dir = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"data.attacks_dir='.*missing': no such folder"):
@@ -70,7 +75,8 @@ def test_run_reads_data_attacks_dir_like_eval(tmp_path: Path) -> None:
     apps._eval(cfg)
     assert not (Path(cfg.paths.cache_dir) / "attacks").exists()
     sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
-    assert [(s["name"], s["n"]) for s in sets] == [("benign", 48), ("fgsm", 2)]
+    assert [(s["detector"], s["name"], s["n"]) for s in sets] == [
+        (d, name, n) for d in ("ami", "feature_squeezing") for name, n in (("benign", 48), ("fgsm", 2))]
 
 
 @pytest.mark.slow
@@ -98,7 +104,7 @@ def test_adaptive_sets_attack_the_run_detector_and_are_reported(tmp_path: Path) 
     cfg = _small(cpu_config(compose_config("eval", overrides), tmp_path), faces=2)
     apps._eval(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
-    for s in results["sets"][1:]:
+    for s in (s for s in results["sets"] if s["name"] != "benign"):
         assert s["undetected"] == pytest.approx((s["eligible"] - s["flagged"]) / s["n"])
         assert [p["target_fpr"] for p in s["operating_points"]] == [0.05, 0.1]
     assert (Path(cfg.paths.output_dir) / "undetected.png").stat().st_size > 0

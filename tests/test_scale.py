@@ -45,14 +45,15 @@ def test_grid_multirun_and_wandb_offline(tmp_path: Path) -> None:
          "ami.strengthen1=200", "logger=wandb", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     jobs = sorted(tmp_path.glob("eval/multiruns/*/*/results.json"))
     assert len(jobs) == 2
-    weakens = sorted(json.loads(p.read_text())["weaken"] for p in jobs)
+    weakens = sorted(json.loads(p.read_text())["detectors"]["ami"]["params"]["weaken"] for p in jobs)
     assert weakens == [60.0, 1000.0]
     runs = sorted(tmp_path.glob("eval/multiruns/*/*/wandb/offline-run-*"))
     assert len(runs) == 2  # W&B offline writes no summary file; the logged table and images are there
     for run in runs:
         (table,) = run.glob("files/media/table/results_*.table.json")
         rows = json.loads(table.read_text())["data"]
-        assert [row[0] for row in rows] == ["benign", "fgsm"]
+        expected = [[d, name] for d in ("ami", "feature_squeezing") for name in ("benign", "fgsm")]
+        assert [row[:2] for row in rows] == expected
         assert list(run.glob("run-*.wandb"))
 
 
