@@ -34,7 +34,6 @@ in OpenCV on uint8 and breaks the graph), so :class:`FeatureSqueezing` different
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -371,10 +370,7 @@ class FeatureSqueezing(Detector):
                 f"{self.name}: cannot calibrate on an empty set of benign scores (no benign image the model gets "
                 "right): nothing to calibrate on"
             )
-        threshold = threshold_at_fpr(scores, self.fpr)
-        if math.isnan(threshold):  # not reached for a non-empty set; kept as a guard
-            raise ValueError(f"{self.name}: calibration gave no threshold")
-        self.threshold = threshold
+        self.threshold = threshold_at_fpr(scores, self.fpr)
 
     def evasion_loss(self, x: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """(B,) mean over the squeezers of the model's cross-entropy on the squeezed x towards ``targets`` (B,) long,
