@@ -21,7 +21,7 @@ def _small(cfg, faces: int = 3):
     return cfg
 
 
-def test_eval_with_generated_sets_writes_results(tmp_path: Path) -> None:
+def test_eval_with_generated_sets_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _small(cpu_config(compose_config("eval", ["attack=[fgsm,glasses_next]", "logger=csv",
                                                     "+attacks.glasses_next.params.steps=30",
                                                     "optimized_metric=objective/fpr_gap"]), tmp_path))
@@ -48,6 +48,16 @@ def test_eval_with_generated_sets_writes_results(tmp_path: Path) -> None:
     cache = sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file())
     apps._eval(cfg)
     assert sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file()) == cache
+    # ami-witness prepares the same AmI (the pipeline's detector set-up), reading the same cache entry
+    witness_cfg = cpu_config(compose_config("witness", ["logger=none"]), tmp_path / "witness")
+    with open_dict(witness_cfg):
+        witness_cfg.paths.cache_dir = cfg.paths.cache_dir
+    apps._witness(witness_cfg)
+    assert sorted(p for p in Path(cfg.paths.cache_dir).rglob("*") if p.is_file()) == cache
+    copied = WitnessSet.read(Path(witness_cfg.paths.output_dir) / "witnesses")
+    assert copied == WitnessSet.read(out / "witnesses")
+    assert f"ami: witnesses per attribute {copied.count()} at {len(copied.steered_layers())} layers" in \
+        capsys.readouterr().out
 
 
 def test_eval_reads_the_published_layout(tmp_path: Path) -> None:

@@ -76,11 +76,10 @@ def task(job: Job) -> Callable[[DictConfig], float | None]:
 
 @task
 def _witness(cfg: DictConfig) -> None:
-    """Prepare the run's detectors (AmI: its witnesses, cached, a copy in the run folder); no calibration."""
+    """Prepare the run's detectors (``detector=[ami]`` by default: its witnesses, cached, a copy in the run
+    folder) and say what AmI's witnesses are."""
     out = Path(cfg.paths.output_dir)
-    classifier = pipeline.classifier_from(cfg)
-    for name, detector in pipeline.build_detectors(cfg, classifier).items():
-        detector.setup(pipeline.setup_context(cfg))
+    for name, detector in pipeline.prepare_detectors(cfg, pipeline.classifier_from(cfg)).items():
         witnesses = getattr(detector, "witnesses", None)
         if witnesses is not None:
             print(f"{name}: witnesses per attribute {witnesses.count()} at {len(witnesses.steered_layers())} layers "
