@@ -21,6 +21,12 @@ wrong identities on the clean face (the cheapest to reach).
 
 Both need the detector: ``attack = DetectorGradient(detector)``; ``attack(model, images, labels)`` with ``model``
 the detector's own plain model.
+
+:class:`AdaptiveAttack` holds what every attack on a detector shares (the K targets per face in one batch, the choice
+of the best candidate); its subclasses implement :meth:`AdaptiveAttack.optimise`, the targeted run on that batch:
+here :class:`LossPGD` (:func:`linf_pgd` on one per-sample loss), in :mod:`ami_lightning.attacks.detector_pgd` the
+selective and orthogonal PGD of Bryniarski et al. (ICLR 2022), which switch per sample between the plain model's
+loss and the detector's score (sets ``selective_*``, ``orthogonal_*``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Gradient = Literal["straight_through", "exact"]
 
 
+def project_linf(
+    x: torch.Tensor, images: torch.Tensor, eps: float, bounds: tuple[float, float] = (0.0, 255.0)
+) -> torch.Tensor:
+    """Pixels x (N, 3, H, W) projected onto the L-infinity ball of radius ``eps`` (pixel units) around ``images``
+    (N, 3, H, W), then onto ``bounds``; a point already inside both is returned unchanged."""
+    return torch.minimum(torch.maximum(x, images - eps), images + eps).clamp(*bounds)
+
+
 def linf_pgd(
     loss_fn: LossFn,
     images: torch.Tensor,
@@ -52,13 +66,11 @@ def linf_pgd(
     """Targeted L-infinity PGD without random start: ``steps`` times ``x <- x - stepsize * sign(grad)`` of
     ``loss_fn(x, targets)`` (per-sample losses (N,) to minimise), projected onto the ``eps`` ball around ``images``
     (N, 3, H, W) and onto ``bounds``; ``eps`` and ``stepsize`` in pixel units. Returns the adversarial batch."""
-    low, high = bounds
     x = images.clone()
     for _ in range(steps):
         leaf = x.requires_grad_()
         (grad,) = torch.autograd.grad(loss_fn(leaf, targets).sum(), leaf)
-        x = leaf.detach() - stepsize * grad.sign()
-        x = torch.minimum(torch.maximum(x, images - eps), images + eps).clamp(low, high)
+        x = project_linf(leaf.detach() - stepsize * grad.sign(), images, eps, bounds)
     return x
 
 
@@ -83,24 +95,25 @@ def choose_candidates(fools: torch.Tensor, flagged: torch.Tensor, score: torch.T
 @torch.no_grad()
 def pick_best(
     detector: Detector, adversarial: torch.Tensor, candidates: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per face, the best of its K candidates (:func:`choose_candidates`): ``adversarial`` (B, K, 3, H, W) pixels
     made for the targets ``candidates`` (B, K). Returns the chosen pixels (B, 3, H, W), whether each fools the
-    plain model (B,) bool, and its target (B,)."""
+    plain model (B,) bool, its target (B,) and its index among the K (B,) long."""
     batch, k = candidates.shape
     out = detector(adversarial.flatten(0, 1))
     fools = (out.logits.argmax(1) == candidates.flatten()).view(batch, k)
     best = choose_candidates(fools, out.flagged.view(batch, k), out.score.view(batch, k))
     rows = torch.arange(batch, device=candidates.device)
-    return adversarial[rows, best], fools[rows, best], candidates[rows, best]
+    return adversarial[rows, best], fools[rows, best], candidates[rows, best], best
 
 
 class AdaptiveAttack(Attack):
-    """Targeted PGD over ``k_targets`` candidate targets per face against a ``detector``, keeping the best
-    candidate (module docstring). Subclasses define the per-sample loss :meth:`loss` (N,) to minimise.
+    """Targeted attack over ``k_targets`` candidate targets per face against a ``detector``, keeping the best
+    candidate (module docstring). Subclasses implement :meth:`optimise`, the run on the batch of candidates.
 
     ``eps`` (pixel units), ``steps``, ``rel_stepsize`` (step = ``rel_stepsize * eps``). :class:`AttackResult`
-    ``targets`` holds the target each face ended with; ``success``: the plain model predicts it.
+    ``targets`` holds the target each face ended with; ``success``: the plain model predicts it; ``iterations``: the
+    steps the chosen candidate used (:meth:`optimise`).
     """
 
     default_target: TargetMode = "untargeted"
@@ -118,8 +131,10 @@ class AdaptiveAttack(Attack):
         self.stepsize = rel_stepsize * eps
 
     @abstractmethod
-    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss (N,) of pixels x (N, 3, H, W) towards targets (N,); lower is closer to the goal."""
+    def optimise(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The targeted attack on pixels ``images`` (N, 3, H, W) towards ``targets`` (N,) long, within ``eps``
+        (pixel units) of the images and in :attr:`bounds`; gradients enabled. Returns the adversarial pixels
+        (N, 3, H, W) and the steps each sample used (N,) long."""
 
     def run(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
@@ -134,14 +149,26 @@ class AdaptiveAttack(Attack):
         batch, k = candidates.shape
         repeated = images.repeat_interleave(k, 0)  # (B*K, 3, H, W), face-major
         with torch.enable_grad():
-            adversarial = linf_pgd(self.loss, repeated, candidates.flatten(), self.eps, self.steps, self.stepsize,
-                                   self.bounds)
-        chosen, fools, chosen_targets = pick_best(self.detector, adversarial.view(batch, k, *images.shape[1:]),
-                                                  candidates)
-        return AttackResult.build(chosen, images, fools, torch.full_like(labels, self.steps), targets=chosen_targets)
+            adversarial, iterations = self.optimise(repeated, candidates.flatten())
+        chosen, fools, chosen_targets, best = pick_best(self.detector, adversarial.view(batch, k, *images.shape[1:]),
+                                                        candidates)
+        used = iterations.view(batch, k).gather(1, best[:, None])[:, 0]
+        return AttackResult.build(chosen, images, fools, used, targets=chosen_targets)
 
 
-class TransferFilter(AdaptiveAttack):
+class LossPGD(AdaptiveAttack):
+    """:meth:`optimise` is :func:`linf_pgd` on a per-sample :meth:`loss`, all ``steps`` steps for every sample."""
+
+    @abstractmethod
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (N,) of pixels x (N, 3, H, W) towards targets (N,); lower is closer to the goal."""
+
+    def optimise(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        adversarial = linf_pgd(self.loss, images, targets, self.eps, self.steps, self.stepsize, self.bounds)
+        return adversarial, torch.full_like(targets, self.steps)
+
+
+class TransferFilter(LossPGD):
     """Carlini's transfer-and-filter attack: PGD on the plain model's cross-entropy towards each candidate target;
     the detector only picks among the results (defaults: eps 2.5 pixel units, 100 steps, 8 targets)."""
 
@@ -149,7 +176,7 @@ class TransferFilter(AdaptiveAttack):
         return F.cross_entropy(self.detector.model(x), targets, reduction="none")
 
 
-class DetectorGradient(AdaptiveAttack):
+class DetectorGradient(LossPGD):
     """PGD through the detector: the plain model's cross-entropy towards the target plus the detector's
     :meth:`~ami_lightning.detectors.base.Detector.evasion_loss`, straight-through where the detector has no useful
     gradient (``gradient="straight_through"``, default) or differentiated exactly (``"exact"``, where the detector

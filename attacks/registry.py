@@ -1,8 +1,10 @@
 """The attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
 
 The 12 published sets, plus the adaptive attacks ``adaptive_transfer`` and ``adaptive_gradient``
-(:mod:`ami_lightning.attacks.adaptive`), which attack a detector (any of :mod:`ami_lightning.detectors`) and so are
-built with ``detector=`` (:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted`` mode).
+(:mod:`ami_lightning.attacks.adaptive`) and ``selective_pgd`` and ``orthogonal_pgd`` (Bryniarski et al. 2022,
+:mod:`ami_lightning.attacks.detector_pgd`), which attack a detector (any of :mod:`ami_lightning.detectors`) and so
+are built with ``detector=`` (:attr:`AttackSpec.needs_detector`); they choose their own targets (``untargeted``
+mode).
 A config's attack set (``attacks.<set>``) names its registered attack (``name``), so that one attack makes several
 sets, e.g. ``adaptive_gradient`` against AmI and ``adaptive_gradient_fs`` against Feature Squeezing.
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from ami_lightning.attacks.adaptive import DetectorGradient, TransferFilter
 from ami_lightning.attacks.base import TARGET_MODES, Attack
+from ami_lightning.attacks.detector_pgd import OrthogonalPGD, SelectivePGD
 from ami_lightning.attacks.gradient import BIM, FGSM
 from ami_lightning.attacks.masked import Eyeglasses, Patch
 
@@ -143,6 +146,8 @@ register(AttackSpec("fgsm", FGSM, "untargeted", "npy"))
 register(AttackSpec("bim", BIM, "untargeted", "npy"))
 register(AttackSpec("adaptive_transfer", TransferFilter, "untargeted", "npy", needs_detector=True))
 register(AttackSpec("adaptive_gradient", DetectorGradient, "untargeted", "npy", needs_detector=True))
+register(AttackSpec("selective_pgd", SelectivePGD, "untargeted", "npy", needs_detector=True))
+register(AttackSpec("orthogonal_pgd", OrthogonalPGD, "untargeted", "npy", needs_detector=True))
 
 
 def get_spec(name: str) -> AttackSpec:

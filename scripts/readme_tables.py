@@ -6,11 +6,14 @@ command, the commit and the machine recorded there (:mod:`ami_lightning.pipeline
 
     .venv/bin/ami-run                                    # or any run whose table the README shows
     python -m scripts.readme_tables default-run logs/run/<stamp>
+    python -m scripts.readme_tables attacks-on-detectors logs/run/<stamp>
     .venv/bin/ami-calibrate
     python -m scripts.readme_tables calibration logs/calibrate/<stamp>
     python -m scripts.readme_tables default-run logs/run/<stamp> --check   # exit 1 if the README differs
 
-Kinds of table: ``default-run`` (any ``ami-run`` / ``ami-eval`` results) and ``calibration`` (``ami-calibrate``).
+Kinds of table: ``default-run`` (any ``ami-run`` / ``ami-eval`` results), ``attacks-on-detectors`` (the same
+results, per detector: BIM and the attacks made to evade detectors, with SR@N, and the worst case over every set)
+and ``calibration`` (``ami-calibrate``).
 """
 
 from __future__ import annotations
@@ -48,17 +51,48 @@ def run_table(results: RunResults) -> str:
     return "\n".join(lines)
 
 
+STRONG_ATTACKS = ("bim", "adaptive_transfer", "adaptive_gradient", "selective_pgd", "orthogonal_pgd")
+"""The attacks of the ``attacks-on-detectors`` table, in its order: BIM, then the attacks made against a detector."""
+
+
+def attacks_table(results: RunResults) -> str:
+    """Per detector, a table of the attack sets made by :data:`STRONG_ATTACKS` (in that order) and its worst case
+    over every attack set of the run: the set, the detector it attacked, n, successes (on target, or fooled where
+    untargeted), detection rate and undetected success by the detector's rule, and SR@N at each calibrated FPR."""
+    targets = results.fpr_targets
+    header = ["set", "attack", "attacked detector", "n", "detection (rule)", "undetected (rule)",
+              *(f"SR@{100 * t:g}%" for t in targets)]
+    blocks = []
+    for detector in results.detector_names:
+        order = {name: k for k, name in enumerate(STRONG_ATTACKS)}
+        sets = [s for s in results.attacks_of(detector)
+                if (results.attack_sets.get(s.name) or {}).get("attack") in order]
+        sets.sort(key=lambda s: (order[results.attack_sets[s.name]["attack"]], s.name))
+        worst = results.worst_case_of(detector)
+        lines = [f"**{detector}**", "", "| " + " | ".join(header) + " |",
+                 "| --- | --- | --- |" + " ---: |" * (len(header) - 3)]
+        for s in [*sets, *([worst] if worst else [])]:
+            name, attack = (f"worst case ({worst.n} faces, all sets)", "-") if s.worst_case else (
+                s.name, results.attack_sets[s.name]["attack"])
+            cells = [name, attack, results.attacked_detector(s.name) or "-", str(s.n), s.rate_text(),
+                     s.undetected_text(), *(s.success_at_text(t) for t in targets)]
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def render(kind: str, run_dir: Path) -> str:
     """The block's new content: the table of ``run_dir`` and its provenance line."""
     path = run_dir / "results.json"
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    if kind == "default-run":
+    if kind in ("default-run", "attacks-on-detectors"):
         results = read_results(path)
-        table, record = run_table(results), results.provenance
+        table = run_table(results) if kind == "default-run" else attacks_table(results)
+        record = results.provenance
     elif kind == "calibration":
         table, record = calibration_markdown(data), data.get("provenance")
     else:
-        raise SystemExit(f"unknown table kind {kind!r}; expected default-run or calibration")
+        raise SystemExit(f"unknown table kind {kind!r}; expected default-run, attacks-on-detectors or calibration")
     if not record:
         raise SystemExit(f"{path} records no provenance (command, commit, machine): rerun it with this version")
     return f"{table}\n\nWritten by `scripts/readme_tables.py {kind}` from {describe(record)}."
@@ -78,7 +112,7 @@ def _tables(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("default-run", "calibration"))
+    parser.add_argument("kind", choices=("default-run", "attacks-on-detectors", "calibration"))
     parser.add_argument("run_dir", type=Path, help="the run folder holding results.json")
     parser.add_argument("--block", help="README block name (default: the kind)")
     parser.add_argument("--readme", type=Path, default=README)

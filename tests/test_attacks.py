@@ -24,7 +24,8 @@ BIG_PATCH = {"top": 40, "left": 40, "size": 144}  # in 224-frame pixels: rows / 
 TINY = {  # the smallest budget of each family, for the registry-wide test
     "patch": {"steps": 2}, "glasses": {"steps": 2}, "cw_l0": {"steps": 2}, "cw_li": {"steps": 2},
     "cw_l2": {"binary_search_steps": 1, "steps": 2}, "fgsm": {}, "bim": {"steps": 2},
-    "adaptive": {"steps": 2, "k_targets": 2},
+    "adaptive": {"steps": 2, "k_targets": 2}, "selective": {"steps": 2, "k_targets": 2},
+    "orthogonal": {"steps": 2, "k_targets": 2},
 }
 
 
@@ -198,7 +199,8 @@ def test_every_registered_set_builds_and_runs(toy, name: str) -> None:
     result = attack(model, x[:2], y[:2], make_targets(y[:2], spec.target_mode, NUM_CLASSES))
     assert result.adversarial.shape == (2, 3, 32, 32) and result.success.dtype == torch.bool
     assert result.l0.shape == result.l2.shape == result.linf.shape == result.iterations.shape == (2,)
-    assert (result.targets is not None) == spec.needs_detector == name.startswith("adaptive")
+    assert (result.targets is not None) == spec.needs_detector == name.startswith(("adaptive", "selective",
+                                                                                   "orthogonal"))
     assert spec.file_format == ("png" if name.startswith(("patch", "glasses")) else "npy")
     untargeted = name in ("fgsm", "bim") or spec.needs_detector
     assert spec.target_mode == ("untargeted" if untargeted else name.rsplit("_", 1)[1])
@@ -207,7 +209,7 @@ def test_every_registered_set_builds_and_runs(toy, name: str) -> None:
 def test_registry_names_and_errors(toy) -> None:
     published = {f"{family}_{mode}" for family in ("patch", "glasses", "cw_l0", "cw_l2", "cw_li")
                  for mode in ("first", "next")} | {"fgsm", "bim"}
-    assert set(ATTACK_SETS) == published | {"adaptive_transfer", "adaptive_gradient"}
+    assert set(ATTACK_SETS) == published | {"adaptive_transfer", "adaptive_gradient", "selective_pgd", "orthogonal_pgd"}
     with pytest.raises(KeyError, match="unknown attack set 'cw_l3_first'; registered: adaptive_gradient, "
                                        "adaptive_transfer, bim, cw_l0_first"):
         create_attack("cw_l3_first")

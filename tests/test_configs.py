@@ -56,7 +56,10 @@ def test_default_experiment_has_all_published_and_adaptive_sets(tmp_path: Path) 
     cfg = cpu_config(compose_config("run"), tmp_path)
     adaptive = {"adaptive_transfer": ("adaptive_transfer", "ami"), "adaptive_gradient": ("adaptive_gradient", "ami"),
                 "adaptive_transfer_fs": ("adaptive_transfer", "feature_squeezing"),
-                "adaptive_gradient_fs": ("adaptive_gradient", "feature_squeezing")}
+                "adaptive_gradient_fs": ("adaptive_gradient", "feature_squeezing"),
+                "selective_ami": ("selective_pgd", "ami"), "orthogonal_ami": ("orthogonal_pgd", "ami"),
+                "selective_feature_squeezing": ("selective_pgd", "feature_squeezing"),
+                "orthogonal_feature_squeezing": ("orthogonal_pgd", "feature_squeezing")}
     assert list(cfg.attacks) == [*PUBLISHED_SETS, *adaptive]
     assert list(cfg.detectors) == ["ami", "feature_squeezing"]
     assert cfg.model._target_ == "ami_lightning.models.classifiers.dlib_gallery"
@@ -66,6 +69,8 @@ def test_default_experiment_has_all_published_and_adaptive_sets(tmp_path: Path) 
     # each attack's budget on AmI and on Feature Squeezing is the same
     assert cfg.attacks.adaptive_gradient.params == cfg.attacks.adaptive_gradient_fs.params
     assert cfg.attacks.adaptive_transfer.params == cfg.attacks.adaptive_transfer_fs.params
+    for name in ("selective_ami", "orthogonal_ami", "selective_feature_squeezing", "orthogonal_feature_squeezing"):
+        assert cfg.attacks[name].params == {"eps": 2.5, "steps": 30, "rel_stepsize": 0.2, "k_targets": 2}
 
 
 def test_attack_list_on_the_command_line_selects_sets_of_the_experiment(tmp_path: Path) -> None:
@@ -111,11 +116,12 @@ def test_witness_and_attack_stages_follow_the_trainer_to_the_gpu(
 
 def test_adaptive_experiment_compares_bim_at_the_adaptive_budget(tmp_path: Path) -> None:
     cfg = cpu_config(compose_config("run", ["experiment=adaptive"]), tmp_path)
+    detector_pgd = ["selective_ami", "orthogonal_ami", "selective_feature_squeezing", "orthogonal_feature_squeezing"]
     assert list(selected_attacks(cfg)) == ["bim", "adaptive_transfer", "adaptive_gradient", "adaptive_transfer_fs",
-                                           "adaptive_gradient_fs"]
+                                           "adaptive_gradient_fs", *detector_pgd]
     adaptive = cfg.attacks.adaptive_transfer.params
     assert (adaptive.eps, adaptive.steps, adaptive.k_targets) == (2.5, 100, 8)
-    for name in ("bim", "adaptive_gradient", "adaptive_transfer_fs", "adaptive_gradient_fs"):
+    for name in ("bim", "adaptive_gradient", "adaptive_transfer_fs", "adaptive_gradient_fs", *detector_pgd):
         params = cfg.attacks[name].params
         assert (params.eps, params.steps, params.rel_stepsize) == (adaptive.eps, adaptive.steps, adaptive.rel_stepsize)
     assert cfg.data.attack_faces is None

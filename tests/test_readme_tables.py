@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ami_lightning.evaluation.thresholds import OperatingPoint
 from ami_lightning.pipeline.provenance import provenance
 from ami_lightning.reporting.results import RunResults, SetResult, write_results
 from scripts import readme_tables
@@ -112,3 +113,32 @@ def test_a_single_detector_results_file_renders_as_ami(tmp_path: Path) -> None:
     table = readme_tables.render("default-run", run).split("\n\nWritten by")[0]
     assert [line.split(" | ")[:3] for line in table.splitlines()[2:]] == [
         ["| ami", "benign (FPR)", "-"], ["| ami", "fgsm", "-"], ["| ami", "adaptive_fs", "-"]]
+
+
+def test_attacks_on_detectors_table_per_detector_with_the_worst_case(tmp_path: Path) -> None:
+    points = [OperatingPoint(0.05, 2.0, 0.05, 1, 4), OperatingPoint(0.5, 1.0, 0.5, 3, 2)]
+    results = RunResults(
+        sets=[SetResult("ami", "benign", False, n=40, eligible=38, flagged=4),
+              SetResult("ami", "orthogonal_ami", True, n=8, eligible=8, flagged=1, operating_points=points),
+              SetResult("ami", "fgsm", True, n=8, eligible=8, flagged=7),
+              SetResult("ami", "bim", True, n=8, eligible=6, flagged=5, operating_points=points),
+              SetResult("ami", "worst_case", True, n=8, eligible=8, flagged=0, operating_points=points,
+                        worst_case=True)],
+        model="dlib_resnet", detectors={"ami": {"type": "ami"}},
+        attack_sets={"orthogonal_ami": {"attack": "orthogonal_pgd", "detector": "ami"},
+                     "fgsm": {"attack": "fgsm", "detector": None}, "bim": {"attack": "bim", "detector": None}},
+        provenance=provenance(["ami-run"]))
+    write_results(results, tmp_path / "run")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:attacks-on-detectors -->\n<!-- /results:attacks-on-detectors -->\n")
+    assert readme_tables.main(["attacks-on-detectors", str(tmp_path / "run"), "--readme", str(readme)]) == 0
+    lines = readme.read_text().splitlines()
+    assert lines[1] == "**ami**"
+    assert lines[3] == ("| set | attack | attacked detector | n | detection (rule) | undetected (rule) | SR@5% "
+                        "| SR@50% |")
+    rows = [line.split(" | ") for line in lines[5:8]]
+    assert [row[:4] for row in rows] == [["| bim", "bim", "-", "8"],
+                                         ["| orthogonal_ami", "orthogonal_pgd", "ami", "8"],
+                                         ["| worst case (8 faces, all sets)", "-", "-", "8"]]  # fgsm left out
+    assert rows[1][5].startswith("87.50 % (7/8)") and rows[1][6].startswith("50.00 % (4/8)")
+    assert rows[2][4].startswith("0.00 % (0/8)") and rows[2][7].startswith("25.00 % (2/8)")

@@ -83,9 +83,12 @@ def _batch(k: int, size: int = H, value: float = 100.0, step: float = 5.0,
                        [f"Other_{i}" for i in range(k)], flagged)
 
 
-def _points(detected: tuple[int, int]) -> list[OperatingPoint]:
-    """Operating points at 5 % and 10 % benign FPR (thresholds 2.5 and 1.75, 17 and 34 of 343 benign flagged)."""
-    return [OperatingPoint(0.05, 2.5, 17 / 343, detected[0]), OperatingPoint(0.1, 1.75, 34 / 343, detected[1])]
+def _points(detected: tuple[int, int], evaded: tuple[int, int] | None = None) -> list[OperatingPoint]:
+    """Operating points at 5 % and 10 % benign FPR (thresholds 2.5 and 1.75, 17 and 34 of 343 benign flagged);
+    ``evaded``: SR@N's numerators (attack sets)."""
+    first, second = evaded or (None, None)
+    return [OperatingPoint(0.05, 2.5, 17 / 343, detected[0], first),
+            OperatingPoint(0.1, 1.75, 34 / 343, detected[1], second)]
 
 
 def _ami_sets() -> list[SetResult]:
@@ -93,7 +96,8 @@ def _ami_sets() -> list[SetResult]:
     return [
         SetResult("ami", "benign", False, n=400, eligible=343, flagged=33, operating_points=_points((17, 34))),
         SetResult("ami", "patch_first", True, n=100, eligible=90, flagged=81, auroc=0.9321, auroc_ci=PATCH_AUROC_CI,
-                  roc_fpr=[0.0, 0.05, 0.2, 1.0], roc_tpr=[0.0, 0.7, 0.95, 1.0], operating_points=_points((71, 80))),
+                  roc_fpr=[0.0, 0.05, 0.2, 1.0], roc_tpr=[0.0, 0.7, 0.95, 1.0],
+                  operating_points=_points((71, 80), (15, 6)), success=85),
         SetResult("ami", "cw_l2_next", True, n=50, eligible=48, flagged=12, auroc=0.6125,
                   roc_fpr=[0.0, 0.1, 0.5, 1.0], roc_tpr=[0.0, 0.2, 0.7, 1.0], operating_points=_points((5, 9))),
         SetResult("ami", "fgsm", True, n=20, eligible=0, flagged=0, operating_points=_points((0, 0))),
@@ -204,11 +208,11 @@ def test_wilson_intervals_follow_from_the_counts(results: RunResults) -> None:
 def test_rich_table_has_counts_next_to_every_rate(results: RunResults) -> None:
     table = results_table(results)
     assert [c.header for c in table.columns] == ["detector", "set", "metric", "n", "eligible", "flagged", "rate",
-                                                 "AUROC", "det@5%FPR", "det@10%FPR", "undetected"]
+                                                 "AUROC", "det@5%FPR", "det@10%FPR", "SR@5%", "SR@10%", "undetected"]
     assert table.row_count == 4 and table.title == "ami on dlib_resnet"
     assert list(table.columns[0].cells) == ["ami"] * 4
     assert list(table.columns[1].cells) == ["benign", "patch_first", "cw_l2_next", "fgsm"]
-    console = Console(record=True, width=250, file=io.StringIO())
+    console = Console(record=True, width=360, file=io.StringIO())
     print_results(results, console)
     text = console.export_text()
     for expected in ("9.62 % (33/343)" + _brackets(33, 343), "90.00 % (81/90)" + _brackets(81, 90),
@@ -222,7 +226,7 @@ def test_rich_table_has_counts_next_to_every_rate(results: RunResults) -> None:
     assert "4.96 % (17/343) [" not in text  # the benign set's achieved FPR carries no interval
     targets = RunResults([SetResult("ami", "benign", False, 10, 10, 1,
                                     operating_points=[OperatingPoint(0.01, 3.0, 0.0, 0)])], "m", {"ami": AMI})
-    assert [c.header for c in results_table(targets).columns][-2:] == ["det@1%FPR", "undetected"]
+    assert [c.header for c in results_table(targets).columns][-3:] == ["det@1%FPR", "SR@1%", "undetected"]
 
 
 def _interval(value: list[float] | None) -> tuple[float, float] | None:
@@ -243,17 +247,22 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
     assert (sets["benign"]["eligible"], sets["benign"]["flagged"], sets["benign"]["n"]) == (343, 33, 400)
     assert sets["patch_first"]["auroc"] == 0.9321 and sets["patch_first"]["roc_tpr"] == [0.0, 0.7, 0.95, 1.0]
     assert sets["fgsm"]["rate"] is None and sets["fgsm"]["metric"] == "detection"
-    assert list(data) == ["model", "detectors", "attack_sets", "intervals", "bootstrap", "sets", "extra", "provenance"]
+    assert list(data) == ["model", "detectors", "attack_sets", "intervals", "bootstrap", "sets", "worst_case", "extra",
+                          "provenance"]
+    assert data["worst_case"] == {}  # no worst-case row in these results
     assert data["model"] == "dlib_resnet" and data["detectors"] == {"ami": AMI} and data["attack_sets"] == ATTACK_SETS
     assert [list(s)[:2] for s in data["sets"]] == [["detector", "name"]] * 4
     assert {s["detector"] for s in data["sets"]} == {"ami"}
     assert data["extra"]["skipped"] == {"benign": 0, "patch_first": 2}
     assert sets["patch_first"]["undetected"] == pytest.approx(0.09) and sets["benign"]["undetected"] is None
     assert sets["patch_first"]["operating_points"][0] == {
-        "target_fpr": 0.05, "threshold": 2.5, "benign_fpr": pytest.approx(17 / 343), "detected": 71,
+        "target_fpr": 0.05, "threshold": 2.5, "benign_fpr": pytest.approx(17 / 343), "detected": 71, "evaded": 15,
         "detection": pytest.approx(71 / 90), "undetected": pytest.approx(0.19),
         "detection_ci": pytest.approx(list(_wilson(71, 90)), rel=1e-12),
-        "undetected_ci": pytest.approx(list(_wilson(19, 100)), rel=1e-12)}
+        "undetected_ci": pytest.approx(list(_wilson(19, 100)), rel=1e-12), "success_rate": pytest.approx(0.15),
+        "success_rate_ci": pytest.approx(list(_wilson(15, 100)), rel=1e-12)}
+    assert sets["patch_first"]["success"] == 85 and sets["benign"]["success"] is None
+    assert sets["fgsm"]["operating_points"][0]["success_rate"] is None  # no evaded count recorded
     fgsm_at_10 = sets["fgsm"]["operating_points"][1]
     assert fgsm_at_10["detection"] is None and fgsm_at_10["undetected"] == 0.0
     assert fgsm_at_10["detection_ci"] is None
@@ -271,7 +280,7 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
     back = read_results(paths["json"])
     assert back.sets == results.sets and back.extra == results.extra
     assert back.detectors == results.detectors and back.attack_sets == results.attack_sets
-    assert back.sets[1].operating_points[1] == OperatingPoint(0.1, 1.75, 34 / 343, 80)
+    assert back.sets[1].operating_points[1] == OperatingPoint(0.1, 1.75, 34 / 343, 80, 6)
     assert back.sets[1].auroc_ci == PATCH_AUROC_CI and back.bootstrap == results.bootstrap
 
 
@@ -350,8 +359,9 @@ def test_missing_threshold_round_trips_as_nan(results: RunResults, tmp_path: Pat
     results.sets[2].operating_points = [OperatingPoint(0.05, math.nan, math.nan, None)]
     data = json.loads(write_results(results, tmp_path)["json"].read_text())
     assert data["sets"][2]["operating_points"] == [{"target_fpr": 0.05, "threshold": None, "benign_fpr": None,
-                                                    "detected": None, "detection": None, "undetected": None,
-                                                    "detection_ci": None, "undetected_ci": None}]
+                                                    "detected": None, "evaded": None, "detection": None,
+                                                    "undetected": None, "detection_ci": None, "undetected_ci": None,
+                                                    "success_rate": None, "success_rate_ci": None}]
     (point,) = read_results(tmp_path / "results.json").sets[2].operating_points
     assert math.isnan(point.threshold) and math.isnan(point.benign_fpr) and point.detected is None
 
@@ -392,14 +402,16 @@ def test_markdown_has_one_row_per_set_and_the_parameters(results: RunResults, tm
                            ["cw_l2_next", "cw_l2", "-"], ["fgsm", "fgsm", "-"]]
     header, *rows = table
     assert header == ["detector", "set", "metric", "n", "eligible", "flagged", "rate", "AUROC", "det@5%FPR",
-                      "det@10%FPR", "undetected"]
+                      "det@10%FPR", "SR@5%", "SR@10%", "undetected"]
     by_set = {row[1]: row for row in rows}
     assert [row[:2] for row in rows] == [["ami", "benign"], ["ami", "patch_first"], ["ami", "cw_l2_next"],
                                          ["ami", "fgsm"]]
     assert by_set["benign"][2:7] == ["FPR", "400", "343", "33", "9.62 % (33/343)" + _brackets(33, 343)]
     assert by_set["patch_first"][6:] == ["90.00 % (81/90)" + _brackets(81, 90), "0.932 [0.901, 0.977]",
                                          "78.89 % (71/90)" + _brackets(71, 90), "88.89 % (80/90)" + _brackets(80, 90),
+                                         "15.00 % (15/100)" + _brackets(15, 100), "6.00 % (6/100)" + _brackets(6, 100),
                                          "9.00 % (9/100)" + _brackets(9, 100)]
+    assert by_set["cw_l2_next"][10:12] == ["-", "-"]  # no SR@N without the evaded counts
     assert by_set["fgsm"][6] == "n/a (0/0)"
     assert "Wilson score, 95 %" in text and "stratified bootstrap, percentile, 95 %, 1000 resamples, seed 0" in text
 
@@ -435,7 +447,7 @@ def test_two_detectors_rows_are_grouped_and_named(two: RunResults, tmp_path: Pat
     assert rows["ami", "benign"][5] == "33" and rows["feature_squeezing", "benign"][5] == "17"
     assert rows["feature_squeezing", "adaptive_fs"][6:] == [
         "22.22 % (2/9)" + _brackets(2, 9), "0.550", "11.11 % (1/9)" + _brackets(1, 9),
-        "22.22 % (2/9)" + _brackets(2, 9), "70.00 % (7/10)" + _brackets(7, 10)]
+        "22.22 % (2/9)" + _brackets(2, 9), "-", "-", "70.00 % (7/10)" + _brackets(7, 10)]
     with pytest.raises(ValueError, match="detector 'ami' has the set 'fgsm' twice"):
         RunResults([*_ami_sets(), SetResult("ami", "fgsm", True, 1, 1, 1)], "m", {"ami": AMI})
     # a detector of the sets that is not described comes after the described ones
@@ -472,8 +484,11 @@ def test_metric_keys_carry_the_detector(two: RunResults) -> None:
     assert "ami/adaptive_fs/rate" not in metrics and not any(key.startswith("patch_first/") for key in metrics)
     assert {key.split("/")[0] for key in metrics} == {"ami", "feature_squeezing", "extra"}
     per_set = len([key for key in metrics if key.startswith("ami/patch_first/")])
-    # rate, flagged, eligible, n, auroc, undetected, detection and undetected at 2 targets; 7 intervals x 2 bounds
-    assert per_set == len([key for key in metrics if key.startswith("feature_squeezing/patch_first/")]) == 24
+    # rate, flagged, eligible, n, auroc, undetected, detection, undetected and SR at 2 targets; 9 intervals x 2 bounds
+    assert per_set == len([key for key in metrics if key.startswith("feature_squeezing/patch_first/")]) == 30
+    assert metrics["ami/patch_first/success_rate_at_fpr_0.05"] == pytest.approx(0.15)
+    assert (metrics["ami/patch_first/success_rate_at_fpr_0.1_ci_low"],
+            metrics["ami/patch_first/success_rate_at_fpr_0.1_ci_high"]) == pytest.approx(_wilson(6, 100), rel=1e-12)
     columns, rows = wandb_table_rows(two)
     assert columns[:3] == ["detector", "set", "metric"] and len(rows) == 9
     assert [row[:2] for row in rows][3:5] == [["ami", "fgsm"], ["feature_squeezing", "benign"]]

@@ -100,20 +100,25 @@ def test_operating_point_counts_the_set_above_the_benign_threshold() -> None:
     point = operating_point(benign, attack, 0.1)
     assert point == OperatingPoint(0.1, 17.0, 0.1, 2)
     assert operating_point(benign, attack, 0.05) == OperatingPoint(0.05, 18.0, 0.05, 1)
+    # SR@N's numerator: of the successful samples' scores, those not above the threshold (17.0 is not above it)
+    success = torch.tensor([17.0, 17.5, 2.0])
+    assert operating_point(benign, attack, 0.1, success).evaded == 2
+    assert operating_point(benign, attack, 0.1, success[:0]).evaded == 0
+    assert operating_point(benign[:0], attack, 0.1, success).evaded is None  # no threshold
 
 
 def test_point_metrics_names_and_values() -> None:
-    points = [OperatingPoint(0.05, 3.0, 0.04, 30), OperatingPoint(0.1, 2.0, 0.1, 45)]
+    points = [OperatingPoint(0.05, 3.0, 0.04, 30, 42), OperatingPoint(0.1, 2.0, 0.1, 45, 27)]
     attack = point_metrics(points, n=100, eligible=80, flagged=60, adversarial=True)
     assert attack == {
         "undetected": 0.2,  # (80 - 60) / 100
-        "detection_at_fpr_0.05": 30 / 80, "undetected_at_fpr_0.05": 0.5,
-        "detection_at_fpr_0.1": 45 / 80, "undetected_at_fpr_0.1": 0.35,
+        "detection_at_fpr_0.05": 30 / 80, "undetected_at_fpr_0.05": 0.5, "success_rate_at_fpr_0.05": 0.42,
+        "detection_at_fpr_0.1": 45 / 80, "undetected_at_fpr_0.1": 0.35, "success_rate_at_fpr_0.1": 0.27,
     }
     benign = point_metrics(points, n=50, eligible=25, flagged=3, adversarial=False)
     assert benign == {"threshold_at_fpr_0.05": 3.0, "achieved_fpr_at_fpr_0.05": 0.04,
                       "threshold_at_fpr_0.1": 2.0, "achieved_fpr_at_fpr_0.1": 0.1}
     empty = point_metrics([OperatingPoint(0.05, math.nan, math.nan, None)], n=0, eligible=0, flagged=0,
                           adversarial=True)
-    assert set(empty) == {"undetected", "detection_at_fpr_0.05", "undetected_at_fpr_0.05"}
+    assert set(empty) == {"undetected", "detection_at_fpr_0.05", "undetected_at_fpr_0.05", "success_rate_at_fpr_0.05"}
     assert all(math.isnan(v) for v in empty.values())

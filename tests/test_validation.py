@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ami_lightning.attacks.registry import ATTACK_SETS, Deferred, create_attack
+from ami_lightning.cli import config_dir
 from ami_lightning.data.shipped import face_files
 from ami_lightning.pipeline.validation import (
     ConfigError,
@@ -23,6 +25,7 @@ from tests.conftest import compose_config
 
 FACES = len(face_files())
 DLIB_LAYERS = ("relu1", "maxpool", *(f"relu{i}" for i in range(2, 30)), "avgpool")  # create_model("dlib_resnet")
+SHIPPED_SETS = sorted(p.stem for p in (config_dir() / "attack").glob("*.yaml"))  # the attack group's options
 PUBLISHED_SETS = ("patch_first", "patch_next", "glasses_first", "glasses_next", "cw_l0_first", "cw_l0_next",
                   "cw_l2_first", "cw_l2_next", "cw_li_first", "cw_li_next", "fgsm", "bim")
 
@@ -50,7 +53,7 @@ def cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
 # ---- what ships is valid -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "overrides"), [
     ("run", []), ("eval", []), ("attack", []), ("witness", []),
-    ("run", ["experiment=adaptive"]), ("eval", [f"attack=[{','.join(ATTACK_SETS)}]"]),
+    ("run", ["experiment=adaptive"]), ("eval", [f"attack=[{','.join(SHIPPED_SETS)}]"]),
     ("run", ["attack=[fgsm]"]),  # budgets of the sets left out stay, without a name
     ("eval", ["ami=caffe", "logger=none", "data.attack_faces=null", "fpr_targets=[0.01,0.05]"]),
     ("eval", ["logger=wandb"]), ("eval", ["trainer=ddp_sim"]), ("eval", ["hparams_search=grid"]),
@@ -107,6 +110,11 @@ def test_attack_set_nodes_hold_only_their_name_detector_and_params() -> None:
             "attacks.fgsm.name='bimm': unknown attack set (did you mean bim?); registered: adaptive_gradient,")
     refused("eval", ["attack=[fgsm]", "attacks.fgsm.params=3"],
             "attacks.fgsm.params=3: expected a mapping of parameter -> value")
+
+
+def test_every_registered_attack_has_a_shipped_set() -> None:
+    named = {OmegaConf.load(config_dir() / "attack" / f"{stem}.yaml").name for stem in SHIPPED_SETS}
+    assert named == set(ATTACK_SETS)
 
 
 def test_every_set_lists_its_parameters_without_building_an_attack() -> None:

@@ -74,6 +74,22 @@ class EvalDataModule(pl.LightningDataModule):
         return batch
 
     @property
+    def targets(self) -> dict[str, list[int]]:
+        """Attack set name -> per file, the class its attack aimed at (-1: none), for the sets whose dataset says
+        (:attr:`ami_lightning.data.datasets.FaceFiles.targets`)."""
+        return self._per_file("targets")
+
+    @property
+    def faces(self) -> dict[str, list[str]]:
+        """Attack set name -> per file, the face it was made from, for the sets whose dataset says
+        (:attr:`ami_lightning.data.datasets.FaceFiles.faces`)."""
+        return self._per_file("faces")
+
+    def _per_file(self, attribute: str) -> dict[str, list[Any]]:
+        return {name: list(getattr(dataset, attribute)) for name, dataset in self.datasets.items()
+                if name != "benign" and hasattr(dataset, attribute)}
+
+    @property
     def skipped(self) -> dict[str, dict[Path, str]]:
         """Set name -> {path: reason} of the files skipped so far by this process (empty for datasets that do not
         skip, e.g. in-memory probes)."""

@@ -100,6 +100,11 @@ class FaceFiles(Dataset):
     ``size``: (H, W) in pixels that every file must have (default: that of the set's first readable file).
     ``on_error``: ``"raise"`` a :class:`FaceFileError` for a bad file, or ``"skip"`` it (see the module docstring);
     the skipped files of this process are in :attr:`skipped` (path -> reason).
+
+    Per file, for the per-face figures of an attack set (:mod:`ami_lightning.evaluation.success`): :attr:`targets`,
+    the class the attack aimed at (``-1`` when untargeted or unknown, e.g. a published folder without manifest), and
+    :attr:`faces`, the name of the face it was made from (the generator's manifest ``source``, else the file's stem:
+    generated and published files are named after their VGG Face source file).
     """
 
     def __init__(
@@ -123,6 +128,8 @@ class FaceFiles(Dataset):
         self.size: Size | None = tuple(size) if size is not None else None  # type: ignore[assignment]
         self.skipped: dict[Path, str] = {}
         self.originals: list[Path] = []  # the unattacked faces, where a generator's manifest names them
+        self.targets: list[int] = [-1] * len(self.paths)  # per file, the attack's target class (-1: none known)
+        self.faces: list[str] = [p.stem for p in self.paths]  # per file, the face it was made from (file stem)
         self._reference: tuple[Size | None, str] | None = None
 
     def __len__(self) -> int:
@@ -246,6 +253,8 @@ class FaceFiles(Dataset):
         dataset = cls([manifest.parent / r["file"] for r in rows], [r["label"] for r in rows], on_error=on_error,
                       size=size)
         dataset.originals = [Path(r["source"]) for r in rows if "source" in r]
+        dataset.targets = [int(r.get("target", -1)) for r in rows]
+        dataset.faces = [Path(r["source"]).stem if "source" in r else Path(r["file"]).stem for r in rows]
         return dataset
 
 

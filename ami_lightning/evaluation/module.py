@@ -25,7 +25,11 @@ from ami_lightning.evaluation.intervals import (
 )
 from ami_lightning.evaluation.metrics import FlagRate
 from ami_lightning.evaluation.rates import eligible_mask
-from ami_lightning.evaluation.thresholds import check_target_fpr, operating_point, point_metrics
+from ami_lightning.evaluation.success import WorstCase, attack_success, worst_case
+from ami_lightning.evaluation.thresholds import OperatingPoint, above, check_target_fpr, operating_point, point_metrics
+
+WORST_CASE = "worst_case"
+"""The name of a detector's worst case over the attack sets in :attr:`DetectorEvalModule.worst_case` and the logs."""
 
 
 class DetectorEvalModule(pl.LightningModule):
@@ -43,18 +47,27 @@ class DetectorEvalModule(pl.LightningModule):
     95 % stratified percentile bootstrap interval ``(low, high)``,
     :func:`~ami_lightning.evaluation.intervals.bootstrap_auroc_interval` of the same eligible scores with
     ``bootstrap_resamples`` resamples drawn from a generator seeded with ``bootstrap_seed``; None where ``auroc``
-    is), ``roc_fpr``, ``roc_tpr`` and ``operating_points`` (one per target, ascending).
+    is), ``roc_fpr``, ``roc_tpr``, ``operating_points`` (one per target, ascending; for attack sets with ``evaded``,
+    SR@N's numerator) and, for attack sets, ``success`` (how many samples succeed:
+    :func:`~ami_lightning.evaluation.success.attack_success` with the per-file ``targets`` of the set, -1 = none).
+
+    :attr:`worst_case` (detector -> dict) holds each detector's worst case over the attack sets whose per-file
+    ``faces`` are given (:func:`~ami_lightning.evaluation.success.worst_case`), as a row of the same keys: ``n`` the
+    faces attacked, ``eligible`` those some set fooled, ``flagged`` those whose every fooling version was flagged by
+    the detector's rule, ``operating_points`` the same at each calibrated threshold (``detected`` faces caught,
+    ``evaded`` faces some version got through), and ``sets``, the sets it covers (None when fewer than one set has
+    faces).
 
     Logged per detector and set: ``<detector>/<set>/rate`` with its 95 % Wilson interval ``.../rate_ci_low`` /
     ``.../rate_ci_high`` (nan when nothing is eligible), ``.../auroc`` with ``.../auroc_ci_low`` /
     ``.../auroc_ci_high`` where there is one, and the operating-point figures of
-    :func:`~ami_lightning.evaluation.thresholds.point_metrics`.
+    :func:`~ami_lightning.evaluation.thresholds.point_metrics`; likewise ``<detector>/worst_case/...``.
 
     Under DDP the scores are gathered on every process (CatMetric) and the bootstrap depends only on the multisets of
     scores (it sorts them first) and the seed, so every process computes the same interval, equal to one process's.
     """
 
-    DEFAULT_FPR_TARGETS: tuple[float, ...] = (0.05, 0.10)
+    DEFAULT_FPR_TARGETS: tuple[float, ...] = (0.05, 0.50)
 
     def __init__(
         self,
@@ -63,6 +76,8 @@ class DetectorEvalModule(pl.LightningModule):
         fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS,
         bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
         bootstrap_seed: int = BOOTSTRAP_SEED,
+        targets: Mapping[str, Sequence[int]] | None = None,
+        faces: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         if not set_names or set_names[0] != "benign":
@@ -79,13 +94,20 @@ class DetectorEvalModule(pl.LightningModule):
         self.fpr_targets = sorted({check_target_fpr(t) for t in fpr_targets})
         self.bootstrap_resamples = check_resamples(bootstrap_resamples)
         self.bootstrap_seed = int(bootstrap_seed)
+        unknown = sorted(set(targets or {}) - set(set_names[1:])) + sorted(set(faces or {}) - set(set_names[1:]))
+        if unknown:
+            raise ValueError(f"targets or faces given for {unknown}, which are not attack sets of {self.set_names}")
+        self.targets = {name: torch.as_tensor(list(v), dtype=torch.long) for name, v in (targets or {}).items()}
+        self.faces = {name: list(values) for name, values in (faces or {}).items()}
         sets = range(len(set_names))
         self.rates = nn.ModuleList([nn.ModuleList([FlagRate(adversarial=i > 0) for i in sets]) for _ in detectors])
-        self.scores = nn.ModuleList([nn.ModuleList([CatMetric(nan_strategy="disable") for _ in sets])
-                                     for _ in detectors])
+        # per sample: index in its set, plain top-1, label, flagged by the rule, score (float32, as CatMetric stores)
+        self.records = nn.ModuleList([nn.ModuleList([CatMetric(nan_strategy="disable") for _ in sets])
+                                      for _ in detectors])
         self.seen = nn.ModuleList([SumMetric() for _ in set_names])
         self.skipped = nn.ModuleList([SumMetric() for _ in set_names])
         self.results: dict[str, dict[str, dict[str, object]]] = {}
+        self.worst_case: dict[str, dict[str, object]] = {}
 
     @property
     def bootstrap(self) -> dict[str, int]:
@@ -94,40 +116,44 @@ class DetectorEvalModule(pl.LightningModule):
         return {"resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed}
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        pixels, labels = batch[0], batch[1]
+        pixels, labels, index = batch[0], batch[1], batch[2]
         keep = labels != SKIPPED
         self.seen[dataloader_idx].update(keep.sum())
         self.skipped[dataloader_idx].update((~keep).sum())
-        pixels, labels = pixels[keep], labels[keep]
+        pixels, labels, index = pixels[keep], labels[keep], index[keep]
         if len(labels) == 0:
             return
         logits = self.model(pixels)
         original_pred = logits.argmax(1)
-        eligible = eligible_mask(original_pred, labels, adversarial=dataloader_idx > 0)
         for j, detector in enumerate(self.detectors.values()):
             out = detector(pixels, logits)
             self.rates[j][dataloader_idx].update(out.flagged, original_pred, labels)
-            self.scores[j][dataloader_idx].update(out.score[eligible])
+            columns = (index, original_pred, labels, out.flagged, out.score.detach())
+            self.records[j][dataloader_idx].update(torch.stack([c.to(torch.float32) for c in columns], 1))
 
     def on_test_epoch_end(self) -> None:
         seen = [int(_compute(m)) for m in self.seen]
         skipped = [int(_compute(m)) for m in self.skipped]
         for j, name in enumerate(self.detectors):
-            self.results[name] = self._detector_results(name, self.rates[j], self.scores[j], seen, skipped)
-        for metric in (*self.seen, *self.skipped, *(m for per in (*self.rates, *self.scores) for m in per)):
+            records = [_records(m) for m in self.records[j]]
+            self.results[name] = self._detector_results(name, self.rates[j], records, seen, skipped)
+            self.worst_case[name] = self._worst_case(name, records, self.results[name]["benign"]["operating_points"])
+        for metric in (*self.seen, *self.skipped, *(m for per in (*self.rates, *self.records) for m in per)):
             metric.reset()
 
     def _detector_results(
-        self, detector: str, rates: nn.ModuleList, scores: nn.ModuleList, seen: list[int], skipped: list[int]
+        self, detector: str, rates: nn.ModuleList, records: list[_Records], seen: list[int], skipped: list[int]
     ) -> dict[str, dict[str, object]]:
         """One detector's rows (set -> dict, see the class docstring), logged as ``<detector>/<set>/...``."""
         results: dict[str, dict[str, object]] = {}
-        benign_scores = _cat(scores[0])
+        benign_scores = records[0].scores[records[0].eligible(adversarial=False)]
         for i, name in enumerate(self.set_names):
             rate = _compute(rates[i])
-            set_scores = _cat(scores[i]) if i > 0 else benign_scores
+            set_scores = records[i].scores[records[i].eligible(adversarial=True)] if i > 0 else benign_scores
+            success = records[i].success(self.targets.get(name)) if i > 0 else None
+            success_scores = None if success is None else records[i].scores[success]
             n, eligible, flagged = seen[i], int(rate["eligible"]), int(rate["flagged"])
-            points = [operating_point(benign_scores, set_scores, t) for t in self.fpr_targets]
+            points = [operating_point(benign_scores, set_scores, t, success_scores) for t in self.fpr_targets]
             row: dict[str, object] = {
                 "n": n,
                 "skipped": skipped[i],
@@ -139,6 +165,7 @@ class DetectorEvalModule(pl.LightningModule):
                 "roc_fpr": [],
                 "roc_tpr": [],
                 "operating_points": points,
+                "success": None if success is None else int(success.sum()),
             }
             if i > 0 and len(set_scores) and len(benign_scores):
                 preds = torch.cat([benign_scores, set_scores])
@@ -149,17 +176,69 @@ class DetectorEvalModule(pl.LightningModule):
                 row.update(auroc=float(binary_auroc(preds, target)), auroc_ci=interval, roc_fpr=fpr.tolist(),
                            roc_tpr=tpr.tolist())
             results[name] = row
-            prefix = f"{detector}/{name}"
-            self.log(f"{prefix}/rate", row["rate"], sync_dist=False)
-            for bound, value in zip(("low", "high"), wilson_interval(flagged, eligible, CONFIDENCE), strict=True):
-                self.log(f"{prefix}/rate_ci_{bound}", value, sync_dist=False)
-            if row["auroc"] is not None:
-                self.log(f"{prefix}/auroc", row["auroc"], sync_dist=False)
-                for bound, value in zip(("low", "high"), row["auroc_ci"], strict=True):
-                    self.log(f"{prefix}/auroc_ci_{bound}", value, sync_dist=False)
-            for key, value in point_metrics(points, n, eligible, flagged, adversarial=i > 0).items():
-                self.log(f"{prefix}/{key}", value, sync_dist=False)
+            self._log_row(f"{detector}/{name}", row, adversarial=i > 0)
         return results
+
+    def _worst_case(
+        self, detector: str, records: list[_Records], benign_points: list[OperatingPoint]
+    ) -> dict[str, object]:
+        """The detector's worst case over the attack sets with known faces (see the class docstring), at its rule
+        and at each calibrated threshold of ``benign_points``; logged as ``<detector>/worst_case/...``."""
+        covered = [i for i, name in enumerate(self.set_names) if i > 0 and name in self.faces]
+        names = [[self.faces[self.set_names[i]][k] for k in records[i].index.tolist()] for i in covered]
+        fooled = [records[i].eligible(adversarial=True) for i in covered]
+
+        def over(flagged: list[torch.Tensor]) -> WorstCase:
+            return worst_case(names, fooled, flagged)
+
+        rule = over([records[i].flagged for i in covered])
+        points = []
+        for p in benign_points:
+            if p.detected is None:
+                points.append(p)
+                continue
+            at = over([above(records[i].scores, p.threshold) for i in covered])
+            points.append(OperatingPoint(p.target_fpr, p.threshold, p.benign_fpr, at.caught, at.through))
+        row: dict[str, object] = {"n": rule.faces, "eligible": rule.fooled, "flagged": rule.caught,
+                                  "rate": rule.caught / rule.fooled if rule.fooled else float("nan"),
+                                  "operating_points": points, "sets": [self.set_names[i] for i in covered] or None}
+        if covered:
+            self._log_row(f"{detector}/{WORST_CASE}", row, adversarial=True)
+        return row
+
+    def _log_row(self, prefix: str, row: dict[str, Any], adversarial: bool) -> None:
+        """Log one row's rate with its Wilson interval, its AUROC with its interval where there is one and its
+        operating-point figures, as ``<prefix>/<metric>``."""
+        n, eligible, flagged = int(row["n"]), int(row["eligible"]), int(row["flagged"])
+        self.log(f"{prefix}/rate", row["rate"], sync_dist=False)
+        for bound, value in zip(("low", "high"), wilson_interval(flagged, eligible, CONFIDENCE), strict=True):
+            self.log(f"{prefix}/rate_ci_{bound}", value, sync_dist=False)
+        if row.get("auroc") is not None:
+            self.log(f"{prefix}/auroc", row["auroc"], sync_dist=False)
+            for bound, value in zip(("low", "high"), row["auroc_ci"], strict=True):
+                self.log(f"{prefix}/auroc_ci_{bound}", value, sync_dist=False)
+        for key, value in point_metrics(row["operating_points"], n, eligible, flagged, adversarial).items():
+            self.log(f"{prefix}/{key}", value, sync_dist=False)
+
+
+class _Records:
+    """One detector's per-sample records of one set, on the CPU: ``index`` (N,) long in the set, ``pred`` (N,) the
+    plain top-1, ``labels`` (N,), ``flagged`` (N,) bool by the detector's rule, ``scores`` (N,) float."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        rows = rows.reshape(-1, 5).cpu()
+        self.index, self.pred, self.labels = (rows[:, k].long() for k in range(3))
+        self.flagged, self.scores = rows[:, 3] > 0, rows[:, 4]
+
+    def eligible(self, adversarial: bool) -> torch.Tensor:
+        """(N,) bool: :func:`~ami_lightning.evaluation.rates.eligible_mask` of the records."""
+        return eligible_mask(self.pred, self.labels, adversarial)
+
+    def success(self, targets: torch.Tensor | None) -> torch.Tensor:
+        """(N,) bool: :func:`~ami_lightning.evaluation.success.attack_success` given the set's per-file targets
+        (all -1 when None)."""
+        per_sample = torch.full_like(self.index, -1) if targets is None else targets[self.index]
+        return attack_success(self.pred, self.labels, per_sample)
 
 
 def _compute(metric: Metric) -> Any:
@@ -170,7 +249,7 @@ def _compute(metric: Metric) -> Any:
         return metric.compute()
 
 
-def _cat(metric: CatMetric) -> torch.Tensor:
-    """The concatenated values of a CatMetric as a flat float tensor on the CPU (empty when nothing was seen)."""
+def _records(metric: CatMetric) -> _Records:
+    """The concatenated records (N, 5) of a CatMetric (none when nothing was seen)."""
     value = _compute(metric)
-    return value.flatten().float().cpu() if isinstance(value, torch.Tensor) else torch.zeros(0)
+    return _Records(value if isinstance(value, torch.Tensor) else torch.zeros(0, 5))

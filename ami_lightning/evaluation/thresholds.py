@@ -31,13 +31,16 @@ class OperatingPoint:
     set has no eligible sample; ``benign_fpr``: the benign FPR achieved at it (fraction, <= ``target_fpr``; nan
     likewise); ``detected``: how many of the set's eligible scores are above it (None when there is no threshold).
     For the benign set itself ``detected`` counts its flagged eligible samples, so ``detected / eligible ==
-    benign_fpr``.
+    benign_fpr``. ``evaded``: attack set, how many of its samples succeed
+    (:func:`~ami_lightning.evaluation.success.attack_success`) and score at most the threshold, the numerator of
+    SR@N (None for the benign set, without a threshold, and in results written before it existed).
     """
 
     target_fpr: float
     threshold: float
     benign_fpr: float
     detected: int | None
+    evaded: int | None = None
 
 
 def check_target_fpr(target_fpr: float) -> float:
@@ -100,14 +103,19 @@ def count_above(scores: torch.Tensor, threshold: float) -> int:
     return int(above(_scores(scores), threshold).sum())
 
 
-def operating_point(benign_scores: torch.Tensor, scores: torch.Tensor, target_fpr: float) -> OperatingPoint:
+def operating_point(
+    benign_scores: torch.Tensor, scores: torch.Tensor, target_fpr: float, success_scores: torch.Tensor | None = None
+) -> OperatingPoint:
     """A set's :class:`OperatingPoint` at the threshold calibrated on ``benign_scores`` (N,) to ``target_fpr``;
-    ``scores`` (M,): the set's eligible scores. Without benign scores: nan threshold and FPR, ``detected`` None."""
+    ``scores`` (M,): the set's eligible scores; ``success_scores`` (S,): those of its successful samples (attack
+    sets; gives ``evaded``, the S minus those above the threshold). Without benign scores: nan threshold and FPR,
+    ``detected`` and ``evaded`` None."""
     threshold = threshold_at_fpr(benign_scores, target_fpr)
     if math.isnan(threshold):
         return OperatingPoint(float(target_fpr), threshold, float("nan"), None)
     benign_fpr = count_above(benign_scores, threshold) / benign_scores.numel()
-    return OperatingPoint(float(target_fpr), threshold, benign_fpr, count_above(scores, threshold))
+    evaded = None if success_scores is None else success_scores.numel() - count_above(success_scores, threshold)
+    return OperatingPoint(float(target_fpr), threshold, benign_fpr, count_above(scores, threshold), evaded)
 
 
 def undetected_rate(eligible: int, detected: int | None, n: int) -> float:
@@ -132,7 +140,8 @@ def point_metrics(
     """A set's scalars beyond the binary rate, keyed by name (to be prefixed ``<set>/``), all fractions in [0, 1]
     except thresholds (in the score's unit), nan where undefined.
 
-    Attack set: ``undetected`` (binary rule), and per target ``detection_at_fpr_<t>`` and ``undetected_at_fpr_<t>``.
+    Attack set: ``undetected`` (binary rule), and per target ``detection_at_fpr_<t>``, ``undetected_at_fpr_<t>`` and
+    ``success_rate_at_fpr_<t>`` (SR@N: ``evaded / n``).
     Benign set: per target ``threshold_at_fpr_<t>`` and ``achieved_fpr_at_fpr_<t>``.
     """
     metrics = {"undetected": undetected_rate(eligible, flagged, n)} if adversarial else {}
@@ -141,6 +150,7 @@ def point_metrics(
         if adversarial:
             metrics[f"detection_{suffix}"] = ratio(p.detected, eligible)
             metrics[f"undetected_{suffix}"] = undetected_rate(eligible, p.detected, n)
+            metrics[f"success_rate_{suffix}"] = ratio(p.evaded, n)
         else:
             metrics[f"threshold_{suffix}"] = p.threshold
             metrics[f"achieved_fpr_{suffix}"] = p.benign_fpr

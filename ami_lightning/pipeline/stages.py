@@ -25,7 +25,7 @@ from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.images import load_image
 from ami_lightning.data.shipped import face_files
 from ami_lightning.detectors.base import Detector, SetupContext, create_detector
-from ami_lightning.evaluation.module import DetectorEvalModule
+from ami_lightning.evaluation.module import WORST_CASE, DetectorEvalModule
 from ami_lightning.evaluation.rates import eligible_mask
 from ami_lightning.models.classifiers import Classifier
 from ami_lightning.models.layers import hook_layer_names
@@ -144,7 +144,8 @@ def eval_stage(
     module = DetectorEvalModule(detectors, datamodule.set_names,
                                 fpr_targets=cfg.get("fpr_targets", DetectorEvalModule.DEFAULT_FPR_TARGETS),
                                 bootstrap_resamples=cfg.auroc_bootstrap.resamples,
-                                bootstrap_seed=cfg.auroc_bootstrap.seed)
+                                bootstrap_seed=cfg.auroc_bootstrap.seed, targets=datamodule.targets,
+                                faces=datamodule.faces)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False)  # the logger gets the results once they are written
     torch.manual_seed(cfg.seed)
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -192,9 +193,12 @@ def run_results(
         SetResult(detector=detector, name=name, adversarial=name != "benign", n=int(r["n"]),
                   eligible=int(r["eligible"]), flagged=int(r["flagged"]), auroc=r["auroc"],
                   roc_fpr=list(r["roc_fpr"]), roc_tpr=list(r["roc_tpr"]), operating_points=list(r["operating_points"]),
-                  auroc_ci=r.get("auroc_ci"))
+                  auroc_ci=r.get("auroc_ci"), success=r.get("success"))
         for detector, per_set in module.results.items() for name, r in per_set.items()
     ]
+    rows += [SetResult(detector=detector, name=WORST_CASE, adversarial=True, n=int(r["n"]), eligible=int(r["eligible"]),
+                       flagged=int(r["flagged"]), operating_points=list(r["operating_points"]), worst_case=True)
+             for detector, r in module.worst_case.items() if r["sets"]]
     first = next(iter(module.results.values()))
     detectors = dict(module.detectors.items())
     return RunResults(

@@ -28,8 +28,8 @@ def _flatten_numbers(values: dict[str, Any], prefix: str) -> dict[str, float | i
 
 def set_intervals(s: SetResult, fpr_targets: list[float]) -> dict[str, tuple[float, float]]:
     """A set's intervals keyed by the name of the figure they bound (fractions, nan where undefined): ``rate``,
-    ``auroc`` (where there is one) and, for an attack set, ``undetected`` and per target ``detection_at_fpr_<t>``
-    and ``undetected_at_fpr_<t>``."""
+    ``auroc`` (where there is one) and, for an attack set, ``undetected`` and per target ``detection_at_fpr_<t>``,
+    ``undetected_at_fpr_<t>`` and ``success_rate_at_fpr_<t>`` (SR@N)."""
     intervals = {"rate": s.rate_ci()}
     if s.auroc_ci is not None:
         intervals["auroc"] = s.auroc_ci
@@ -38,6 +38,7 @@ def set_intervals(s: SetResult, fpr_targets: list[float]) -> dict[str, tuple[flo
         for t in fpr_targets:
             intervals[f"detection_{fpr_suffix(t)}"] = s.detection_ci_at(t)
             intervals[f"undetected_{fpr_suffix(t)}"] = s.undetected_ci_at(t)
+            intervals[f"success_rate_{fpr_suffix(t)}"] = s.success_ci_at(t)
     return intervals
 
 

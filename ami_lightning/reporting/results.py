@@ -14,6 +14,14 @@ score threshold set on the benign set's eligible scores (flagged when ``score > 
 most the target), and each set's detection rate there (column ``det@5%FPR``; for the benign set its achieved FPR).
 The *undetected success rate* of an attack set is the fraction of its ``n`` evaluated samples that fool the original
 model and are not flagged, ``(eligible - flagged) / n`` (column ``undetected``), and likewise at each threshold.
+**SR@N** (Bryniarski et al., ICLR 2022; column ``SR@5%``) is the fraction of the ``n`` samples that *succeed* (the
+plain model predicts the attack's target, or any wrong identity for an untargeted set) and score at most the
+threshold calibrated to N % benign FPR (:mod:`ami_lightning.evaluation.success`).
+
+The **worst case over attacks** (MEAD, Granese et al. 2022) is one more row per detector, set ``worst_case``
+(:attr:`SetResult.worst_case`), counted in faces: ``n`` faces attacked, ``eligible`` those some attack set fooled,
+``flagged`` those whose every fooling version the detector flagged (its worst-case detection rate), and at each
+threshold likewise; its ``undetected`` and ``SR@N`` are the faces on which some attack got through, over ``n``.
 
 Intervals (:mod:`ami_lightning.evaluation.intervals`, all at 95 %): every rate carries its Wilson score interval,
 derived from its counts (``"87.50 % (7/8) [52.9, 97.8]"``, bounds in %); a rate at a calibrated threshold is taken
@@ -71,13 +79,15 @@ class SetResult:
     """One detector's figures on one data set: ``n`` samples evaluated, ``eligible`` of them counted, ``flagged``
     of those flagged by the detector's published rule.
 
-    ``detector``: the name of the detector (a key of :attr:`RunResults.detectors`); ``name``: the set (``"benign"``
-    or an attack set). ``auroc`` (None for the benign set, or when a side has no eligible sample) and the ROC points
-    ``roc_fpr`` / ``roc_tpr`` (fractions in [0, 1]) compare the detector's scores of the set with its scores of the
-    benign set; ``auroc_ci``: the AUROC's bootstrap interval ``(low, high)`` (None where there is no AUROC, and in
-    results written before intervals existed). ``operating_points``: the set at each threshold of the detector's
-    score calibrated to a target benign FPR (empty in results written before they existed). The Wilson intervals of
-    the rates are derived from the counts (:meth:`rate_ci`, :meth:`undetected_ci`, :meth:`detection_ci_at`,
+    ``detector``: the name of the detector (a key of :attr:`RunResults.detectors`); ``name``: the set (``"benign"``, an
+    attack set, or ``"worst_case"``, the detector's worst case over the attack sets, in faces, when ``worst_case`` is
+    set; see the module docstring); ``success``: an attack set's successful samples (None for the benign set, the worst
+    case and older results). ``auroc`` (None for the benign set, or when a side has no eligible sample) and the ROC
+    points ``roc_fpr`` / ``roc_tpr`` (fractions in [0, 1]) compare the detector's scores of the set with its scores of
+    the benign set; ``auroc_ci``: the AUROC's bootstrap interval ``(low, high)`` (None where there is no AUROC, and in
+    results written before intervals existed). ``operating_points``: the set at each threshold of the detector's score
+    calibrated to a target benign FPR (empty in results written before they existed). The Wilson intervals of the rates
+    are derived from the counts (:meth:`rate_ci`, :meth:`undetected_ci`, :meth:`detection_ci_at`,
     :meth:`undetected_ci_at`).
     """
 
@@ -92,6 +102,8 @@ class SetResult:
     roc_fpr: list[float] = field(default_factory=list)
     roc_tpr: list[float] = field(default_factory=list)
     operating_points: list[OperatingPoint] = field(default_factory=list)
+    success: int | None = None
+    worst_case: bool = False
 
     @property
     def rate(self) -> float:
@@ -150,9 +162,32 @@ class SetResult:
             return NAN_INTERVAL
         return wilson_interval(self.eligible - detected, self.n, confidence)
 
+    def evaded_at(self, target_fpr: float) -> int | None:
+        """Attack set: how many samples succeed and are not flagged at the threshold for ``target_fpr`` (worst case:
+        faces some attack got through); None without it."""
+        point = self.point(target_fpr)
+        return None if point is None or not self.adversarial else point.evaded
+
+    def success_rate_at(self, target_fpr: float) -> float:
+        """SR@N: :meth:`evaded_at` over ``n``; nan where undefined."""
+        return ratio(self.evaded_at(target_fpr), self.n)
+
+    def success_ci_at(self, target_fpr: float, confidence: float = CONFIDENCE) -> Interval:
+        """Wilson interval of :meth:`success_rate_at` given the threshold; (nan, nan) where that is nan."""
+        evaded = self.evaded_at(target_fpr)
+        return NAN_INTERVAL if evaded is None else wilson_interval(evaded, self.n, confidence)
+
+    def success_at_text(self, target_fpr: float, ci: bool = True) -> str:
+        """:meth:`success_rate_at` in % with its counts and (``ci``) its interval; ``"-"`` where undefined."""
+        evaded = self.evaded_at(target_fpr)
+        return "-" if evaded is None else fraction_text(evaded, self.n, self.success_ci_at(target_fpr) if ci else None)
+
     @property
     def metric(self) -> str:
-        """What :attr:`rate` is: ``"detection"`` for an attack set, ``"FPR"`` for the benign set."""
+        """What :attr:`rate` is: ``"detection"`` for an attack set, ``"FPR"`` for the benign set, ``"worst-case
+        detection"`` for the worst case."""
+        if self.worst_case:
+            return "worst-case detection"
         return "detection" if self.adversarial else "FPR"
 
     def rate_text(self, ci: bool = True) -> str:
@@ -231,13 +266,17 @@ class RunResults:
         return next((s for s in self.sets_of(detector) if not s.adversarial), None)
 
     def attacks_of(self, detector: str) -> list[SetResult]:
-        """The attack sets of ``detector``, in order."""
-        return [s for s in self.sets_of(detector) if s.adversarial]
+        """The attack sets of ``detector``, in order (without its worst case)."""
+        return [s for s in self.sets_of(detector) if s.adversarial and not s.worst_case]
+
+    def worst_case_of(self, detector: str) -> SetResult | None:
+        """The worst case over the attack sets of ``detector`` (None when the run has none)."""
+        return next((s for s in self.sets_of(detector) if s.worst_case), None)
 
     @property
     def set_names(self) -> list[str]:
-        """The names of the attack sets, each once, in order of first appearance."""
-        return list(dict.fromkeys(s.name for s in self.sets if s.adversarial))
+        """The names of the attack sets, each once, in order of first appearance (not the worst case)."""
+        return list(dict.fromkeys(s.name for s in self.sets if s.adversarial and not s.worst_case))
 
     def attacked_detector(self, set_name: str) -> str | None:
         """The detector the adaptive attack set ``set_name`` attacked (:attr:`attack_sets`); None for a
@@ -283,20 +322,37 @@ def _ci_json(interval: tuple[float, float] | None) -> list[float] | None:
 def _set_dict(s: SetResult) -> dict[str, Any]:
     """``s`` as a dict (``detector`` and ``name`` first) with its derived rates and intervals: ``metric``, ``rate``,
     ``rate_ci``, ``undetected``, ``undetected_ci`` and, per operating point, ``detection``, ``detection_ci``,
-    ``undetected`` and ``undetected_ci`` (each interval ``[low, high]`` or None where undefined)."""
+    ``undetected``, ``undetected_ci``, ``success_rate`` (SR@N) and ``success_rate_ci`` (each interval ``[low, high]``
+    or None where undefined)."""
     points = [{**asdict(p), "detection": s.detection_at(p.target_fpr),
                "detection_ci": _ci_json(s.detection_ci_at(p.target_fpr)), "undetected": s.undetected_at(p.target_fpr),
-               "undetected_ci": _ci_json(s.undetected_ci_at(p.target_fpr))}
+               "undetected_ci": _ci_json(s.undetected_ci_at(p.target_fpr)),
+               "success_rate": s.success_rate_at(p.target_fpr),
+               "success_rate_ci": _ci_json(s.success_ci_at(p.target_fpr))}
               for p in s.operating_points]
     return {**asdict(s), "auroc_ci": _ci_json(s.auroc_ci), "operating_points": points, "metric": s.metric,
             "rate": s.rate, "rate_ci": _ci_json(s.rate_ci()), "undetected": s.undetected_rate,
             "undetected_ci": _ci_json(s.undetected_ci())}
 
 
+def _worst_case_dict(s: SetResult) -> dict[str, Any]:
+    """A worst-case row under the names of the worst case (see :func:`results_dict`)."""
+    points = [{"target_fpr": p.target_fpr, "threshold": p.threshold, "caught": p.detected,
+               "detection": s.detection_at(p.target_fpr), "detection_ci": _ci_json(s.detection_ci_at(p.target_fpr)),
+               "undetected": s.success_rate_at(p.target_fpr), "undetected_ci": _ci_json(s.success_ci_at(p.target_fpr))}
+              for p in s.operating_points]
+    return {"faces": s.n, "fooled": s.eligible, "caught": s.flagged, "detection": s.rate,
+            "detection_ci": _ci_json(s.rate_ci()), "undetected": s.undetected_rate,
+            "undetected_ci": _ci_json(s.undetected_ci()), "operating_points": points}
+
+
 def results_dict(results: RunResults) -> dict[str, Any]:
     """Everything but the sample pixels, JSON-safe (NaN as None): ``model``, ``detectors``, ``attack_sets``,
     ``intervals`` (:func:`interval_methods`), ``bootstrap`` (its settings or None), ``sets`` (each with its detector,
-    its derived rates and intervals: :func:`_set_dict`), ``extra`` and ``provenance``."""
+    its derived rates and intervals: :func:`_set_dict`; the worst-case rows too), ``worst_case`` (detector -> its
+    worst case in faces: ``faces``, ``fooled``, ``caught``, ``detection`` and ``undetected`` with their intervals, and
+    per operating point ``caught``, ``detection`` and ``undetected`` (some attack got through) with theirs),
+    ``extra`` and ``provenance``."""
     return json_safe({
         "model": results.model,
         "detectors": results.detectors,
@@ -304,6 +360,7 @@ def results_dict(results: RunResults) -> dict[str, Any]:
         "intervals": results.intervals(),
         "bootstrap": results.bootstrap,
         "sets": [_set_dict(s) for s in results.sets],
+        "worst_case": {s.detector: _worst_case_dict(s) for s in results.sets if s.worst_case},
         "extra": results.extra,
         "provenance": results.provenance,
     })
@@ -324,7 +381,7 @@ def write_results(results: RunResults, out_dir: str | Path) -> dict[str, Path]:
 def _operating_point(data: dict[str, Any]) -> OperatingPoint:
     """An operating point from ``results.json`` (derived rates dropped; a null threshold or FPR reads as nan)."""
     nan = float("nan")
-    return OperatingPoint(target_fpr=data["target_fpr"], detected=data["detected"],
+    return OperatingPoint(target_fpr=data["target_fpr"], detected=data["detected"], evaded=data.get("evaded"),
                           threshold=nan if data["threshold"] is None else data["threshold"],
                           benign_fpr=nan if data["benign_fpr"] is None else data["benign_fpr"])
 

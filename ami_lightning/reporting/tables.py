@@ -24,14 +24,17 @@ LEFT = 3  # the first columns, left-aligned (names); the others are right-aligne
 
 
 def table_columns(fpr_targets: list[float]) -> tuple[str, ...]:
-    """The table's headers: :data:`COLUMNS`, ``det@<t>%FPR`` per target (e.g. ``det@5%FPR``), ``undetected``."""
-    return (*COLUMNS, *(f"det@{short_percent(t)}FPR" for t in fpr_targets), "undetected")
+    """The table's headers: :data:`COLUMNS`, ``det@<t>%FPR`` per target (e.g. ``det@5%FPR``), ``SR@<t>%`` per
+    target (success and not flagged at that threshold, over n), ``undetected``."""
+    return (*COLUMNS, *(f"det@{short_percent(t)}FPR" for t in fpr_targets),
+            *(f"SR@{short_percent(t)}" for t in fpr_targets), "undetected")
 
 
 def _row(s: SetResult, fpr_targets: list[float]) -> tuple[str, ...]:
     """One set's cells, in :func:`table_columns` order, rates and AUROC with their intervals."""
     return (s.detector, s.name, s.metric, str(s.n), str(s.eligible), str(s.flagged), s.rate_text(), s.auroc_text(),
-            *(s.detection_at_text(t) for t in fpr_targets), s.undetected_text())
+            *(s.detection_at_text(t) for t in fpr_targets), *(s.success_at_text(t) for t in fpr_targets),
+            s.undetected_text())
 
 
 def _grouped_rows(results: RunResults) -> list[list[tuple[str, ...]]]:
@@ -62,11 +65,11 @@ def results_table(results: RunResults) -> Table:
 
 def print_results(results: RunResults, console: Console | None = None) -> None:
     """Print :func:`results_table` (to a new stdout console unless one is given; one that is not a terminal, a log
-    file say, is 250 characters wide so that the table's columns are not cut short)."""
+    file say, is 360 characters wide so that the table's columns are not cut short)."""
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=250)
+            console = Console(width=360)
     console.print(results_table(results))
 
 
