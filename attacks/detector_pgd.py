@@ -37,7 +37,7 @@ on-target steps beats BIM against AmI (8 against 7) and only the off-target ones
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +154,17 @@ class OrthogonalPGD(SelectivePGD):
     (``"both"``, as published; ``"off_target"`` or ``"on_target"``, one of the two switches of the authors' code)."""
 
     def __init__(self, detector: Detector, project: Projection = "both", **kwargs: float) -> None:
-        if project not in PROJECTIONS[1:]:
-            raise ValueError(f"project must be one of {PROJECTIONS[1:]}, got {project!r}")
+        problems = self.check_params({"project": project})
+        if problems:
+            raise ValueError(f"orthogonal_pgd: {'; '.join(problems)}")
         super().__init__(detector, **kwargs)
         self.project = project
+
+    @staticmethod
+    def check_params(params: dict[str, Any]) -> list[str]:
+        """The problems of the parameters ``params`` (as a config gives them), one line each naming the key: here
+        ``project``, one of ``both``, ``off_target``, ``on_target``. Empty when they are fine."""
+        project = params.get("project", "both")
+        if project not in PROJECTIONS[1:]:
+            return [f"project={project!r}: expected one of {', '.join(PROJECTIONS[1:])}"]
+        return []

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from unittest.mock import patch
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from matplotlib.axes import Axes
 
 from ami_lightning.data.datamodule import EvalDataModule
 from ami_lightning.data.datasets import attack_set
@@ -17,6 +19,7 @@ from ami_lightning.evaluation.intervals import wilson_interval
 from ami_lightning.evaluation.module import WORST_CASE, DetectorEvalModule
 from ami_lightning.evaluation.success import WorstCase, attack_success, worst_case
 from ami_lightning.evaluation.thresholds import OperatingPoint
+from ami_lightning.reporting.plots import plot_undetected
 from ami_lightning.reporting.results import RunResults, SetResult, read_results, write_results
 from ami_lightning.reporting.tables import results_markdown
 from tests.toy import NUM_CLASSES, PixelSet, toy_eval_sets
@@ -138,6 +141,10 @@ def test_worst_case_row_in_tables_and_json(tmp_path: Path) -> None:
     assert worst_row[10].startswith("60.00 % (6/10)") and worst_row[11].startswith("30.00 % (3/10)")
     bim_row = next(r for r in rows if r[1] == "bim")
     assert bim_row[10].startswith("50.00 % (5/10)") and bim_row[11].startswith("20.00 % (2/10)")
+    labels: list[str] = []
+    with patch.object(Axes, "set_xticks", lambda ax, ticks, names, **kw: labels.extend(names)):
+        plot_undetected(results, tmp_path / "undetected.png")
+    assert labels == ["bim", WORST_CASE]  # the worst case is a group of the undetected-success plot
 
 
 def test_manifest_gives_targets_and_faces(tmp_path: Path) -> None:

@@ -103,6 +103,11 @@ def test_the_detector_of_adaptive_sets_comes_from_the_pipeline() -> None:
             "attacks.fgsm.detector='ami': this attack does not attack a detector; remove the key")
 
 
+def test_attack_parameter_values_are_checked_by_the_attack() -> None:
+    refused("run", ["attacks.orthogonal_ami.params.project=sideways"],
+            "attacks.orthogonal_ami.params.project='sideways': expected one of both, off_target, on_target")
+
+
 def test_attack_set_nodes_hold_only_their_name_detector_and_params() -> None:
     refused("eval", ["attack=[fgsm]", "+attacks.fgsm.parms.eps=4"],
             "attacks.fgsm.parms: unknown key of an attack set (did you mean params?); allowed: name, detector, params")

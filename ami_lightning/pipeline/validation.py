@@ -537,6 +537,10 @@ def _check_attack_params(set_name: str, attack: str, params: DictConfig, selecte
         for name, p in configurable.items():
             if p.default is p.empty and name not in params.keys():
                 problems.add(f"attacks.{set_name}.params.{name}: missing; {label} needs it")
+    check = getattr(constructor, "check_params", None)
+    if check is not None:
+        for line in check(OmegaConf.to_container(params, resolve=True)):
+            problems.add(f"attacks.{set_name}.params.{line}")
 
 
 def _check_values(problems: _Problems) -> None:

@@ -198,15 +198,18 @@ def plot_undetected(results: RunResults, path: str | Path) -> Path:
     """A panel per detector, grouped bars per attack set: its undetected success rate (% of its ``n`` samples:
     fooling the original model, not flagged) at the detector's published rule and at each threshold calibrated to
     a target benign FPR, each with its 95 % Wilson interval as an asymmetric error bar and its value above ("n/a"
-    and an empty bar where undefined). The panels share the sets' axis (:attr:`RunResults.set_names`) and are
-    titled with the detector's name."""
-    detectors, names, targets = results.detector_names, results.set_names, results.fpr_targets
+    and an empty bar where undefined). The panels share the sets' axis (:attr:`RunResults.set_names`, then
+    ``worst_case`` where a detector has one: the faces on which some attack got through, % of the faces attacked)
+    and are titled with the detector's name."""
+    detectors, targets = results.detector_names, results.fpr_targets
+    worst = {d: results.worst_case_of(d) for d in detectors}
+    names = results.set_names + sorted({s.name for s in worst.values() if s is not None})
     rules = 1 + len(targets)
     width, offsets = _offsets(rules)
     rows, _ = _grid(len(detectors), 1)
     fig = Figure(figsize=(_grouped_figure_width(rules, len(names)), 0.9 + PANEL_HEIGHT * rows))
     for ax, detector in zip(_panels(fig, len(detectors), 1), detectors, strict=False):  # none: one blank panel
-        attacks = results.attacks_of(detector)
+        attacks = results.attacks_of(detector) + ([worst[detector]] if worst[detector] is not None else [])
         series = {RULE: ([s.undetected_rate for s in attacks], [s.undetected_ci() for s in attacks])}
         series |= {f"score > threshold at {short_percent(t)} benign FPR": ([s.undetected_at(t) for s in attacks],
                                                                           [s.undetected_ci_at(t) for s in attacks])
