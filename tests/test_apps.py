@@ -29,10 +29,11 @@ def test_eval_with_generated_sets_writes_results(tmp_path: Path, capsys: pytest.
     out = Path(cfg.paths.output_dir)
     results = json.loads((out / "results.json").read_text())
     rows = [(s["detector"], s["name"]) for s in results["sets"]]
-    assert rows == [(d, name) for d in ("ami", "feature_squeezing") for name in ("benign", "fgsm", "glasses_next")]
+    assert rows == [(d, name) for d in ("ami", "feature_squeezing")
+                    for name in ("benign", "fgsm", "glasses_next", "worst_case")]
     assert list(results["detectors"]) == ["ami", "feature_squeezing"]
     assert results["detectors"]["feature_squeezing"]["params"]["threshold"] > 0  # calibrated on the benign set
-    benign, fs_benign = results["sets"][0], results["sets"][3]
+    benign, fs_benign = results["sets"][0], results["sets"][4]
     assert benign["n"] == fs_benign["n"] == 48 and benign["auroc"] is None
     assert fs_benign["flagged"] <= 0.05 * fs_benign["eligible"]  # its own rule: 5 % FPR on this very set
     assert objective == pytest.approx(abs((benign["rate"] or 0) - 0.0991))  # of the first detector, AmI
@@ -66,8 +67,8 @@ def test_eval_reads_the_published_layout(tmp_path: Path) -> None:
                                                     f"data.attacks_dir={adversarial}"]), tmp_path))
     apps._eval(cfg)  # the release's samples are of identities among the 238 shipped ones
     sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
-    assert [(s["name"], s["n"]) for s in sets if s["detector"] == "ami"][1:] == [("patch_first", 3),
-                                                                                ("cw_l2_first", 3)]  # .jpg, .npy
+    assert [(s["name"], s["n"]) for s in sets if s["detector"] == "ami"][1:] == [
+        ("patch_first", 3), ("cw_l2_first", 3), ("worst_case", 6)]  # .jpg, .npy; faces named by file: 6 distinct
     with open_dict(cfg):
         cfg.data.attacks_dir = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"data.attacks_dir='.*missing': no such folder"):
@@ -86,7 +87,8 @@ def test_run_reads_data_attacks_dir_like_eval(tmp_path: Path) -> None:
     assert not (Path(cfg.paths.cache_dir) / "attacks").exists()
     sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
     assert [(s["detector"], s["name"], s["n"]) for s in sets] == [
-        (d, name, n) for d in ("ami", "feature_squeezing") for name, n in (("benign", 48), ("fgsm", 2))]
+        (d, name, n) for d in ("ami", "feature_squeezing")
+        for name, n in (("benign", 48), ("fgsm", 2), ("worst_case", 2))]
 
 
 @pytest.mark.slow
@@ -116,5 +118,5 @@ def test_adaptive_sets_attack_the_run_detector_and_are_reported(tmp_path: Path) 
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     for s in (s for s in results["sets"] if s["name"] != "benign"):
         assert s["undetected"] == pytest.approx((s["eligible"] - s["flagged"]) / s["n"])
-        assert [p["target_fpr"] for p in s["operating_points"]] == [0.05, 0.1]
+        assert [p["target_fpr"] for p in s["operating_points"]] == [0.05, 0.5]
     assert (Path(cfg.paths.output_dir) / "undetected.png").stat().st_size > 0

@@ -52,7 +52,7 @@ def test_grid_multirun_and_wandb_offline(tmp_path: Path) -> None:
     for run in runs:
         (table,) = run.glob("files/media/table/results_*.table.json")
         rows = json.loads(table.read_text())["data"]
-        expected = [[d, name] for d in ("ami", "feature_squeezing") for name in ("benign", "fgsm")]
+        expected = [[d, name] for d in ("ami", "feature_squeezing") for name in ("benign", "fgsm", "worst_case")]
         assert [row[:2] for row in rows] == expected
         assert list(run.glob("run-*.wandb"))
 

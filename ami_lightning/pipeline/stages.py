@@ -187,18 +187,22 @@ def evaluate_and_report(
 def run_results(
     cfg: DictConfig, classifier: Classifier, module: DetectorEvalModule, datamodule: EvalDataModule
 ) -> RunResults:
-    """The module's figures as :class:`~ami_lightning.reporting.results.RunResults` (a row per detector and set),
-    with the detectors' descriptions, which detector each adaptive set attacked, and a few labelled samples."""
-    rows = [
-        SetResult(detector=detector, name=name, adversarial=name != "benign", n=int(r["n"]),
-                  eligible=int(r["eligible"]), flagged=int(r["flagged"]), auroc=r["auroc"],
-                  roc_fpr=list(r["roc_fpr"]), roc_tpr=list(r["roc_tpr"]), operating_points=list(r["operating_points"]),
-                  auroc_ci=r.get("auroc_ci"), success=r.get("success"))
-        for detector, per_set in module.results.items() for name, r in per_set.items()
-    ]
-    rows += [SetResult(detector=detector, name=WORST_CASE, adversarial=True, n=int(r["n"]), eligible=int(r["eligible"]),
-                       flagged=int(r["flagged"]), operating_points=list(r["operating_points"]), worst_case=True)
-             for detector, r in module.worst_case.items() if r["sets"]]
+    """The module's figures as :class:`~ami_lightning.reporting.results.RunResults` (a row per detector and set, and
+    each detector's worst case over the attack sets after its sets), with the detectors' descriptions, which detector
+    each adaptive set attacked, and a few labelled samples."""
+    rows = []
+    for detector, per_set in module.results.items():
+        rows += [SetResult(detector=detector, name=name, adversarial=name != "benign", n=int(r["n"]),
+                           eligible=int(r["eligible"]), flagged=int(r["flagged"]), auroc=r["auroc"],
+                           roc_fpr=list(r["roc_fpr"]), roc_tpr=list(r["roc_tpr"]),
+                           operating_points=list(r["operating_points"]), auroc_ci=r.get("auroc_ci"),
+                           success=r.get("success"))
+                 for name, r in per_set.items()]
+        worst = module.worst_case.get(detector)
+        if worst and worst["sets"]:  # after the detector's sets
+            rows.append(SetResult(detector=detector, name=WORST_CASE, adversarial=True, n=int(worst["n"]),
+                                  eligible=int(worst["eligible"]), flagged=int(worst["flagged"]),
+                                  operating_points=list(worst["operating_points"]), worst_case=True))
     first = next(iter(module.results.values()))
     detectors = dict(module.detectors.items())
     return RunResults(
