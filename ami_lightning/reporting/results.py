@@ -9,7 +9,7 @@ model disagree on the top-1 identity; Feature Squeezing: its score is above the 
 images). AUROC and ROC points rank the detector's continuous score of an attack set's eligible samples (positives)
 against the benign set's eligible samples (negatives).
 
-Calibrated operating points (:mod:`ami_lightning.evaluation.thresholds`): per target benign FPR (e.g. 5 %, 10 %) the
+Calibrated operating points (:mod:`ami_lightning.evaluation.thresholds`): per target benign FPR (e.g. 5 %, 50 %) the
 score threshold set on the benign set's eligible scores (flagged when ``score > threshold``, the achieved FPR at
 most the target), and each set's detection rate there (column ``det@5%FPR``; for the benign set its achieved FPR).
 The *undetected success rate* of an attack set is the fraction of its ``n`` evaluated samples that fool the original
