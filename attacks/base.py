@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ami_lightning.evaluation.success import attack_success
+
 TargetMode = Literal["first", "next", "untargeted"]
 TARGET_MODES: tuple[str, ...] = ("first", "next", "untargeted")
 
@@ -68,9 +70,10 @@ class AttackResult:
 
 
 def is_success(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    """(B,) bool: top-1 equals the target (targeted) or differs from the label (untargeted)."""
-    pred = logits.argmax(1)
-    return pred == targets if targets is not None else pred != labels
+    """(B,) bool: top-1 of ``logits`` (B, K) equals the target (targeted) or differs from the label (untargeted,
+    ``targets`` None): the rule of :func:`~ami_lightning.evaluation.success.attack_success`."""
+    untargeted = torch.full_like(labels, -1)
+    return attack_success(logits.argmax(1), labels, untargeted if targets is None else targets)
 
 
 class Attack(ABC):

@@ -62,9 +62,9 @@ def attacks_table(results: RunResults) -> str:
     targets = results.fpr_targets
     header = ["set", "attack", "attacked detector", "n", "detection (rule)", "undetected (rule)",
               *(f"SR@{100 * t:g}%" for t in targets)]
+    order = {name: k for k, name in enumerate(STRONG_ATTACKS)}
     blocks = []
     for detector in results.detector_names:
-        order = {name: k for k, name in enumerate(STRONG_ATTACKS)}
         sets = [s for s in results.attacks_of(detector)
                 if (results.attack_sets.get(s.name) or {}).get("attack") in order]
         sets.sort(key=lambda s: (order[results.attack_sets[s.name]["attack"]], s.name))

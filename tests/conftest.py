@@ -47,19 +47,19 @@ def _cpu_threads() -> None:
 
 
 def reference_data(part: str) -> Path:
-    """``REFERENCE / part``, data of the AmI release that is not shipped; skips the calling test when it is absent."""
+    """``REFERENCE / part``, data of the AmI release that is not shipped; the calling test fails naming it when it is
+    absent (the tests run beside ``../shared``, as CI does)."""
     path = REFERENCE / part
     if not path.exists():
-        pytest.skip(f"needs {path}, not shipped")
+        pytest.fail(f"needs {path}: the AmI release's reference data, not shipped; run the tests in a checkout beside "
+                    "../shared/reference", pytrace=False)
     return path
 
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
     """The reference folder, for tests of data that is not shipped (prefer :func:`reference_data` for one part)."""
-    if not (REFERENCE / "README.md").is_file():
-        pytest.skip(f"needs the AmI release's reference data at {REFERENCE}, not shipped")
-    return REFERENCE
+    return reference_data("README.md").parent
 
 
 @pytest.fixture(scope="session")

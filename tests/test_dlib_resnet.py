@@ -108,7 +108,8 @@ def test_add_prev_zero_pads_at_the_end() -> None:
 
 
 def test_descriptors_match_dlib(model: PixelModel, dat_path: Path, faces: torch.Tensor) -> None:
-    dlib = pytest.importorskip("dlib")
+    import dlib  # a dependency (dlib-bin): the reference implementation
+
     faces = faces[:8]  # shipped JPEG faces of eight identities
     chips = resize(faces, [150, 150], interpolation=InterpolationMode.BILINEAR, antialias=True)
     chips = chips.round().clamp(0, 255).to(torch.uint8)  # (8, 3, 150, 150)

@@ -26,7 +26,14 @@ from ami_lightning.evaluation.intervals import (
 from ami_lightning.evaluation.metrics import FlagRate
 from ami_lightning.evaluation.rates import eligible_mask
 from ami_lightning.evaluation.success import WorstCase, attack_success, worst_case
-from ami_lightning.evaluation.thresholds import OperatingPoint, above, check_target_fpr, operating_point, point_metrics
+from ami_lightning.evaluation.thresholds import (
+    OperatingPoint,
+    above,
+    check_target_fpr,
+    operating_point,
+    point_metrics,
+    ratio,
+)
 
 WORST_CASE = "worst_case"
 """The name of a detector's worst case over the attack sets in :attr:`DetectorEvalModule.worst_case` and the logs."""
@@ -200,7 +207,7 @@ class DetectorEvalModule(pl.LightningModule):
             at = over([above(records[i].scores, p.threshold) for i in covered])
             points.append(OperatingPoint(p.target_fpr, p.threshold, p.benign_fpr, at.caught, at.through))
         row: dict[str, object] = {"n": rule.faces, "eligible": rule.fooled, "flagged": rule.caught,
-                                  "rate": rule.caught / rule.fooled if rule.fooled else float("nan"),
+                                  "rate": ratio(rule.caught, rule.fooled),
                                   "operating_points": points, "sets": [self.set_names[i] for i in covered] or None}
         if covered:
             self._log_row(f"{detector}/{WORST_CASE}", row, adversarial=True)
