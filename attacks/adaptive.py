@@ -33,13 +33,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_lightning.attacks.base import Attack, AttackResult, TargetMode
+from ami_lightning.attacks.base import Attack, AttackResult, TargetMode, uniform_noise
 from ami_lightning.detectors.base import Detector
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,16 +62,28 @@ def linf_pgd(
     steps: int,
     stepsize: float,
     bounds: tuple[float, float] = (0.0, 255.0),
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Targeted L-infinity PGD without random start: ``steps`` times ``x <- x - stepsize * sign(grad)`` of
-    ``loss_fn(x, targets)`` (per-sample losses (N,) to minimise), projected onto the ``eps`` ball around ``images``
-    (N, 3, H, W) and onto ``bounds``; ``eps`` and ``stepsize`` in pixel units. Returns the adversarial batch."""
-    x = images.clone()
+    """Targeted L-infinity PGD from ``start`` (N, 3, H, W; default ``images``, no random start): ``steps`` times
+    ``x <- x - stepsize * sign(grad)`` of ``loss_fn(x, targets)`` (per-sample losses (N,) to minimise), projected
+    onto the ``eps`` ball around ``images`` (N, 3, H, W) and onto ``bounds``; ``eps`` and ``stepsize`` in pixel
+    units. Returns the adversarial batch."""
+    x = (images if start is None else start).clone()
     for _ in range(steps):
         leaf = x.requires_grad_()
         (grad,) = torch.autograd.grad(loss_fn(leaf, targets).sum(), leaf)
         x = project_linf(leaf.detach() - stepsize * grad.sign(), images, eps, bounds)
     return x
+
+
+def random_start(
+    repeated: torch.Tensor, seeds: torch.Tensor, k: int, eps: float, bounds: tuple[float, float]
+) -> torch.Tensor:
+    """Random starting points of the K candidates of each face: ``repeated`` (B*K, 3, H, W), face-major, plus noise
+    uniform in [-eps, eps) (pixel units), clipped to ``bounds``; the K noises of face b come from its seed
+    ``seeds[b]`` ((B,) int64) alone (:func:`~ami_lightning.attacks.base.uniform_noise`)."""
+    noise = uniform_noise(seeds, (k, *repeated.shape[1:]), repeated.device).flatten(0, 1)
+    return (repeated + eps * noise).clamp(*bounds)
 
 
 def likeliest_targets(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,13 +125,16 @@ class AdaptiveAttack(Attack):
 
     ``eps`` (pixel units), ``steps``, ``rel_stepsize`` (step = ``rel_stepsize * eps``). :class:`AttackResult`
     ``targets`` holds the target each face ended with; ``success``: the plain model predicts it; ``iterations``: the
-    steps the chosen candidate used (:meth:`optimise`).
+    steps the chosen candidate used (:meth:`optimise`). ``random_start``: each candidate starts at a uniform random
+    point of the ``eps`` ball (clipped to the bounds) drawn from its face's seed (:func:`random_start`), as in
+    Madry et al.'s PGD; off by default, as in the published attacks (then the attack is deterministic).
     """
 
     default_target: TargetMode = "untargeted"
 
     def __init__(
-        self, detector: Detector, eps: float = 2.5, steps: int = 100, rel_stepsize: float = 0.1, k_targets: int = 8
+        self, detector: Detector, eps: float = 2.5, steps: int = 100, rel_stepsize: float = 0.1, k_targets: int = 8,
+        random_start: bool = False,
     ) -> None:
         if eps <= 0 or rel_stepsize <= 0:
             raise ValueError(f"eps and rel_stepsize must be positive, got {eps}, {rel_stepsize}")
@@ -128,16 +143,29 @@ class AdaptiveAttack(Attack):
         if not isinstance(detector, Detector):
             raise TypeError(f"detector must be a Detector (ami_lightning.detectors), got {type(detector).__name__}")
         self.detector, self.eps, self.steps, self.k_targets = detector, eps, steps, k_targets
+        if problems := AdaptiveAttack.check_params({"random_start": random_start}):
+            raise ValueError("; ".join(problems))
         self.stepsize = rel_stepsize * eps
+        self.random_start = random_start
+
+    @staticmethod
+    def check_params(params: dict[str, Any]) -> list[str]:
+        """The problems of the parameters ``params`` (as a config gives them), one line each naming the key: here
+        ``random_start``, true or false. Empty when they are fine."""
+        start = params.get("random_start", False)
+        return [] if isinstance(start, bool) else [f"random_start={start!r}: expected true or false"]
 
     @abstractmethod
-    def optimise(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The targeted attack on pixels ``images`` (N, 3, H, W) towards ``targets`` (N,) long, within ``eps``
-        (pixel units) of the images and in :attr:`bounds`; gradients enabled. Returns the adversarial pixels
-        (N, 3, H, W) and the steps each sample used (N,) long."""
+    def optimise(
+        self, images: torch.Tensor, targets: torch.Tensor, start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The targeted attack on pixels ``images`` (N, 3, H, W) towards ``targets`` (N,) long, from ``start``
+        (N, 3, H, W), within ``eps`` (pixel units) of the images and in :attr:`bounds`; gradients enabled. Returns the
+        adversarial pixels (N, 3, H, W) and the steps each sample used (N,) long."""
 
     def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
+        seeds: torch.Tensor,
     ) -> AttackResult:
         if model is not self.detector.model:
             raise ValueError("the attacked model must be the detector's own plain model (detector.model)")
@@ -148,8 +176,9 @@ class AdaptiveAttack(Attack):
             candidates = targets[:, None]
         batch, k = candidates.shape
         repeated = images.repeat_interleave(k, 0)  # (B*K, 3, H, W), face-major
+        start = random_start(repeated, seeds, k, self.eps, self.bounds) if self.random_start else repeated
         with torch.enable_grad():
-            adversarial, iterations = self.optimise(repeated, candidates.flatten())
+            adversarial, iterations = self.optimise(repeated, candidates.flatten(), start)
         chosen, fools, chosen_targets, best = pick_best(self.detector, adversarial.view(batch, k, *images.shape[1:]),
                                                         candidates)
         used = iterations.view(batch, k).gather(1, best[:, None])[:, 0]
@@ -163,8 +192,10 @@ class LossPGD(AdaptiveAttack):
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-sample loss (N,) of pixels x (N, 3, H, W) towards targets (N,); lower is closer to the goal."""
 
-    def optimise(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        adversarial = linf_pgd(self.loss, images, targets, self.eps, self.steps, self.stepsize, self.bounds)
+    def optimise(
+        self, images: torch.Tensor, targets: torch.Tensor, start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        adversarial = linf_pgd(self.loss, images, targets, self.eps, self.steps, self.stepsize, self.bounds, start)
         return adversarial, torch.full_like(targets, self.steps)
 
 
@@ -182,7 +213,7 @@ class DetectorGradient(LossPGD):
     gradient (``gradient="straight_through"``, default) or differentiated exactly (``"exact"``, where the detector
     allows it)."""
 
-    def __init__(self, detector: Detector, gradient: Gradient = "straight_through", **kwargs: float) -> None:
+    def __init__(self, detector: Detector, gradient: Gradient = "straight_through", **kwargs: Any) -> None:
         if gradient not in ("straight_through", "exact"):
             raise ValueError(f"gradient must be 'straight_through' or 'exact', got {gradient!r}")
         super().__init__(detector, **kwargs)

@@ -1,5 +1,10 @@
 """The shared shape of every attack (in the spirit of foolbox 3): explicit pixel bounds, a uniform, batched
-``__call__(model, images, labels, targets=None) -> AttackResult``, and per-sample distortion measures.
+``__call__(model, images, labels, targets=None, seeds=None) -> AttackResult``, and per-sample distortion measures.
+
+Randomness is per sample: an attack that draws random numbers (e.g. a random start) draws those of sample i from its
+own generator seeded with ``seeds[i]`` (:func:`uniform_noise`). The generator of attack sets gives each face the seed
+:func:`face_seed` (the run's seed, the set and the face's file name), so a face's adversarial file does not depend
+on which process, batch or batch position it was attacked in.
 
 Images are float pixels (B, 3, H, W) in ``bounds`` = [0, 255] (RGB); models are any ``nn.Module`` mapping such
 pixels to logits (B, K) (the model wrappers do their own preprocessing).
@@ -7,6 +12,7 @@ pixels to logits (B, K) (the model wrappers do their own preprocessing).
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +24,28 @@ from ami_lightning.evaluation.success import attack_success
 
 TargetMode = Literal["first", "next", "untargeted"]
 TARGET_MODES: tuple[str, ...] = ("first", "next", "untargeted")
+SEED_BITS = 63  # seeds are non-negative int64 values
+
+
+def face_seed(seed: int, attack_set: str, face: str) -> int:
+    """The random seed of one face in one attack set: the first 63 bits of SHA-256 of (the run's ``seed``, the set's
+    name, the face's file name); independent of the process, the batch and the position in it."""
+    digest = hashlib.sha256(f"{seed}\0{attack_set}\0{face}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
+
+
+def random_seeds(count: int) -> torch.Tensor:
+    """``count`` seeds (count,) int64 drawn from torch's global generator: the default of an attack called without
+    ``seeds`` (so ``torch.manual_seed`` makes such a call reproducible)."""
+    return torch.randint(0, 2**62, (count,), dtype=torch.int64)
+
+
+def uniform_noise(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """Noise (N, *shape) uniform in [-1, 1): row i from a CPU generator seeded with ``seeds[i]`` (N,), so each row
+    depends on its seed alone (not on N, the row's position or the device), then moved to ``device``."""
+    rows = [torch.rand(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    noise = torch.stack(rows) if rows else torch.zeros(0, *shape)
+    return (noise * 2 - 1).to(device)
 
 
 def make_targets(labels: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor | None:
@@ -83,8 +111,11 @@ class Attack(ABC):
     default_target: TargetMode = "next"
 
     def __call__(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> AttackResult:
+        """Attack ``images`` (B, 3, H, W) of true ``labels`` (B,) towards ``targets`` (B,) (None: untargeted); the
+        random numbers of sample i come from ``seeds[i]`` ((B,) int64; default :func:`random_seeds`)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         low, high = self.bounds
@@ -92,11 +123,16 @@ class Attack(ABC):
             raise ValueError(f"images must lie in the bounds [{low}, {high}] (pixel units)")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+        seeds = random_seeds(len(labels)) if seeds is None else torch.as_tensor(seeds, dtype=torch.int64).cpu()
+        if seeds.shape != labels.shape:
+            raise ValueError(f"seeds must be ({images.shape[0]},), got {tuple(seeds.shape)}")
         model.eval()
-        return self.run(model, images.float(), labels, targets)
+        return self.run(model, images.float(), labels, targets, seeds)
 
     @abstractmethod
     def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
+        seeds: torch.Tensor,
     ) -> AttackResult:
-        """The attack proper; images float (B, 3, H, W) in bounds; targets (B,) or None (untargeted)."""
+        """The attack proper; images float (B, 3, H, W) in bounds; targets (B,) or None (untargeted); seeds (B,)
+        int64 on the CPU, one per sample, for any random numbers the attack draws (:func:`uniform_noise`)."""

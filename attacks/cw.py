@@ -354,7 +354,9 @@ class CarliniWagnerL2(CarliniWagnerAttack):
         self.initial_const = initial_const
         self.solver = Solver(steps, lr, confidence, abort_on_stall=abort_early, sync_every=sync_every)
 
-    def run(self, model: nn.Module, images: Tensor, labels: Tensor, targets: Tensor | None) -> AttackResult:
+    def run(
+        self, model: nn.Module, images: Tensor, labels: Tensor, targets: Tensor | None, seeds: Tensor
+    ) -> AttackResult:
         task = Task(model, images, labels, targets)
         batch = images.shape[0]
         const = images.new_full((batch,), self.initial_const)
@@ -413,7 +415,9 @@ class CarliniWagnerLinf(CarliniWagnerAttack):
         tau = torch.where(success, self.tau_decrease * torch.minimum(state.tau, reached), state.tau)
         return tau, state.allowed, success & (tau <= self.min_tau)
 
-    def run(self, model: nn.Module, images: Tensor, labels: Tensor, targets: Tensor | None) -> AttackResult:
+    def run(
+        self, model: nn.Module, images: Tensor, labels: Tensor, targets: Tensor | None, seeds: Tensor
+    ) -> AttackResult:
         rounds = math.ceil(math.log(self.min_tau) / math.log(self.tau_decrease))
         consts = const_values(self.initial_const, self.solver.const_factor, self.solver.max_const)
         const = images.new_full((images.shape[0],), self.initial_const)
@@ -461,7 +465,9 @@ class CarliniWagnerL0(CarliniWagnerAttack):
         allowed = torch.where(success.view(-1, 1, 1, 1), shrunk, state.allowed)
         return state.tau, allowed, success & ~allowed.flatten(1).any(1)
 
-    def run(self, model: nn.Module, images: Tensor, labels: Tensor, targets: Tensor | None) -> AttackResult:
+    def run(
+        self, model: nn.Module, images: Tensor, labels: Tensor, targets: Tensor | None, seeds: Tensor
+    ) -> AttackResult:
         rounds = images.shape[-2] * images.shape[-1]  # each success freezes at least one pixel position
         consts = const_values(self.initial_const, self.solver.const_factor, self.solver.max_const)
         const = images.new_full((images.shape[0],), self.initial_const)

@@ -13,12 +13,12 @@ weighted sum of the two, whose balance is hard to set, both attacks descend one 
   projection onto the other one (:func:`orthogonal_component`), so that, to first order, a step for one goal leaves
   the other unchanged and does not undo it.
 
-Both are targeted L-infinity PGD without random start (:func:`detector_pgd`): ``steps`` signed steps of
-``rel_stepsize * eps`` pixel units on the chosen (projected) gradient, projected onto the ``eps`` ball around the
-clean face and onto [0, 255]. A sample that is on target and not flagged by the detector's own rule at its current
-pixels is frozen: it takes no further step, so the run returns that undetected success, and its ``iterations`` is
-the number of steps it had taken. The K targets per face and the choice of the best candidate are those of
-:class:`~ami_lightning.attacks.adaptive.AdaptiveAttack` (:mod:`ami_lightning.attacks.adaptive`).
+Both are targeted L-infinity PGD (:func:`detector_pgd`; without random start unless ``random_start=true``):
+``steps`` signed steps of ``rel_stepsize * eps`` pixel units on the chosen (projected) gradient, projected onto the
+``eps`` ball around the clean face and onto [0, 255]. A sample that is on target and not flagged by the detector's
+own rule at its current pixels is frozen: it takes no further step, so the run returns that undetected success,
+and its ``iterations`` is the number of steps it had taken. The K targets per face and the choice of the best
+candidate are those of :class:`~ami_lightning.attacks.adaptive.AdaptiveAttack` (:mod:`ami_lightning.attacks.adaptive`).
 
 No step waits for the device: the switch and the freezing are per-sample ``torch.where`` masks (no ``.item()``, no
 boolean indexing), so the steps queue on a GPU without a host sync (as long as the detector's own forward has none:
@@ -114,8 +114,10 @@ def detector_pgd(
     stepsize: float,
     project: Projection,
     bounds: tuple[float, float] = (0.0, 255.0),
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selective (``project="none"``) or orthogonal PGD from ``images`` (N, 3, H, W) towards ``targets`` (N,) long:
+    """Selective (``project="none"``) or orthogonal PGD around ``images`` (N, 3, H, W), from ``start`` (same shape;
+    default ``images``), towards ``targets`` (N,) long:
     ``steps`` times ``x <- x - stepsize * sign(direction)`` (:func:`pgd_direction`), projected onto the ``eps`` ball
     around ``images`` and onto ``bounds``; ``eps`` and ``stepsize`` in pixel units. A sample that is an undetected
     success before a step is frozen from then on (its step is zero).
@@ -123,7 +125,7 @@ def detector_pgd(
     Returns the adversarial pixels (N, 3, H, W) and, per sample, the steps it took before it was frozen, or
     ``steps`` if it never was (N,) long. No host sync per step.
     """
-    x = images.clone()
+    x = (images if start is None else start).clone()
     frozen = torch.zeros(targets.shape, dtype=torch.bool, device=targets.device)
     iterations = torch.full_like(targets, steps)
     for step in range(steps):
@@ -143,9 +145,11 @@ class SelectivePGD(AdaptiveAttack):
 
     project: Projection = "none"
 
-    def optimise(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def optimise(
+        self, images: torch.Tensor, targets: torch.Tensor, start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return detector_pgd(self.detector, images, targets, self.eps, self.steps, self.stepsize, self.project,
-                            self.bounds)
+                            self.bounds, start)
 
 
 class OrthogonalPGD(SelectivePGD):
@@ -153,7 +157,7 @@ class OrthogonalPGD(SelectivePGD):
     goal's gradient minus its projection onto the other goal's gradient; ``project`` says which steps are projected
     (``"both"``, as published; ``"off_target"`` or ``"on_target"``, one of the two switches of the authors' code)."""
 
-    def __init__(self, detector: Detector, project: Projection = "both", **kwargs: float) -> None:
+    def __init__(self, detector: Detector, project: Projection = "both", **kwargs: Any) -> None:
         problems = self.check_params({"project": project})
         if problems:
             raise ValueError(f"orthogonal_pgd: {'; '.join(problems)}")
@@ -163,8 +167,10 @@ class OrthogonalPGD(SelectivePGD):
     @staticmethod
     def check_params(params: dict[str, Any]) -> list[str]:
         """The problems of the parameters ``params`` (as a config gives them), one line each naming the key: here
-        ``project``, one of ``both``, ``off_target``, ``on_target``. Empty when they are fine."""
+        ``project``, one of ``both``, ``off_target``, ``on_target``, and those of :class:`AdaptiveAttack`. Empty when
+        they are fine."""
+        problems = AdaptiveAttack.check_params(params)
         project = params.get("project", "both")
         if project not in PROJECTIONS[1:]:
-            return [f"project={project!r}: expected one of {', '.join(PROJECTIONS[1:])}"]
-        return []
+            problems.append(f"project={project!r}: expected one of {', '.join(PROJECTIONS[1:])}")
+        return problems

@@ -4,7 +4,8 @@
 format's extension) and a JSON-lines manifest, one entry per sample: ``file``, ``source``, ``identity``, ``label``,
 ``target`` (-1 when untargeted; for the adaptive sets, the target the attack chose), ``original_pred``,
 ``adversarial_pred``, ``success``, ``l0`` / ``l2`` / ``linf`` (pixel units; L0 counts pixel positions),
-``iterations`` and ``seconds`` (the sample's share of its batch's attack time). Predictions, success and
+``iterations``, ``seed`` (the face's random seed) and ``seconds`` (the sample's share of its batch's attack time),
+then what the float results depend on (:func:`numerics_record`). Predictions, success and
 distortions describe the file as stored: what an 8-bit PNG or a JPEG decodes to, not the float pixels the attack
 ended with.
 
@@ -28,9 +29,16 @@ a first process that finished: nothing). Temporary files that killed writers of 
 A share that is already finished, with a tidy manifest, is returned without creating, locking or opening anything
 for writing, so a complete cache also works on a read-only filesystem.
 
-Sharding: process ``rank`` of ``world_size`` takes the samples ``rank::world_size`` and logs to its own
-``manifest.rank<r>.jsonl``; :func:`merge_manifests` joins the shards into ``manifest.jsonl`` (done by rank 0 after a
-barrier when ``torch.distributed`` is initialised; call it yourself when running ranks by hand).
+Sharding: the samples are cut into consecutive batches of ``batch_size``, and process ``rank`` of ``world_size``
+takes the batches ``rank::world_size`` (:func:`batch_shares`): every batch holds the same faces whatever the number
+of processes, and each face's random numbers come from its own seed (:func:`~ami_lightning.attacks.base.face_seed`),
+so 1 and N processes write the same files (byte-identical for the same torch, device, CPU instruction set and
+per-process thread count: :func:`numerics_record`). Each process logs to its own ``manifest.rank<r>.jsonl``;
+:func:`merge_manifests` joins the shards into ``manifest.jsonl`` (done by rank 0 after a barrier when
+``torch.distributed`` is initialised, e.g. by a Lightning trainer's strategy:
+:class:`ami_lightning.pipeline.distributed.LightningRunner`; call it yourself when running ranks by hand). A face
+logged in any manifest of the folder counts as done, so a rerun after a kill, with any number of processes,
+attacks exactly the faces still missing (a single process also merges the shards an earlier run left).
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -51,11 +59,11 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from ami_lightning.attacks.base import TARGET_MODES, distortions, is_success, make_targets
+from ami_lightning.attacks.base import TARGET_MODES, distortions, face_seed, is_success, make_targets
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.manifest import MANIFEST, Row, manifest_text, read_manifest
@@ -156,7 +164,13 @@ def merge_manifests(folder: str | Path) -> Path:
     ``manifest.jsonl`` sorted by file, one entry per file that exists; the shards are then removed. Holds the set's
     lock and each shard's (as :func:`generate` does), so it waits for runs still writing to them."""
     folder = Path(folder)
-    with exclusive(folder), ExitStack() as locks:
+    with exclusive(folder):
+        return merge_shards(folder)
+
+
+def merge_shards(folder: Path) -> Path:
+    """:func:`merge_manifests` for a caller that holds the set's lock already (each shard's is taken here)."""
+    with ExitStack() as locks:
         shards = sorted(folder.glob(shard_manifest("*")))
         for shard in shards:
             locks.enter_context(exclusive(share_lock(folder, shard)))
@@ -214,6 +228,51 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Runner(Protocol):
+    """How a share's batches are attacked: :class:`InProcess` here, or through a Lightning trainer's strategy
+    (:class:`ami_lightning.pipeline.distributed.LightningRunner`). ``collective``: every process of the run must call
+    it once per set, even with nothing to do (it synchronises the processes)."""
+
+    collective: bool
+
+    def __call__(self, run: Run, batches: list[list[int]], manifest: Path, bar: tqdm) -> None:
+        """Attack ``batches`` (lists of dataset indices), writing each file and its row to ``manifest``; ``bar``
+        advances by each batch's size."""
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """The batches attacked one after the other in this process, on ``device``, their images loaded by
+    ``num_workers`` DataLoader workers."""
+
+    device: torch.device
+    num_workers: int = 0
+    collective: bool = False
+
+    def __call__(self, run: Run, batches: list[list[int]], manifest: Path, bar: tqdm) -> None:
+        with open_log(manifest) as log:
+            for pixels, labels, index in run.loader(batches, self.num_workers):
+                run.write(log, run.attack_batch(pixels.to(self.device), labels.to(self.device), index))
+                bar.update(len(index))
+
+
+@contextmanager
+def open_log(manifest: Path) -> Iterator[IO[str]]:
+    """``manifest`` opened for appending rows (:func:`append_row`), its torn last line cut off first."""
+    drop_torn_line(manifest)
+    with open(manifest, "a", encoding="utf-8") as log:
+        yield log
+
+
+def batch_shares(count: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """Process ``rank``'s batches of a set of ``count`` samples: the samples cut into consecutive batches of
+    ``batch_size`` (the last one shorter), batch b going to process b mod ``world_size``. Every batch holds the same
+    samples whatever the number of processes, so batched kernels (whose float results depend on the batch) give
+    the same files with 1 or N processes."""
+    batches = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+    return batches[rank::world_size]
+
+
 def generate(
     attack_set: str | AttackSpec,
     model: nn.Module,
@@ -232,6 +291,8 @@ def generate(
     progress: bool = True,
     detector: Detector | None = None,
     label: str | None = None,
+    seed: int = 0,
+    runner: Runner | None = None,
 ) -> Path:
     """Attack this process's share of ``dataset`` with set ``attack_set`` and write it under ``out_dir/<set>``;
     returns that folder. See the module docstring for the files, the manifest, resuming and sharding.
@@ -244,7 +305,10 @@ def generate(
     ``untargeted`` (default: the set's). ``rank`` / ``world_size``: default from ``torch.distributed`` if
     initialised, else 0 / 1. ``detector``: the detector on ``model`` that an adaptive set attacks (required
     for them, unused by the others). ``label``: the progress bar's (default: the set's name; the pipeline gives
-    the config's set name, e.g. ``adaptive_gradient_fs``).
+    the config's set name, e.g. ``adaptive_gradient_fs``). ``seed``: the run's seed, from which each face's random
+    numbers are drawn (:func:`~ami_lightning.attacks.base.face_seed` of the seed, the set's name and the source
+    file's name). ``runner``: how the batches are attacked (default :class:`InProcess` on ``device`` with
+    ``num_workers`` loader workers).
 
     Bad input raises before any sample is attacked where it can be seen up front: an unknown set (``KeyError``),
     parameters the attack rejects (``TypeError``), an unknown target mode or format, a source file name that does
@@ -267,32 +331,40 @@ def generate(
     if target_mode not in TARGET_MODES:
         raise ValueError(f"unknown target mode {target_mode!r}; expected one of {TARGET_MODES}")
     rank, world_size = rank_and_world(rank, world_size)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if runner is None:
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        runner = InProcess(device, num_workers)
 
     names = [output_name(p, file_format) for p in dataset.paths]
     if len(set(names)) != len(names):
         clash = next(name for name in names if names.count(name) > 1)
         raise ValueError(f"two source files give the output name {clash!r}")
-    mine = list(range(rank, len(dataset), world_size))
+    batches = batch_shares(len(dataset), batch_size, rank, world_size)
+    mine = [i for batch in batches for i in batch]
     identities = {i: identity_from_filename(dataset.paths[i]) for i in mine}  # ValueError naming a bad file name
     folder = Path(out_dir) / spec.name
     manifest = folder / (MANIFEST if world_size == 1 else shard_manifest(rank))
     share = Share(folder, manifest, [names[i] for i in mine])
-    if share.todo() or not share.tidy():  # else finished: nothing is created, locked or opened for writing
-        with exclusive(share_lock(folder, manifest)):
-            folder.mkdir(parents=True, exist_ok=True)
-            share.remove_stale_temporaries()
-            pending = set(share.todo())  # read again: another process may have done them while this one waited
-            todo = [i for i in mine if names[i] in pending]
-            if todo:
-                run = Run(attack, model, dataset, names, identities, folder, file_format, target_mode, jpeg_quality,
-                          device, num_classes)
-                bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress,
-                           desc=label if world_size == 1 else f"{label} [{rank}/{world_size}]")
-                with bar:
-                    run.attack_samples(todo, image_shape(dataset, mine[0]), manifest, batch_size, num_workers, bar)
-            if not share.tidy():
-                write_manifest(manifest, share.finished_rows())
+    run = Run(attack, model, dataset, names, identities, folder, file_format, target_mode, jpeg_quality, num_classes,
+              batch_size, {i: face_seed(seed, spec.name, Path(dataset.paths[i]).name) for i in mine})
+    bar = tqdm(total=len(mine), unit="img", disable=not progress,
+               desc=label if world_size == 1 else f"{label} [{rank}/{world_size}]")
+    with bar:
+        if share.finished():  # nothing is created, locked or opened for writing
+            if runner.collective:
+                runner(run, [], manifest, bar)
+        else:
+            with exclusive(share_lock(folder, manifest)):
+                folder.mkdir(parents=True, exist_ok=True)
+                share.remove_stale_temporaries()
+                pending = set(share.todo())  # read again: another process may have done them while this one waited
+                todo = [kept for batch in batches if (kept := [i for i in batch if names[i] in pending])]
+                bar.update(len(mine) - sum(map(len, todo)))
+                if todo or runner.collective:
+                    if todo:
+                        run.check_shape(todo[0][0])
+                    runner(run, todo, manifest, bar)
+                share.finish()
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
         if rank == 0 and any(folder.glob(shard_manifest("*"))):
@@ -310,8 +382,30 @@ class Share:
     names: list[str]
 
     def logged(self) -> dict[str, Row]:
-        """Rows of the set's manifest and of this share's (they differ when sharded); this share's win."""
-        return {**read_manifest(self.folder / MANIFEST), **read_manifest(self.manifest)}
+        """Rows of the set's manifest and of every shard's (those of an earlier run with another number of
+        processes count too); this share's win."""
+        shards = sorted(self.folder.glob(shard_manifest("*")))
+        return {name: row for path in (self.folder / MANIFEST, *shards, self.manifest)
+                for name, row in read_manifest(path).items()}
+
+    def sharded(self) -> bool:
+        """Whether this share is one process's of several (it logs to a shard manifest)."""
+        return self.manifest.name != MANIFEST
+
+    def finished(self) -> bool:
+        """Every file of the share logged and present, its manifest tidy and, for an unsharded run, no shard
+        manifest left to merge."""
+        if self.todo() or not self.tidy():
+            return False
+        return self.sharded() or not any(self.folder.glob(shard_manifest("*")))
+
+    def finish(self) -> None:
+        """Rewrite the share's manifest tidy (:meth:`tidy`); an unsharded run also merges any shard manifests left
+        by an earlier run with several processes. Call it holding the share's lock."""
+        if not self.sharded():
+            merge_shards(self.folder)
+        elif not self.tidy():
+            write_manifest(self.manifest, self.finished_rows())
 
     def todo(self) -> list[str]:
         """The names of the share without both a manifest row and a file, in order."""
@@ -357,9 +451,29 @@ def numerics_record(batch_size: int, device: torch.device) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True)
+class BatchesOf(Dataset):
+    """Item b: the batch ``batches[b]`` of ``dataset`` put together by ``collate`` (for a DataLoader with
+    ``batch_size=None``, so that each batch holds exactly the samples given, in any number of worker processes)."""
+
+    dataset: FaceDataset
+    batches: list[list[int]]
+    collate: CheckingCollate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.collate([self.dataset[i] for i in self.batches[b]])
+
+
+Output = list[tuple[str, bytes, Row]]  # per sample: file name, file bytes, manifest row
+
+
 @dataclass
 class Run:
-    """What :func:`generate` attacks with and writes to; :meth:`attack_samples` does the work."""
+    """What :func:`generate` attacks with and writes to: :meth:`attack_batch` attacks one batch, :meth:`write`
+    stores its files and rows (a :class:`Runner` chains them)."""
 
     attacker: Any
     model: nn.Module
@@ -370,49 +484,60 @@ class Run:
     file_format: str
     target_mode: str
     jpeg_quality: int
-    device: torch.device
     num_classes: int | None
+    batch_size: int
+    seeds: dict[int, int]
+    shape: tuple[int, ...] = ()
 
-    def attack_samples(self, todo: list[int], shape: tuple[int, ...], manifest: Path, batch_size: int,
-                       num_workers: int, bar: tqdm) -> None:
-        """Attack the items ``todo`` (dataset indices; pixels of ``shape`` (3, H, W)) in batches, writing each file
-        and then appending its row to ``manifest``."""
-        model, dataset, device = self.model, self.dataset, self.device
+    def check_shape(self, index: int) -> None:
+        """Take the pixel shape (3, H, W) that every item must share from item ``index`` (:func:`image_shape`)."""
+        self.shape = image_shape(self.dataset, index)
+
+    def loader(self, batches: list[list[int]], num_workers: int = 0) -> DataLoader:
+        """The ``batches`` (lists of dataset indices) as a DataLoader of (pixels (B, 3, H, W), labels (B,),
+        indices (B,)), checked by :class:`CheckingCollate`."""
+        collate = CheckingCollate(self.dataset.paths, self.shape)
+        return DataLoader(BatchesOf(self.dataset, batches, collate), batch_size=None, num_workers=num_workers)
+
+    def attack_batch(self, pixels: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Output:
+        """Attack one batch: pixels (B, 3, H, W) and labels (B,) on the model's device, ``index`` (B,) dataset
+        indices. Returns, per sample, its file name, the bytes of its file and its manifest row."""
+        model = self.model
         model.eval()
-        loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=CheckingCollate(dataset.paths, shape))
-        drop_torn_line(manifest)
-        numerics = numerics_record(batch_size, device)
-        with open(manifest, "a", encoding="utf-8") as log:
-            for pixels, labels, index in loader:
-                pixels, labels = pixels.to(device), labels.to(device)
-                with torch.no_grad():
-                    logits = model(pixels)
-                targets = make_targets(labels, self.target_mode, self.num_classes or logits.shape[1])
-                synchronise(device)
-                start = time.perf_counter()
-                result = self.attacker(model, pixels, labels, targets)
-                synchronise(device)
-                seconds = (time.perf_counter() - start) / len(labels)
-                targets = result.targets if result.targets is not None else targets
-                files = [encode(adversarial, self.file_format, self.jpeg_quality) for adversarial in result.adversarial]
-                stored = torch.stack([decode(data, self.file_format) for data in files]).to(device)
-                with torch.no_grad():
-                    stored_logits = model(stored)
-                columns = {
-                    "label": labels,
-                    "target": targets if targets is not None else torch.full_like(labels, -1),
-                    "original_pred": logits.argmax(1),
-                    "adversarial_pred": stored_logits.argmax(1),
-                    "success": is_success(stored_logits, labels, targets),
-                    **dict(zip(("l0", "l2", "linf"), distortions(stored, pixels), strict=True)),
-                    "iterations": result.iterations,
-                }
-                values = {key: column.tolist() for key, column in columns.items()}
-                for j, i in enumerate(index.tolist()):
-                    write_bytes(self.folder / self.names[i], files[j], durable=True)
-                    append_row(log, {"file": self.names[i], "source": str(dataset.paths[i]),
-                                     "identity": self.identities[i],
-                                     **{key: column[j] for key, column in values.items()}, "seconds": seconds,
-                                     **numerics})
-                bar.update(len(index))
+        with torch.no_grad():
+            logits = model(pixels)
+        targets = make_targets(labels, self.target_mode, self.num_classes or logits.shape[1])
+        seeds = torch.tensor([self.seeds[i] for i in index.tolist()], dtype=torch.int64)
+        synchronise(pixels.device)
+        start = time.perf_counter()
+        with torch.enable_grad():
+            result = self.attacker(model, pixels, labels, targets, seeds)
+        synchronise(pixels.device)
+        seconds = (time.perf_counter() - start) / len(labels)
+        targets = result.targets if result.targets is not None else targets
+        files = [encode(adversarial, self.file_format, self.jpeg_quality) for adversarial in result.adversarial]
+        stored = torch.stack([decode(data, self.file_format) for data in files]).to(pixels.device)
+        with torch.no_grad():
+            stored_logits = model(stored)
+        columns = {
+            "label": labels,
+            "target": targets if targets is not None else torch.full_like(labels, -1),
+            "original_pred": logits.argmax(1),
+            "adversarial_pred": stored_logits.argmax(1),
+            "success": is_success(stored_logits, labels, targets),
+            **dict(zip(("l0", "l2", "linf"), distortions(stored, pixels), strict=True)),
+            "iterations": result.iterations,
+        }
+        values = {key: column.tolist() for key, column in columns.items()}
+        numerics = numerics_record(self.batch_size, pixels.device)
+        return [(self.names[i], files[j],
+                 {"file": self.names[i], "source": str(self.dataset.paths[i]), "identity": self.identities[i],
+                  **{key: column[j] for key, column in values.items()}, "seed": self.seeds[i], "seconds": seconds,
+                  **numerics})
+                for j, i in enumerate(index.tolist())]
+
+    def write(self, log: IO[str], output: Output) -> None:
+        """Store each sample's file (atomically, synced), then append its row to the open manifest ``log``."""
+        for name, data, row in output:
+            write_bytes(self.folder / name, data, durable=True)
+            append_row(log, row)

@@ -37,7 +37,8 @@ class FoolboxLinfAttack(Attack):
         self.targeted_attack = targeted_attack or attack
 
     def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
+        seeds: torch.Tensor,
     ) -> AttackResult:
         # device: foolbox would otherwise move the caller's model to cuda:0 whenever CUDA is present
         fmodel = fb.PyTorchModel(model, bounds=self.bounds, device=images.device)

@@ -132,7 +132,8 @@ class MaskedAttack(Attack):
         return images
 
     def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
+        seeds: torch.Tensor,
     ) -> AttackResult:
         region = self.mask(*images.shape[-2:])
         if not region.any():

@@ -10,10 +10,12 @@ command, the commit and the machine recorded there (:mod:`ami_lightning.pipeline
     .venv/bin/ami-calibrate
     python -m scripts.readme_tables calibration logs/calibrate/<stamp>
     python -m scripts.readme_tables default-run logs/run/<stamp> --check   # exit 1 if the README differs
+    python -m scripts.bench_distributed --out logs/bench_distributed
+    python -m scripts.readme_tables distributed logs/bench_distributed
 
 Kinds of table: ``default-run`` (any ``ami-run`` / ``ami-eval`` results), ``attacks-on-detectors`` (the same
-results, per detector: BIM and the attacks made to evade detectors, with SR@N, and the worst case over every set)
-and ``calibration`` (``ami-calibrate``).
+results, per detector: BIM and the attacks made to evade detectors, with SR@N, and the worst case over every set),
+``calibration`` (``ami-calibrate``) and ``distributed`` (``scripts/bench_distributed.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from typing import Any
 from ami_lightning.cli.calibrate import calibration_markdown
 from ami_lightning.pipeline.provenance import describe
 from ami_lightning.reporting.results import RunResults, read_results
+from scripts.bench_distributed import distributed_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+KINDS = ("default-run", "attacks-on-detectors", "calibration", "distributed")
 
 
 def run_table(results: RunResults) -> str:
@@ -91,8 +95,10 @@ def render(kind: str, run_dir: Path) -> str:
         record = results.provenance
     elif kind == "calibration":
         table, record = calibration_markdown(data), data.get("provenance")
+    elif kind == "distributed":
+        table, record = distributed_markdown(data), data.get("provenance")
     else:
-        raise SystemExit(f"unknown table kind {kind!r}; expected default-run, attacks-on-detectors or calibration")
+        raise SystemExit(f"unknown table kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not record:
         raise SystemExit(f"{path} records no provenance (command, commit, machine): rerun it with this version")
     return f"{table}\n\nWritten by `scripts/readme_tables.py {kind}` from {describe(record)}."
@@ -112,7 +118,7 @@ def _tables(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("default-run", "attacks-on-detectors", "calibration"))
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("run_dir", type=Path, help="the run folder holding results.json")
     parser.add_argument("--block", help="README block name (default: the kind)")
     parser.add_argument("--readme", type=Path, default=README)

@@ -18,8 +18,10 @@ from ami_lightning.attacks.adaptive import (
     choose_candidates,
     likeliest_targets,
     linf_pgd,
+    random_start,
 )
-from ami_lightning.attacks.generate import generate
+from ami_lightning.attacks.base import face_seed
+from ami_lightning.attacks.generate import generate, merge_manifests
 from ami_lightning.attacks.gradient import BIM
 from ami_lightning.attacks.registry import create_attack
 from ami_lightning.data.datasets import FaceFiles
@@ -179,6 +181,72 @@ def test_generate_records_the_chosen_targets(toy, tmp_path: Path) -> None:
     for row in rows:
         assert row["target"] != row["label"] and row["target"] >= 0
         assert row["success"] == (row["adversarial_pred"] == row["target"]) and row["linf"] <= BUDGET["eps"] + 1e-3
+
+
+def test_random_start_depends_on_each_face_seed_alone() -> None:
+    """Each face's K starting points come from its seed only: the same in any batch and at any position, uniform
+    in the eps ball around the face and clipped to the pixel bounds; another seed, another start."""
+    images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255
+    seeds = torch.tensor([face_seed(0, "adaptive_transfer", f"face{i}.png") for i in range(5)])
+    k, eps = 3, 16.0
+    whole = random_start(images.repeat_interleave(k, 0), seeds, k, eps, (0.0, 255.0)).view(5, k, 3, 8, 8)
+    picked = torch.tensor([4, 1])
+    part = random_start(images[picked].repeat_interleave(k, 0), seeds[picked], k, eps, (0.0, 255.0))
+    assert torch.equal(part.view(2, k, 3, 8, 8), whole[picked])
+    offset = whole - images[:, None]
+    assert offset.abs().max() <= eps and offset.abs().mean() > eps / 4  # uniform in [-eps, eps): mean |u| = eps/2
+    assert whole.min() >= 0 and whole.max() <= 255
+    assert not torch.equal(whole[:, 0], whole[:, 1])  # the K candidates start apart
+    other = random_start(images.repeat_interleave(k, 0), seeds + 1, k, eps, (0.0, 255.0))
+    assert not torch.equal(other.view(5, k, 3, 8, 8), whole)
+
+
+def test_random_start_runs_from_the_face_seeds_and_only_then(toy) -> None:
+    """With random_start the result is a function of the seeds (same seeds: identical; others: different); without
+    it the seeds are not used; a value that is not a boolean is refused."""
+    detector, x, y = toy
+    x, y = x[:4], y[:4]
+    seeds, others = torch.arange(4), torch.arange(4) + 10
+    budget = {**BUDGET, "steps": 3, "k_targets": 2}
+    randomised = TransferFilter(detector, **budget, random_start=True)
+    first = randomised(detector.model, x, y, seeds=seeds).adversarial
+    assert torch.equal(randomised(detector.model, x, y, seeds=seeds).adversarial, first)
+    assert not torch.equal(randomised(detector.model, x, y, seeds=others).adversarial, first)
+    plain = TransferFilter(detector, **budget)
+    assert torch.equal(plain(detector.model, x, y, seeds=seeds).adversarial,
+                       plain(detector.model, x, y, seeds=others).adversarial)
+    with pytest.raises(ValueError, match="random_start='yes': expected true or false"):
+        TransferFilter(detector, random_start="yes")
+
+
+def test_random_start_sets_are_the_same_from_one_or_two_processes(toy, tmp_path: Path) -> None:
+    """A randomised adaptive set written as two shards (rank 0 then rank 1, merged) equals the one written by one
+    process, byte for byte, with the same rows (seconds aside); the seed in each row is the face's."""
+    detector, _, _ = toy
+
+    class Small(FaceFiles):
+        def __getitem__(self, index: int):
+            pixels, label, i = super().__getitem__(index)
+            return F.interpolate(pixels[None], size=(32, 32), mode="bilinear", antialias=True)[0].round(), label, i
+
+    dataset = Small(face_files()[:5], list(range(5)))
+    params = {**BUDGET, "steps": 3, "k_targets": 2, "random_start": True}
+    common = {"batch_size": 2, "detector": detector, "progress": False, "seed": 7}
+    one = generate("adaptive_transfer", detector.model, dataset, tmp_path / "one", params, **common)
+    for rank in (0, 1):
+        two = generate("adaptive_transfer", detector.model, dataset, tmp_path / "two", params, rank=rank,
+                       world_size=2, **common)
+    merge_manifests(two)
+    files = sorted(p.name for p in one.glob("*.npy"))
+    assert len(files) == 5 and files == sorted(p.name for p in two.glob("*.npy"))
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+    def rows(folder: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (folder / "manifest.jsonl").read_text().splitlines()]
+
+    assert rows(one) == rows(two)
+    assert all(r["seed"] == face_seed(7, "adaptive_transfer", Path(r["source"]).name) for r in rows(one))
 
 
 @pytest.mark.gpu

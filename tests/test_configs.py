@@ -71,7 +71,7 @@ def test_default_experiment_has_all_published_and_adaptive_sets(tmp_path: Path) 
     assert cfg.attacks.adaptive_transfer.params == cfg.attacks.adaptive_transfer_fs.params
     for name in ("selective_ami", "orthogonal_ami", "selective_feature_squeezing", "orthogonal_feature_squeezing"):
         params = {k: v for k, v in cfg.attacks[name].params.items() if k != "project"}  # orthogonal PGD's own
-        assert params == {"eps": 2.5, "steps": 30, "rel_stepsize": 0.2, "k_targets": 2}
+        assert params == {"eps": 2.5, "steps": 30, "rel_stepsize": 0.2, "k_targets": 2, "random_start": False}
     assert cfg.attacks.orthogonal_ami.params.project == "on_target"
     assert cfg.attacks.orthogonal_feature_squeezing.params.project == "off_target"
 

@@ -231,7 +231,7 @@ def test_run_syncs_only_at_the_done_checks(toy, name: str) -> None:
     model, images, labels, targets = toy
     attack = ATTACKS[name]()
     with count_host_syncs() as calls:
-        result = attack.run(model, images[:3], labels[:3], targets[:3])
+        result = attack.run(model, images[:3], labels[:3], targets[:3], torch.arange(3))
     every = attack.solver.sync_every
     if isinstance(attack, CarliniWagnerL2):
         assert len(calls) <= attack.binary_search_steps * math.ceil(attack.solver.steps / every)

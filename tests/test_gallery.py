@@ -88,7 +88,7 @@ def test_enrol_errors() -> None:
     with pytest.raises(ValueError, match="labels must be N = 2 integers"):
         gallery.enrol(images, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="6-D embeddings, the gallery has dim 128"):
-        FaceGallery(nn.Flatten(), ["a", "b"]).enrol(images, torch.tensor([0, 1]))
+        FaceGallery(nn.Flatten(), ["a", "b"], dim=128).enrol(images, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="at least one identity"):
         FaceGallery(nn.Flatten(), [])
     assert not bool(gallery.enrolled.any())

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 import ami_lightning.attacks.generate as gen
+from ami_lightning.attacks.base import face_seed
 from ami_lightning.attacks.generate import generate, merge_manifests, read_manifest
 from ami_lightning.attacks.masked import patch_mask
 from ami_lightning.attacks.registry import get_spec
@@ -33,7 +34,7 @@ from tests.toy import toy_classifier, toy_faces
 IDENTITIES = [f"Person_{chr(65 + i)}" for i in range(10)]  # the toy's class names, e.g. Person_A
 NUMERICS = ("batch_size", "torch", "torch_threads", "cpu_capability")
 FIELDS = {"file", "source", "identity", "label", "target", "original_pred", "adversarial_pred", "success", "l0", "l2",
-          "linf", "iterations", "seconds", *NUMERICS}
+          "linf", "iterations", "seed", "seconds", *NUMERICS}
 FGSM = {"eps": 48.0}
 WRITE_BYTES = gen.write_bytes
 
@@ -85,6 +86,7 @@ def test_npy_format_and_manifest(model, faces: FaceFiles, tmp_path: Path) -> Non
     row = rows[_source_name(3).replace(".png", ".npy")]
     assert set(row) == FIELDS and row["identity"] == "Person_D" and row["label"] == 3 and row["target"] == -1
     assert row["original_pred"] == 3 and row["iterations"] == 1 and row["seconds"] > 0
+    assert row["seed"] == face_seed(0, "fgsm", Path(faces.paths[3]).name)
     assert row["success"] == (row["adversarial_pred"] != 3) and row["linf"] <= 48.0001
     print(f"FGSM eps 48 on the toy: {sum(r['success'] for r in rows.values())}/10 untargeted")
     _check_rows_describe_files(model, folder, rows)
@@ -155,8 +157,9 @@ def test_sharded_ranks_then_merge(model, faces: FaceFiles, tmp_path: Path, monke
         generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4, rank=rank, world_size=2, num_workers=2 * rank)
     folder = tmp_path / "fgsm"
     shards = [read_manifest(folder / f"manifest.rank{r}.jsonl") for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
-    assert sorted(shards[0]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in range(0, 10, 2))
+    # whole batches of 4: rank 0 takes batches 0 and 2 (faces 0-3 and 8-9), rank 1 batch 1 (faces 4-7)
+    assert sorted(shards[0]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in (0, 1, 2, 3, 8, 9))
+    assert sorted(shards[1]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in (4, 5, 6, 7))
     merged = merge_manifests(folder)
     lines = [json.loads(line)["file"] for line in merged.read_text().splitlines()]
     assert lines == sorted(lines) and len(lines) == 10 and not list(folder.glob("manifest.rank*"))

@@ -142,3 +142,22 @@ def test_attacks_on_detectors_table_per_detector_with_the_worst_case(tmp_path: P
                                          ["| worst case (8 faces, all sets)", "-", "-", "8"]]  # fgsm left out
     assert rows[1][5].startswith("87.50 % (7/8)") and rows[1][6].startswith("50.00 % (4/8)")
     assert rows[2][4].startswith("0.00 % (0/8)") and rows[2][7].startswith("25.00 % (2/8)")
+
+
+def test_distributed_block_from_the_benchmark(tmp_path: Path) -> None:
+    """The speed-up table of scripts/bench_distributed.py: one row per side, the ratio against the ideal."""
+    run = tmp_path / "bench"
+    run.mkdir()
+    sides = {"1 process": {"set_seconds": 30.0, "command_seconds": 41.5, "processes": 1, "threads": 2},
+             "2 processes": {"set_seconds": 20.0, "command_seconds": 33.25, "processes": 2, "threads": 1}}
+    (run / "results.json").write_text(json.dumps({
+        "accelerator": "cpu", "faces": 8, "batch_size": 2, "steps": 100, "binary_search_steps": 1, "ratio": 1.5,
+        "ideal": 2, "byte_identical": False, "success_equal": True, "sides": sides,
+        "provenance": provenance(["python", "-m", "scripts.bench_distributed"])}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:distributed -->\n<!-- /results:distributed -->\n")
+    assert readme_tables.main(["distributed", str(run), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| 1 | 30.0 | 41.5 | 2 |\n| 2 | 20.0 | 33.2 | 1 |" in text
+    assert "Speed-up 1.50x of an ideal 2x (75%); files byte-identical: no; success flags equal: yes." in text
+    assert "Written by `scripts/readme_tables.py distributed` from `python -m scripts.bench_distributed`" in text

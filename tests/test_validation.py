@@ -92,7 +92,7 @@ def test_the_detector_of_adaptive_sets_comes_from_the_pipeline() -> None:
             "attacks.adaptive_transfer.detector; it is not set by the params")
     refused("eval", ["+attacks.adaptive_gradient.params.k_target=2"],
             "attacks.adaptive_gradient.params.k_target=2: not a parameter of adaptive_gradient (DetectorGradient) "
-            "(did you mean k_targets?); allowed: gradient, eps, steps, rel_stepsize, k_targets")
+            "(did you mean k_targets?); allowed: gradient, eps, steps, rel_stepsize, k_targets, random_start")
     refused("eval", ["attack=[adaptive_gradient_fs]", "~attacks.adaptive_gradient_fs.detector"],
             "attacks.adaptive_gradient_fs.detector: missing; name the detector this adaptive set attacks, one of "
             "the run's detectors (ami, feature_squeezing)")
@@ -106,6 +106,8 @@ def test_the_detector_of_adaptive_sets_comes_from_the_pipeline() -> None:
 def test_attack_parameter_values_are_checked_by_the_attack() -> None:
     refused("run", ["attacks.orthogonal_ami.params.project=sideways"],
             "attacks.orthogonal_ami.params.project='sideways': expected one of both, off_target, on_target")
+    refused("run", ["attack=[adaptive_transfer]", "attacks.adaptive_transfer.params.random_start=sometimes"],
+            "attacks.adaptive_transfer.params.random_start='sometimes': expected true or false")
 
 
 def test_attack_set_nodes_hold_only_their_name_detector_and_params() -> None:
@@ -127,7 +129,7 @@ def test_every_set_lists_its_parameters_without_building_an_attack() -> None:
                 "glasses_first": ["colour", "thickness", "steps", "lr", "momentum", "check_every"],
                 "cw_l0_next": ["steps", "lr", "initial_const", "max_const", "const_factor", "shrink", "negligible",
                                "confidence", "sync_every"],
-                "adaptive_transfer": ["detector", "eps", "steps", "rel_stepsize", "k_targets"]}
+                "adaptive_transfer": ["detector", "eps", "steps", "rel_stepsize", "k_targets", "random_start"]}
     for name, params in expected.items():
         assert list(ATTACK_SETS[name].parameters()) == params
     for name in PUBLISHED_SETS + ("adaptive_transfer", "adaptive_gradient"):

@@ -1,9 +1,16 @@
-"""Face classifiers the Hydra configs instantiate (``model`` group): a pixel-space network with its identity names."""
+"""Face classifiers the Hydra configs instantiate (``model`` group): a pixel-space network with its identity names.
+
+``dlib_gallery`` and ``vgg_face_classifier`` build the registered models; ``torch_classifier`` (``model=torch``) and
+``onnx_classifier`` (``model=onnx``) wrap a user's own network, an embedding one as a gallery over one photo per
+identity, a logits one with its identity names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -12,7 +19,10 @@ from ami_lightning.data.benign import shipped_faces
 from ami_lightning.data.identities import identity_from_filename, load_names
 from ami_lightning.data.images import load_image
 from ami_lightning.models import create_model
+from ami_lightning.models.base import ChannelOrder, Preprocess, load_state_dict_file, preprocessing_problems
 from ami_lightning.models.gallery import FaceGallery
+from ami_lightning.models.layers import probe
+from ami_lightning.models.wrapped import load_onnx, wrap_network
 
 
 @dataclass
@@ -24,10 +34,10 @@ class Classifier:
     identities: list[str]
 
 
-def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64, weights: str | None = None) -> Classifier:
-    """dlib's ResNet (``weights``: a ``.dat`` file, default the one of ``face_recognition_models``) as a gallery
-    classifier enrolling one identity per face file of ``faces_dir`` (default: the 238 shipped faces), identities
-    from the VGG Face file names."""
+def gallery_faces(faces_dir: str | Path | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The enrolment faces of a gallery, one photo per identity: the images (N, 3, H, W) float pixels of
+    ``faces_dir`` (.jpg, .jpeg, .png, sorted by name; default: the 238 shipped faces) and their identities, from the
+    VGG Face file names (:func:`~ami_lightning.data.identities.identity_from_filename`)."""
     if faces_dir is None:
         faces, files = shipped_faces()
     else:
@@ -35,10 +45,26 @@ def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64, weights: st
         if not files:
             raise FileNotFoundError(f"no face images in {faces_dir}")
         faces = torch.stack([load_image(f) for f in files])
-    identities = [identity_from_filename(f) for f in files]
-    gallery = FaceGallery(create_model("dlib_resnet", weights), identities, batch_size=batch_size)
-    gallery.enrol(faces.float(), torch.arange(len(files)))
-    return Classifier("dlib_resnet", gallery, identities)
+    return faces.float(), [identity_from_filename(f) for f in files]
+
+
+def gallery_classifier(
+    name: str, embedder: nn.Module, faces_dir: str | Path | None = None, batch_size: int = 64, scale: float = 10.0,
+    normalize: bool = False,
+) -> Classifier:
+    """A :class:`~ami_lightning.models.gallery.FaceGallery` on ``embedder`` (pixels -> (B, D) embeddings) enrolling
+    one identity per face of :func:`gallery_faces` (``faces_dir``)."""
+    faces, identities = gallery_faces(faces_dir)
+    gallery = FaceGallery(embedder, identities, scale=scale, batch_size=batch_size, normalize=normalize)
+    gallery.enrol(faces, torch.arange(len(identities)))
+    return Classifier(name, gallery, identities)
+
+
+def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64, weights: str | None = None) -> Classifier:
+    """dlib's ResNet (``weights``: a ``.dat`` file, default the one of ``face_recognition_models``) as a gallery
+    classifier enrolling one identity per face file of ``faces_dir`` (default: the 238 shipped faces), identities
+    from the VGG Face file names."""
+    return gallery_classifier("dlib_resnet", create_model("dlib_resnet", weights), faces_dir, batch_size)
 
 
 def vgg_face_classifier(weights: str | None, names: str | None) -> Classifier:
@@ -48,3 +74,153 @@ def vgg_face_classifier(weights: str | None, names: str | None) -> Classifier:
     if missing:
         raise FileNotFoundError(f"VGG-Face needs these files, which are missing: {', '.join(missing)}")
     return Classifier("vgg_face", create_model("vgg_face", weights), load_names(names))
+
+
+# ---- a user's own network: model=torch, model=onnx ------------------------------------------------------------------
+Output = Literal["embedding", "logits"]
+OUTPUTS: tuple[str, ...] = get_args(Output)
+PREPROCESSING_KEYS: tuple[str, ...] = ("input_size", "channel_order", "pixel_scale", "mean", "std")
+OWN_MODEL_KEYS: tuple[str, ...] = ("output", "faces_dir", "names", "hook_layers", "scale", "normalize",
+                                   *PREPROCESSING_KEYS)
+"""The parameters of :func:`torch_classifier` and :func:`onnx_classifier` that :func:`own_model_problems` checks."""
+
+
+def own_model_problems(params: Mapping[str, Any]) -> list[str]:
+    """One line ``key=value: expected ...`` per bad value among the parameters ``params`` of
+    :func:`torch_classifier` / :func:`onnx_classifier` (those given; files are not looked at); [] if all are good.
+    Pure: the configs are checked with it before anything is built."""
+    output = params.get("output", "embedding")
+    problems = preprocessing_problems(**{key: params[key] for key in PREPROCESSING_KEYS if key in params})
+    if output not in OUTPUTS:
+        problems.append(f"output={output!r}: expected one of {', '.join(OUTPUTS)}")
+    elif output == "logits":
+        if params.get("names") is None:
+            problems.append("names=null: a network with output=logits needs the file of its identity names, one per "
+                            "line in the order of its logits")
+        if params.get("faces_dir") is not None:
+            problems.append(f"faces_dir={params['faces_dir']!r}: only read with output=embedding (the gallery's faces)")
+    elif params.get("names") is not None:
+        problems.append(f"names={params['names']!r}: only read with output=logits (an embedding network's "
+                        "identities are those of its gallery's faces)")
+    hooks = params.get("hook_layers")
+    if hooks is not None and not (isinstance(hooks, Sequence) and not isinstance(hooks, str) and hooks
+                                  and all(isinstance(h, str) for h in hooks)):
+        problems.append(f"hook_layers={hooks!r}: expected null (found automatically) or a list of module names")
+    scale = params.get("scale", 10.0)
+    if not (isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0):
+        problems.append(f"scale={scale!r}: expected a number > 0 (logit = -scale x embedding distance)")
+    if not isinstance(params.get("normalize", True), bool):
+        problems.append(f"normalize={params['normalize']!r}: expected true or false")
+    return problems
+
+
+def _own_classifier(
+    name: str,
+    net: nn.Module,
+    output: Output = "embedding",
+    faces_dir: str | None = None,
+    names: str | None = None,
+    hook_layers: Sequence[str] | None = None,
+    preprocess: Preprocess | None = None,
+    scale: float = 10.0,
+    normalize: bool = True,
+    batch_size: int = 64,
+) -> Classifier:
+    """``net`` behind ``preprocess`` (default: none) with its hook layers
+    (:func:`~ami_lightning.models.wrapped.wrap_network`), as a classifier: ``output=embedding``, a gallery over
+    ``faces_dir`` (:func:`gallery_classifier`); ``output=logits``, its K logits (B, K) with the K identity names of
+    the file ``names``."""
+    model = wrap_network(net, Preprocess() if preprocess is None else preprocess, hook_layers)
+    if output == "embedding":
+        return gallery_classifier(name, model, faces_dir, batch_size, scale, normalize)
+    with torch.no_grad():
+        logits = model(probe(model))
+    if logits.ndim != 2:
+        raise ValueError(f"{name}: output=logits, but the network gives outputs of shape {tuple(logits.shape)} for "
+                         "one image; expected (1, K)")
+    # names is a file here: own_model_problems refuses output=logits without one
+    return Classifier(name, model, load_names(names, expected=int(logits.shape[1])))  # type: ignore[arg-type]
+
+
+def _checked(name: str, params: Mapping[str, Any]) -> None:
+    if problems := own_model_problems(params):
+        raise ValueError(f"{name}: " + "; ".join(problems))
+
+
+def torch_classifier(
+    net: nn.Module | Mapping[str, Any],
+    weights: str | None = None,
+    seed: int = 0,
+    output: Output = "embedding",
+    faces_dir: str | None = None,
+    names: str | None = None,
+    hook_layers: Sequence[str] | None = None,
+    input_size: int | Sequence[int] | None = None,
+    channel_order: ChannelOrder = "rgb",
+    pixel_scale: float = 1.0,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    scale: float = 10.0,
+    normalize: bool = True,
+    batch_size: int = 64,
+) -> Classifier:
+    """A PyTorch face network as a classifier (``model=torch``).
+
+    ``net``: the module, or a Hydra node (``_target_``: any importable callable returning an ``nn.Module``, and its
+    arguments) built with torch's random generator seeded with ``seed``, so that randomly initialised weights are
+    the same in every process and run (the cached witnesses and attack sets of a config stay right). ``weights``: a
+    state dict file (``torch.save(net.state_dict())``) loaded with ``weights_only=True``. Preprocessing
+    (:class:`~ami_lightning.models.base.Preprocess`): ``input_size`` (None: as given), ``channel_order``,
+    ``pixel_scale``, ``mean``, ``std``. ``output``: ``embedding`` (a gallery over ``faces_dir``, default the shipped
+    faces; ``scale``, ``normalize``: :class:`~ami_lightning.models.gallery.FaceGallery`) or ``logits`` (``names``:
+    the file of the identity names, one per line). ``hook_layers``: None to find them
+    (:func:`~ami_lightning.models.wrapped.hookable_layers`), or module names. ValueError naming the bad values.
+    """
+    _checked("model=torch", locals())
+    if not isinstance(net, nn.Module):
+        net = _build(net, seed)
+    if weights is not None:
+        load_state_dict_file(net, weights, f"the network {type(net).__name__}",
+                             "a state dict saved with torch.save(net.state_dict())")
+    preprocess = Preprocess(input_size, channel_order, pixel_scale, mean, std)
+    return _own_classifier(type(net).__name__, net, output, faces_dir, names, hook_layers, preprocess, scale, normalize,
+                           batch_size)
+
+
+def _build(node: Mapping[str, Any], seed: int) -> nn.Module:
+    """``hydra.utils.instantiate(node)`` with torch's CPU random generator seeded with ``seed`` (and restored after);
+    TypeError naming the target when it does not return an ``nn.Module``."""
+    from hydra.utils import instantiate
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = instantiate(node)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model.net: {node.get('_target_')} returned a {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def onnx_classifier(
+    path: str,
+    output: Output = "embedding",
+    faces_dir: str | None = None,
+    names: str | None = None,
+    hook_layers: Sequence[str] | None = None,
+    input_size: int | Sequence[int] | None = None,
+    channel_order: ChannelOrder = "rgb",
+    pixel_scale: float = 1.0,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    scale: float = 10.0,
+    normalize: bool = True,
+    batch_size: int = 64,
+) -> Classifier:
+    """An ONNX face network (the file ``path``) as a classifier (``model=onnx``), converted by ``onnx2torch``
+    (:func:`~ami_lightning.models.wrapped.load_onnx`). ``input_size`` None: the graph's fixed input size, if it has
+    one (RGB pixels in [0, 255] resized to it, bilinear with antialiasing); the other keys as for
+    :func:`torch_classifier`. ValueError naming the bad values or the file."""
+    _checked("model=onnx", locals())
+    net, fixed = load_onnx(path)
+    preprocess = Preprocess(fixed if input_size is None else input_size, channel_order, pixel_scale, mean, std)
+    return _own_classifier(Path(path).name, net, output, faces_dir, names, hook_layers, preprocess, scale, normalize,
+                           batch_size)

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import InterpolationMode, resize
 
-from ami_lightning.models.base import Normalize, PixelModel
+from ami_lightning.models.base import PixelModel, Preprocess
 from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
+from ami_lightning.models.registry import register_model
 
 INPUT_SIZE = 150
 DESCRIPTOR_SIZE = 128
@@ -385,32 +385,19 @@ def dlib_resnet_from(net: DlibNet, path: Path) -> DlibResNet:
     return model.eval()
 
 
-class DlibPreprocess(nn.Module):
-    """Differentiable input layer: (B, 3, H, W) RGB pixels in [0, 255] -> (B, 3, 150, 150), ``(x - mean) / 256``.
-
-    Inputs of another size are resized first (bilinear, antialiased): the shipped 224x224 VGG-Face crops resized
-    to 150x150 give usable descriptors (different people at distance 0.65 on average); fed at 224x224 the
-    descriptors collapse (0.37 on average, below dlib's same-person threshold of 0.6).
-    """
-
-    def __init__(self, mean: Sequence[float], size: int = INPUT_SIZE) -> None:
-        super().__init__()
-        self.size = size
-        self.normalize = Normalize(mean, (INPUT_SCALE,) * 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.size, self.size):
-            x = resize(x, [self.size, self.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        return self.normalize(x)
-
-
+@register_model("dlib_resnet")
 def load_dlib_resnet(path: str | Path | None = None) -> PixelModel:
     """dlib's face-recognition ResNet from ``path`` (default: the file in ``face_recognition_models``), in eval mode,
     as a :class:`PixelModel`: (B, 3, H, W) RGB pixels in [0, 255] -> (B, 128) descriptors.
+
+    Its input layer (:class:`~ami_lightning.models.base.Preprocess`): ``(x - mean) / 256``, inputs of another size
+    than 150x150 resized first (bilinear, antialiased): the shipped 224x224 VGG-Face crops resized to 150x150 give
+    usable descriptors (different people at distance 0.65 on average); fed at 224x224 the descriptors collapse (0.37
+    on average, below dlib's same-person threshold of 0.6).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file for a truncated or malformed one.
     """
     path = dlib_model_path(FACE_RECOGNITION_RESNET) if path is None else Path(path)
     parsed = parse_dlib_resnet(path)
     net = dlib_resnet_from(parsed, path)
-    return PixelModel(net, DlibPreprocess(parsed.mean), net.hook_layers).eval()
+    return PixelModel(net, Preprocess(INPUT_SIZE, mean=parsed.mean, std=(INPUT_SCALE,) * 3), net.hook_layers).eval()

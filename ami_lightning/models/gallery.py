@@ -1,7 +1,8 @@
 """A face-identification classifier on top of a face embedder: distance to each enrolled identity's mean embedding.
 
 With :func:`~ami_lightning.models.dlib_resnet.load_dlib_resnet` as embedder this turns dlib's 128-D descriptors
-into identity logits, so that attacks and AmI can treat dlib's network like a classifier.
+into identity logits, so that attacks and AmI can treat dlib's network like a classifier; any embedding network
+works the same way (:func:`ami_lightning.models.classifiers.torch_classifier`, ``output: embedding``).
 """
 
 from __future__ import annotations
@@ -9,17 +10,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ami_lightning.models.base import PIXEL_BOUNDS
-from ami_lightning.models.layers import hook_layer_names
+from ami_lightning.models.layers import hook_layer_names, probe
+
+
+@torch.no_grad()
+def embedding_dim(embedder: nn.Module) -> int:
+    """D of an embedder's (B, D) output, from one forward pass of a grey :func:`~ami_lightning.models.layers.probe`
+    image; ValueError naming the shape when the output is not (1, D)."""
+    was_training = embedder.training
+    out = embedder.eval()(probe(embedder))
+    embedder.train(was_training)
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"the embedder gives outputs of shape {tuple(out.shape)} for one image; a gallery needs "
+                         "(1, D) embeddings")
+    return int(out.shape[1])
 
 
 class FaceGallery(nn.Module):
     """Logits (B, K) = ``-scale * ||embedder(x) - centroid_k||`` for the K ``identities``; x: (B, 3, H, W) pixels.
 
     ``embedder`` maps pixel images (B, 3, H, W) in ``bounds`` to embeddings (B, ``dim``), e.g. dlib's descriptors
-    (distance below 0.6: same person). ``centroids`` (K, dim) holds the mean embedding of each identity's
+    (distance below 0.6: same person); ``dim`` None: found by one forward pass (:func:`embedding_dim`).
+    ``normalize``: embeddings are scaled to unit length first (for networks whose embeddings are compared by cosine,
+    like ArcFace's; distances then lie in [0, 2]). ``centroids`` (K, dim) holds the mean embedding of each identity's
     enrolment images. Enrolment rule: :meth:`enrol` sets the centroid of every identity that has images in that
     call and leaves the others as they were, so identities can be enrolled over several calls; classifying
     (:meth:`forward`) needs all K enrolled and raises ``RuntimeError`` naming those that are not.
@@ -30,7 +47,13 @@ class FaceGallery(nn.Module):
     """
 
     def __init__(
-        self, embedder: nn.Module, identities: Sequence[str], scale: float = 10.0, dim: int = 128, batch_size: int = 32
+        self,
+        embedder: nn.Module,
+        identities: Sequence[str],
+        scale: float = 10.0,
+        dim: int | None = None,
+        batch_size: int = 32,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if not identities:
@@ -39,6 +62,8 @@ class FaceGallery(nn.Module):
         self.identities: tuple[str, ...] = tuple(identities)
         self.scale = scale
         self.batch_size = batch_size
+        self.normalize = normalize
+        dim = embedding_dim(embedder) if dim is None else dim
         self.register_buffer("centroids", torch.zeros(len(self.identities), dim))
         self.register_buffer("enrolled", torch.zeros(len(self.identities), dtype=torch.bool))
         self._complete = False  # host-side copy of enrolled.all(): no device sync per forward
@@ -59,11 +84,16 @@ class FaceGallery(nn.Module):
         """Pixel range of the input, the embedder's."""
         return getattr(self.embedder, "bounds", PIXEL_BOUNDS)
 
+    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedder's (B, dim) output for x (B, 3, H, W), unit length when ``normalize``."""
+        out = self.embedder(x)
+        return F.normalize(out, dim=1) if self.normalize else out
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, dim) of images (N, 3, H, W) in ``bounds``, computed in batches of ``batch_size``."""
         device = self.centroids.device
-        chunks = [self.embedder(batch.to(device)) for batch in images.split(self.batch_size)]
+        chunks = [self._embedding(batch.to(device)) for batch in images.split(self.batch_size)]
         return torch.cat(chunks).float()
 
     @torch.no_grad()
@@ -93,5 +123,5 @@ class FaceGallery(nn.Module):
         if not self._complete:
             missing = [name for name, done in zip(self.identities, self.enrolled.tolist(), strict=True) if not done]
             raise RuntimeError(f"identities not enrolled (no images given): {missing}")
-        difference = self.embedder(x)[:, None, :] - self.centroids[None]
+        difference = self._embedding(x)[:, None, :] - self.centroids[None]
         return -self.scale * torch.linalg.vector_norm(difference, dim=-1)

@@ -22,16 +22,21 @@ def hook_layer_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The unique submodule whose qualified name is ``name`` or ends with ``.name``.
+    """The submodule whose qualified name is ``name`` or ends with ``.name``; of several, the one with the shortest
+    qualified name if it is the only one that short.
 
-    Wrappers (preprocessing, galleries) add prefixes such as ``net.``; witness files name layers without them.
+    Wrappers (preprocessing, galleries) add prefixes such as ``net.``; witness files name layers without them. A
+    name may also end a deeper one: torchvision's ResNet has ``relu`` (the stem's) and ``layer1.0.relu``, and
+    ``relu`` is the stem's (``net.relu``, not ``net.layer1.0.relu``).
     """
-    hits = [m for qual, m in model.named_modules() if qual == name or qual.endswith("." + name)]
+    hits = {qual: m for qual, m in model.named_modules() if qual == name or qual.endswith("." + name)}
     if not hits:
         raise KeyError(f"layer {name!r} not found in {type(model).__name__}")
-    if len({id(m) for m in hits}) > 1:
-        raise KeyError(f"layer name {name!r} is ambiguous in {type(model).__name__} ({len(hits)} modules)")
-    return hits[0]
+    shortest = min(map(len, hits))
+    closest = {id(m): m for qual, m in hits.items() if len(qual) == shortest}
+    if len(closest) > 1:
+        raise KeyError(f"layer name {name!r} is ambiguous in {type(model).__name__} ({len(closest)} modules)")
+    return next(iter(closest.values()))
 
 
 @contextmanager
@@ -58,18 +63,23 @@ def input_size(model: nn.Module) -> int:
     return PROBE_SIZE
 
 
+def probe(model: nn.Module, size: int | None = None) -> torch.Tensor:
+    """A (1, 3, size, size) grey image (pixel value 128) on the model's device (``size`` default:
+    :func:`input_size`), for forward passes that find out the shapes of a model's outputs."""
+    size = input_size(model) if size is None else size
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.full((1, 3, size, size), 128.0, device=device)
+
+
 @torch.no_grad()
 def layer_channels(model: nn.Module, names: Sequence[str], size: int | None = None) -> dict[str, int]:
-    """Channel count of each named layer's output, from one forward pass of a (1, 3, size, size) grey image
-    (``size`` default: :func:`input_size`)."""
-    size = input_size(model) if size is None else size
+    """Channel count of each named layer's output, from one forward pass of a :func:`probe` image."""
     channels: dict[str, int] = {}
 
     def record(name: str) -> Callable[..., None]:
         return lambda _module, _inputs, output: channels.__setitem__(name, int(output.shape[1]))
 
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     with forward_hooks(model, {name: record(name) for name in names}):
-        model(torch.full((1, 3, size, size), 128.0, device=device))
+        model(probe(model, size))
     return {name: channels[name] for name in names}

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ami_lightning.models.base import Normalize, PixelModel
+from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_, load_state_dict_file
+from ami_lightning.models.registry import register_model
 
 VGG_FACE_MEAN: tuple[float, float, float] = (129.186279296875, 104.76238250732422, 93.59396362304688)
 NUM_IDENTITIES = 2622
@@ -63,30 +64,12 @@ def vgg_face(net: VggFace | None = None) -> PixelModel:
 
 
 def load_vgg_face(path: str | Path) -> PixelModel:
-    """Load ``vgg_face_dag.pth`` (a plain state dict) into :class:`VggFace`, wrapped by :func:`vgg_face`.
+    """Load ``vgg_face_dag.pth`` (a plain state dict) into :class:`VggFace`, wrapped by :func:`vgg_face`; the errors of
+    :func:`~ami_lightning.models.base.load_state_dict_file`, each naming the file."""
+    return vgg_face(load_state_dict_file(VggFace(), path, "VGG-Face", "vgg_face_dag.pth"))
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a readable state
-    dict (truncated, pickled object, wrong type), for missing or unexpected keys and for wrong tensor shapes; each
-    message names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG-Face weights not found: {path} (expected vgg_face_dag.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        raise ValueError(f"{path} is not a readable PyTorch state dict (truncated or wrong format): {err}") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (got {type(state).__name__})")
-    net = VggFace()
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: state dict keys do not match VGG-Face: missing {missing}, unexpected {unexpected}")
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if state[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f"{path}: wrong tensor shapes for VGG-Face: {'; '.join(wrong)}")
-    net.load_state_dict(state)
-    return vgg_face(net)
+
+@register_model("vgg_face")
+def build_vgg_face(weights: str | Path | None = None) -> PixelModel:
+    """VGG-Face from ``vgg_face_dag.pth``, or with random He-initialised weights when ``weights`` is None."""
+    return load_vgg_face(weights) if weights is not None else vgg_face(kaiming_init_(VggFace()))

@@ -23,7 +23,7 @@ from ami_lightning.pipeline.files import write_text
 
 STAGE_VERSIONS: dict[str, int] = {
     "witnesses": 2,  # 2: key with content digests of the weights and the landmark models
-    "attacks": 2,  # 2: key with content digests, without batch size
+    "attacks": 3,  # 2: key with content digests, without batch size; 3: rows carry the face seed
 }
 """Version of each cached stage's code: bump in the commit that changes what the stage writes."""
 

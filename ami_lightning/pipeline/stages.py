@@ -9,7 +9,9 @@ threshold, :meth:`~ami_lightning.detectors.base.Detector.calibrate` on the benig
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from ami_lightning.evaluation.rates import eligible_mask
 from ami_lightning.models.classifiers import Classifier
 from ami_lightning.models.layers import hook_layer_names
 from ami_lightning.pipeline.cache import STAGE_VERSIONS, cache_key, model_identity
+from ami_lightning.pipeline.distributed import LightningRunner, attack_trainer
+from ami_lightning.pipeline.files import write_text
 from ami_lightning.pipeline.loggers import log_results
 from ami_lightning.pipeline.provenance import provenance
 from ami_lightning.pipeline.validation import check_model_layers, selected_attacks
@@ -253,12 +257,15 @@ def sample_batches(
 # ---- attack sets ----------------------------------------------------------------------------------------------------
 def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, Detector] | None = None
                  ) -> dict[str, Path]:
-    """Generate each selected attack set (:func:`selected_attacks`) from the first ``data.attack_faces`` shipped faces.
+    """Generate each selected attack set (:func:`selected_attacks`) from the first ``data.attack_faces`` shipped faces,
+    through the run's trainer (:mod:`ami_lightning.pipeline.distributed`): with ``trainer=ddp trainer.devices=N``
+    (or several nodes) each of the N processes attacks its own batches of every set, and rank 0 merges the
+    manifests. Rank 0 writes each set's wall time to ``attack_stage.json`` in the run folder.
 
     Each set is cached under ``paths.cache_dir/attacks/<key>/<set>`` (key: model, the set's config, faces, seed, and
     for an adaptive set the type and identity of the detector it attacks: parameters, witnesses, threshold);
-    generation is resumable, so an interrupted run picks up where it stopped. An adaptive set needs its prepared
-    detector in ``detectors`` (``ValueError`` without).
+    generation is resumable, so an interrupted run (a killed process of any rank) picks up where it stopped. An
+    adaptive set needs its prepared detector in ``detectors`` (``ValueError`` without).
     """
     from ami_lightning.attacks.generate import generate
     from ami_lightning.attacks.registry import get_spec
@@ -267,7 +274,6 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, D
     index = {name: i for i, name in enumerate(classifier.identities)}
     labels = [index[identity_from_filename(f)] for f in files]
     dataset = FaceFiles(files, labels)
-    device = next(classifier.model.parameters()).device
     model_key = model_identity(cfg.model, cfg.paths.cache_dir)
     chosen = selected_attacks(cfg)
     attacked = {name: str(spec.detector) for name, spec in chosen.items() if get_spec(spec.name).needs_detector}
@@ -275,16 +281,26 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, D
         if wanted not in (detectors or {}):
             raise ValueError(f"attack set {name!r} attacks the detector {wanted!r}: attack_stage needs it prepared "
                              "(prepare_detectors)")
-    dirs = {}
+    if not chosen:
+        return {}
+    trainer = attack_trainer(cfg.trainer)
+    runner = LightningRunner(trainer, cfg.data.num_workers)
+    dirs, times = {}, {}
     for name, spec in chosen.items():
         detector = None
         key = ["attacks", STAGE_VERSIONS["attacks"], model_key, spec, [f.name for f in files], cfg.seed]
         if name in attacked:
-            detector = detectors[attacked[name]].to(device)  # type: ignore[index]
+            detector = detectors[attacked[name]]  # type: ignore[index]
             key += [detector.kind, detector.identity()]
         root = Path(cfg.paths.cache_dir) / "attacks" / cache_key(*key)
         torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
         dirs[name] = generate(spec.name, classifier.model, dataset, root, spec.get("params", {}),
-                              batch_size=cfg.data.batch_size, device=device, num_classes=len(classifier.identities),
-                              detector=detector, label=name)
+                              batch_size=cfg.data.batch_size, num_classes=len(classifier.identities),
+                              rank=trainer.global_rank, world_size=trainer.world_size, detector=detector,
+                              label=name, seed=cfg.seed, runner=runner)
+        times[name] = {"faces": len(files), "seconds": round(time.perf_counter() - start, 3)}
+    if trainer.is_global_zero:
+        write_text(Path(cfg.paths.output_dir) / "attack_stage.json",
+                   json.dumps({"processes": trainer.world_size, "sets": times}, indent=1) + "\n")
     return dirs

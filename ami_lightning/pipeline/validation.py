@@ -87,6 +87,8 @@ def _target(function: Callable[..., Any]) -> str:
 
 VGG_FACE_TARGET = _target(classifiers.vgg_face_classifier)
 DLIB_TARGET = _target(classifiers.dlib_gallery)
+TORCH_TARGET = _target(classifiers.torch_classifier)
+ONNX_TARGET = _target(classifiers.onnx_classifier)
 BENIGN_FOLDER_TARGET = _target(benign.benign_folder)
 SHIPPED_PROBES_TARGET = _target(benign.shipped_probes)
 
@@ -368,7 +370,9 @@ def _check_targets(cfg: DictConfig, problems: _Problems) -> None:
         if not isinstance(node, Mapping):
             return
         target = node.get("_target_")
-        if isinstance(target, str) and "${" not in target:
+        if target == "???":
+            problems.get(f"{where}._target_")  # reported as a value not given
+        elif isinstance(target, str) and "${" not in target:
             _check_target_keys(node, where, target, problems)
         for key, child in node.items():
             visit(child, f"{where}.{key}" if where else str(key))
@@ -591,6 +595,8 @@ def _check_paths(problems: _Problems) -> None:
     elif model == DLIB_TARGET:
         _need_path(problems, "model.faces_dir", "folder", "the gallery's faces, one photo per identity", False)
         _need_path(problems, "model.weights", "file", "a dlib ResNet .dat file", False)
+    elif model in (TORCH_TARGET, ONNX_TARGET):
+        _check_own_model(problems, model)
     benign = problems.get("data.benign._target_")
     if benign == BENIGN_FOLDER_TARGET:
         _need_path(problems, "data.benign.benign_dir", "folder", "the benign images")
@@ -604,6 +610,24 @@ def _check_paths(problems: _Problems) -> None:
                        f"a non-empty list of {', '.join(VARIANTS)}", required=False)
     _need_path(problems, "ami.witnesses", "folder", "the witness files to use (null: extract them)", False)
     _check_attacks_dir(problems)
+
+
+def _check_own_model(problems: _Problems, target: str) -> None:
+    """A user's network (``model=onnx``, ``model=torch``): its files and the values
+    :func:`~ami_lightning.models.classifiers.own_model_problems` checks."""
+    if target == ONNX_TARGET:
+        _need_path(problems, "model.path", "file", "the ONNX file of the face network")
+    else:
+        _need_path(problems, "model.weights", "file", "the network's state dict (torch.save(net.state_dict()))", False)
+    _need_path(problems, "model.faces_dir", "folder", "the gallery's faces, one photo per identity", False)
+    _need_path(problems, "model.names", "file", "the identity names, one per line", False)
+    params = {}
+    for key in classifiers.OWN_MODEL_KEYS:
+        value = problems.get(f"model.{key}")
+        if value is not _ABSENT and value is not _BROKEN:
+            params[key] = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+    for line in classifiers.own_model_problems(params):
+        problems.add(f"model.{line}")
 
 
 def _need_path(problems: _Problems, key: str, kind: str, what: str, required: bool = True) -> None:

@@ -23,6 +23,7 @@ _CAFFE_CONV = re.compile(r"^conv(\d+_\d+)$")
 _CAFFE_FC = re.compile(r"^fc(\d+)$")
 _OURS_RELU_CONV = re.compile(r"^relu(\d+_\d+)$")
 _OURS_RELU_FC = re.compile(r"^relu(\d+)$")
+_LAYER_NAME = re.compile(r"[^\s,]+")  # a module's qualified name: relu4_3, layer1.0.relu, 1/relu1/Relu (onnx2torch)
 
 
 class WitnessFormatError(ValueError):
@@ -202,7 +203,7 @@ def _parse_file(
             layer, _, rest = line.partition(",")
             layer = caffe_to_layer(layer)
         layer = layer.strip()
-        if not layer or not re.fullmatch(r"[A-Za-z_][\w.]*", layer):
+        if not _LAYER_NAME.fullmatch(layer):
             raise WitnessFormatError(f"{where}: bad layer name in {raw!r}")
         try:
             idx = [int(tok) for tok in rest.split(",") if tok.strip()] if rest.strip() else []
