@@ -117,5 +117,6 @@ def distributed_markdown(figures: dict) -> str:
                   f"{'yes' if figures['success_equal'] else 'no'}."]
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     main()
