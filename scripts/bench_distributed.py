@@ -71,7 +71,7 @@ def main() -> None:
         raise SystemExit(f"--processes {args.processes} needs as many GPUs; {torch.cuda.device_count()} visible")
     common = [f"data.attack_faces={args.faces}", f"data.batch_size={args.batch_size}", "logger=none",
               "attack=[fgsm,cw_l2_next]", f"attacks.cw_l2_next.params.steps={args.steps}",
-              "attacks.cw_l2_next.params.abort_early=false",
+              "+attacks.cw_l2_next.params.abort_early=false",
               f"attacks.cw_l2_next.params.binary_search_steps={args.binary_search_steps}",
               "trainer.enable_progress_bar=false"]
     single = "trainer=cpu" if args.accelerator == "cpu" else "trainer=gpu"
