@@ -13,7 +13,9 @@ Formats: ``npy`` float32 (3, H, W), RGB, pixels 0-255, no mean subtracted (the p
 ``png`` 8-bit RGB, lossless (the default for patch and eyeglasses); ``jpg`` 8-bit RGB JPEG, lossy, as the release
 stored its patch and eyeglass samples.
 
-Resuming: a sample is done when it has a manifest entry and its file exists; those are skipped. Each file is written
+Resuming: a sample is done when it has a manifest entry and its file exists and looks whole (:func:`damage`: the
+header and length of a ``.npy``, the first and last bytes of a PNG or JPEG, no decoding); those are skipped. A
+logged file that looks damaged is made again, with a :class:`DamagedSampleWarning` naming it. Each file is written
 through :func:`ami_lightning.pipeline.files.write_bytes` (a temporary name private to this process, synced, renamed into
 place, removed on any error such as a full disk) and only then is its entry appended (flushed and synced), so a kill
 at any point leaves no half-written file under a real name and no entry without its file; a torn last manifest line
@@ -25,20 +27,23 @@ Concurrent runs: the work on one set (one share of it when sharded) is done hold
 (:func:`ami_lightning.pipeline.files.exclusive`: ``<out_dir>/<set>.lock``, for a shard
 ``<set>.manifest.rank<r>.jsonl.lock``);
 a second process on the same set waits, then reads the manifest again and attacks only what is still missing (after
-a first process that finished: nothing). Temporary files that killed writers of the share left are removed then.
+a first process that finished: nothing). Temporary files that killed writers of the share left are removed then
+(:func:`ami_lightning.pipeline.files.remove_stale_temporaries`, and the generator's former ``<name>.tmp``).
 A share that is already finished, with a tidy manifest, is returned without creating, locking or opening anything
 for writing, so a complete cache also works on a read-only filesystem.
 
-Sharding: the samples are cut into consecutive batches of ``batch_size``, and process ``rank`` of ``world_size``
-takes the batches ``rank::world_size`` (:func:`batch_shares`): every batch holds the same faces whatever the number
-of processes, and each face's random numbers come from its own seed (:func:`~ami_lightning.attacks.base.face_seed`),
-so 1 and N processes write the same files (byte-identical for the same torch, device, CPU instruction set and
-per-process thread count: :func:`numerics_record`). Each process logs to its own ``manifest.rank<r>.jsonl``;
-:func:`merge_manifests` joins the shards into ``manifest.jsonl`` (done by rank 0 after a barrier when
-``torch.distributed`` is initialised, e.g. by a Lightning trainer's strategy:
-:class:`ami_lightning.pipeline.distributed.LightningRunner`; call it yourself when running ranks by hand). A face
-logged in any manifest of the folder counts as done, so a rerun after a kill, with any number of processes,
-attacks exactly the faces still missing (a single process also merges the shards an earlier run left).
+Sharding: the samples are cut into a multiple of 8 consecutive batches of near-equal size, at most ``batch_size`` each
+(one sample each for a set of fewer than 8), and process ``rank`` of ``world_size`` takes the batches
+``rank::world_size`` (:func:`batch_shares`): every process gets work when there are at least ``world_size`` samples,
+every batch holds the same faces with 1 to 8 processes, and each face's random numbers come from its own seed
+(:func:`~ami_lightning.attacks.base.face_seed`), so 1 and N <= 8 processes write the same files (byte-identical for the
+same torch, device, CPU instruction set and per-process thread count: :func:`numerics_record`; beyond 8 processes, see
+:func:`batch_shares`). A process without a batch still takes part in every collective call. Each process logs to its own
+``manifest.rank<r>.jsonl``; :func:`merge_manifests` joins the shards into ``manifest.jsonl`` (done by rank 0 after a
+barrier when ``torch.distributed`` is initialised, e.g. by a Lightning trainer's strategy:
+:class:`ami_lightning.pipeline.distributed.LightningRunner`; call it yourself when running ranks by hand). A face logged
+in any manifest of the folder counts as done, so a rerun after a kill, with any number of processes, attacks exactly the
+faces still missing (a single process also merges the shards an earlier run left).
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -65,26 +70,20 @@ from tqdm import tqdm
 
 from ami_lightning.attacks.base import TARGET_MODES, distortions, face_seed, is_success, make_targets
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
+from ami_lightning.data.datasets import FaceFileError
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.manifest import MANIFEST, Row, manifest_text, read_manifest
 from ami_lightning.detectors.base import Detector
-from ami_lightning.pipeline.files import exclusive, write_bytes, write_text
+from ami_lightning.pipeline.files import exclusive, naming_full_disk, remove_stale_temporaries, write_bytes, write_text
 
 Item = tuple[torch.Tensor, int, int]
-_TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp|(.+)\.tmp")  # files.py's private names; the former ones
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _running(pid: int) -> bool:
-    """Whether another process ``pid`` runs on this machine (this process's own temporaries count as stale)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process; a number no process can have
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+class DamagedSampleWarning(UserWarning):
+    """A logged sample file of a set that does not look whole (:func:`damage`); it is made again."""
 
 
 class FaceDataset(Protocol):
@@ -117,6 +116,36 @@ def encode(pixels: torch.Tensor, file_format: str, jpeg_quality: int = 95) -> by
     return buffer.getvalue()
 
 
+def damage(path: Path) -> str | None:
+    """Why the sample file ``path`` (written by :func:`encode`; format from its suffix) is damaged, or None when it
+    looks whole. Cheap, no decoding: a ``.npy`` whose header cannot be read or whose length is not the header's
+    shape and dtype; a PNG without its signature or its closing ``IEND`` chunk; a JPEG without its start or end
+    marker."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            if path.suffix == ".npy":
+                try:
+                    read_header = _NPY_HEADERS[np.lib.format.read_magic(handle)]
+                    shape, _, dtype = read_header(handle)
+                except (KeyError, ValueError, OSError, EOFError, SyntaxError) as err:
+                    return f"unreadable .npy header ({type(err).__name__}: {err})"
+                expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
+                return None if size == expected else f"{size} bytes where its header says {expected}"
+            marks = {".png": (_PNG_START, _PNG_END), ".jpg": (_JPEG_START, _JPEG_END)}.get(path.suffix)
+            if marks is None:
+                return None  # not a format the generator writes: nothing to judge by
+            start, end = marks
+            head = handle.read(len(start))
+            handle.seek(max(size - len(end), 0))
+            tail = handle.read()
+    except OSError as err:
+        return f"cannot be read: {err}"
+    if head != start:
+        return f"not a {path.suffix[1:].upper()} file (its first bytes are {head!r})"
+    return None if tail == end else f"cut short ({size} bytes, no {path.suffix[1:].upper()} end marker)"
+
+
 def decode(data: bytes, file_format: str) -> torch.Tensor:
     """Float pixels (3, H, W) RGB in [0, 255] of the bytes of a file written by :func:`encode`."""
     if file_format == "npy":
@@ -140,10 +169,12 @@ def drop_torn_line(path: Path) -> None:
 
 
 def append_row(handle: IO[str], row: Row) -> None:
-    """Append ``row`` to an open manifest and make it durable (flush + fsync)."""
-    handle.write(json.dumps(row) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+    """Append ``row`` to an open manifest and make it durable (flush + fsync); a full disk raises
+    :class:`~ami_lightning.pipeline.files.DiskFullError` naming the manifest."""
+    with naming_full_disk(handle.name):
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def shard_manifest(rank: int | str) -> str:
@@ -194,10 +225,20 @@ def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def source_item(dataset: FaceDataset, index: int) -> Item:
+    """Item ``index`` of the faces to attack; a :class:`~ami_lightning.data.datasets.FaceFileError` names the file and
+    the problem (not how a data set may skip it: generation needs every face)."""
+    try:
+        return dataset[index]
+    except FaceFileError as err:
+        raise FaceFileError.of(err.path or dataset.paths[index], f"{err.problem} (attack generation needs every "
+                                                                 "face it is given)") from err.__cause__
+
+
 def image_shape(dataset: FaceDataset, index: int) -> tuple[int, ...]:
     """The pixel shape (3, H, W) of item ``index``, which every item of a run must share; ``ValueError`` naming the
     file if it is not (3, H, W)."""
-    shape = tuple(dataset[index][0].shape)
+    shape = tuple(source_item(dataset, index)[0].shape)
     if len(shape) != 3 or shape[0] != 3:
         raise ValueError(f"{dataset.paths[index]}: pixels of shape {shape}, expected (3, H, W)")
     return shape
@@ -264,12 +305,32 @@ def open_log(manifest: Path) -> Iterator[IO[str]]:
         yield log
 
 
+BATCH_MULTIPLE = 8
+"""A set is cut into a multiple of this many batches (:func:`batch_shares`), so that up to this many processes
+share it whatever its size, with batches that do not depend on the number of processes."""
+
+
 def batch_shares(count: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """Process ``rank``'s batches of a set of ``count`` samples: the samples cut into consecutive batches of
-    ``batch_size`` (the last one shorter), batch b going to process b mod ``world_size``. Every batch holds the same
-    samples whatever the number of processes, so batched kernels (whose float results depend on the batch) give
-    the same files with 1 or N processes."""
-    batches = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+    """Process ``rank``'s batches (lists of sample indices) of a set of ``count`` samples.
+
+    The samples are cut into n consecutive batches of near-equal size (sizes differ by at most one, the longer ones
+    first): n is the smallest multiple of m whose batches hold at most ``batch_size`` samples, or ``count`` (one
+    sample each) if that is fewer, with m = :data:`BATCH_MULTIPLE` (8) for up to 8 processes, else
+    ``world_size`` rounded up to a multiple of 8. Batch b goes to process b mod ``world_size``. So every process
+    gets a batch when ``count >= world_size`` (n >= min(count, world_size)), and the shares differ by at most one
+    batch (one sample when ``world_size`` divides n). The batches depend on ``count``, ``batch_size`` and m only:
+    runs with 1 to 8 processes (or any two numbers of processes in the same block 9-16, 17-24, ...) attack the
+    same batches, so batched kernels (whose float results depend on the batch) give byte-identical files.
+    Examples with ``batch_size`` 32: 8 samples -> 8 batches of 1; 100 -> 8 batches of 13 or 12; 300 -> 16 batches
+    of 19 or 18."""
+    if count < 0 or batch_size < 1:
+        raise ValueError(f"batch_shares needs count >= 0 and batch_size >= 1, got count={count}, "
+                         f"batch_size={batch_size}")
+    multiple = BATCH_MULTIPLE * -(-world_size // BATCH_MULTIPLE)
+    n = min(count, multiple * -(-count // (multiple * batch_size)))
+    size, longer = divmod(count, n) if n else (0, 0)
+    starts = [b * size + min(b, longer) for b in range(n + 1)]
+    batches = [list(range(starts[b], starts[b + 1])) for b in range(n)]
     return batches[rank::world_size]
 
 
@@ -300,7 +361,8 @@ def generate(
     ``model``: pixels (B, 3, H, W) in [0, 255] -> logits (B, K), already on ``device`` (default: its parameters'
     device). ``dataset``: e.g. ``FaceFiles(paths, labels)`` of VGG Face file names (labels from a names list:
     ``FaceFiles.from_folder(folder, names)``). ``params``: overrides of the attack's constructor (budgets, eps).
-    ``num_classes``: K for ``next`` targets (default: from the model's logits). ``file_format``: ``npy``, ``png``
+    ``batch_size``: the most samples per batch (:func:`batch_shares` cuts the set). ``num_classes``: K for ``next``
+    targets (default: from the model's logits). ``file_format``: ``npy``, ``png``
     or ``jpg`` (default: the set's :attr:`AttackSpec.file_format`); ``target_mode``: ``first``, ``next`` or
     ``untargeted`` (default: the set's). ``rank`` / ``world_size``: default from ``torch.distributed`` if
     initialised, else 0 / 1. ``detector``: the detector on ``model`` that an adaptive set attacks (required
@@ -346,7 +408,7 @@ def generate(
     manifest = folder / (MANIFEST if world_size == 1 else shard_manifest(rank))
     share = Share(folder, manifest, [names[i] for i in mine])
     run = Run(attack, model, dataset, names, identities, folder, file_format, target_mode, jpeg_quality, num_classes,
-              batch_size, {i: face_seed(seed, spec.name, Path(dataset.paths[i]).name) for i in mine})
+              {i: face_seed(seed, spec.name, Path(dataset.paths[i]).name) for i in mine})
     bar = tqdm(total=len(mine), unit="img", disable=not progress,
                desc=label if world_size == 1 else f"{label} [{rank}/{world_size}]")
     with bar:
@@ -357,7 +419,7 @@ def generate(
             with exclusive(share_lock(folder, manifest)):
                 folder.mkdir(parents=True, exist_ok=True)
                 share.remove_stale_temporaries()
-                pending = set(share.todo())  # read again: another process may have done them while this one waited
+                pending = set(share.todo(warn=True))  # again: another process may have done them while this one waited
                 todo = [kept for batch in batches if (kept := [i for i in batch if names[i] in pending])]
                 bar.update(len(mine) - sum(map(len, todo)))
                 if todo or runner.collective:
@@ -407,10 +469,21 @@ class Share:
         elif not self.tidy():
             write_manifest(self.manifest, self.finished_rows())
 
-    def todo(self) -> list[str]:
-        """The names of the share without both a manifest row and a file, in order."""
+    def todo(self, warn: bool = False) -> list[str]:
+        """The names of the share without both a manifest row and a whole file (:func:`damage`), in order; ``warn``:
+        a :class:`DamagedSampleWarning` for each damaged file."""
         logged = self.logged()
-        return [name for name in self.names if name not in logged or not (self.folder / name).is_file()]
+        todo = []
+        for name in self.names:
+            path = self.folder / name
+            if name not in logged or not path.is_file():
+                todo.append(name)
+            elif (problem := damage(path)) is not None:
+                todo.append(name)
+                if warn:
+                    warnings.warn(f"cached attack sample {path} is damaged ({problem}); attacking its face again",
+                                  DamagedSampleWarning, stacklevel=2)
+        return todo
 
     def finished_rows(self) -> dict[str, Row]:
         """The rows of this share's manifest whose file exists (the last row per file)."""
@@ -418,16 +491,13 @@ class Share:
 
     def remove_stale_temporaries(self) -> None:
         """Remove what killed writers of this share left behind: temporary files of the share's sample files and of
-        its manifest, under :mod:`ami_lightning.pipeline.files`' private names (``.<name>.<pid>.<random>.tmp``, unless
-        process ``pid`` still runs here) or the generator's former ones (``<name>.tmp``). Call it holding the share's
-        lock: then no live writer of this share owns them."""
-        mine = {*self.names, self.manifest.name}
-        for entry in self.folder.iterdir() if self.folder.is_dir() else ():
-            match = _TEMPORARY.fullmatch(entry.name)
-            if match is None or (match.group(1) or match.group(3)) not in mine:
-                continue
-            if match.group(2) is None or not _running(int(match.group(2))):
-                entry.unlink(missing_ok=True)
+        its manifest, under :mod:`ami_lightning.pipeline.files`' private names
+        (:func:`~ami_lightning.pipeline.files.remove_stale_temporaries`) or the generator's former ones
+        (``<name>.tmp``). Call it holding the share's lock: then no live writer of this share owns them."""
+        mine = [*self.names, self.manifest.name]
+        remove_stale_temporaries(self.folder, mine)
+        for name in mine:
+            (self.folder / f"{name}.tmp").unlink(missing_ok=True)
 
     def tidy(self) -> bool:
         """Whether the share's manifest holds exactly :meth:`finished_rows`, sorted, one line each (a missing
@@ -439,10 +509,10 @@ class Share:
 
 
 def numerics_record(batch_size: int, device: torch.device) -> dict[str, Any]:
-    """What a sample's float results depend on besides its inputs, for its manifest row. On a CPU, the attack files
-    are byte-identical for the same torch, CPU instruction set, intra-op thread count and batch size (under any
-    load); the thread count changes them through oneDNN's convolution backward, the batch size through the
-    batched kernels (differences of ~1e-6 that an iterative attack amplifies)."""
+    """What a sample's float results depend on besides its inputs, for its manifest row (``batch_size``: the size of the
+    batch it was attacked in). On a CPU, the attack files are byte-identical for the same torch, CPU instruction set,
+    intra-op thread count and batch (under any load); the thread count changes them through oneDNN's convolution
+    backward, the batch size through the batched kernels (differences of ~1e-6 that an iterative attack amplifies)."""
     record: dict[str, Any] = {"batch_size": batch_size, "torch": torch.__version__}
     if device.type == "cpu":
         record |= {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
@@ -464,7 +534,7 @@ class BatchesOf(Dataset):
         return len(self.batches)
 
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.collate([self.dataset[i] for i in self.batches[b]])
+        return self.collate([source_item(self.dataset, i) for i in self.batches[b]])
 
 
 Output = list[tuple[str, bytes, Row]]  # per sample: file name, file bytes, manifest row
@@ -485,7 +555,6 @@ class Run:
     target_mode: str
     jpeg_quality: int
     num_classes: int | None
-    batch_size: int
     seeds: dict[int, int]
     shape: tuple[int, ...] = ()
 
@@ -529,7 +598,7 @@ class Run:
             "iterations": result.iterations,
         }
         values = {key: column.tolist() for key, column in columns.items()}
-        numerics = numerics_record(self.batch_size, pixels.device)
+        numerics = numerics_record(len(labels), pixels.device)  # the batch's own size (batch_shares)
         return [(self.names[i], files[j],
                  {"file": self.names[i], "source": str(self.dataset.paths[i]), "identity": self.identities[i],
                   **{key: column[j] for key, column in values.items()}, "seed": self.seeds[i], "seconds": seconds,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -17,9 +18,17 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ami_lightning.data.datamodule import EvalDataModule
-from ami_lightning.data.datasets import SKIPPED, FaceFileError, FaceFiles, SkippedFileWarning, attack_set, load_pixels
+from ami_lightning.data.datasets import (
+    SKIP_HINT,
+    SKIPPED,
+    FaceFileError,
+    FaceFiles,
+    SkippedFileWarning,
+    attack_set,
+    load_pixels,
+)
 from ami_lightning.data.images import BadImageError, load_image
-from ami_lightning.data.manifest import ManifestError, read_manifest, read_rows
+from ami_lightning.data.manifest import ManifestError, TornManifestWarning, read_manifest, read_rows
 from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.evaluation.module import DetectorEvalModule
 from ami_lightning.models.base import Normalize, PixelModel
@@ -338,7 +347,8 @@ def test_bad_manifest_line_names_manifest_line_and_problem(tmp_path: Path, lines
 
 def test_torn_last_line_is_ignored_by_evaluation_too(tmp_path: Path) -> None:
     path = _manifest(tmp_path / "fgsm", [ROWS[0], ROWS[1], ROWS[2][:20]], end="")  # a kill mid-append
-    data = attack_set(tmp_path, "fgsm", ["Cher"])
+    with pytest.warns(TornManifestWarning):
+        data = attack_set(tmp_path, "fgsm", ["Cher"])
     assert [p.name for p in data.paths] == ["Cher_0_1_2_3_4.png", "Cher_1_1_2_3_4.png"] and data.labels == [0, 1]
     assert data.originals == [Path("/faces/Cher_0.jpg"), Path("/faces/Cher_1.jpg")]
     path.write_text("\n".join([ROWS[0], ROWS[1], ROWS[2]]))  # a complete last line without its newline counts
@@ -346,3 +356,75 @@ def test_torn_last_line_is_ignored_by_evaluation_too(tmp_path: Path) -> None:
     path.write_text("\n".join([ROWS[0], ROWS[1], ROWS[2][:20]]) + "\n")  # torn, then a newline: not a kill's trace
     with pytest.raises(ManifestError, match="line 3: not valid JSON"):
         read_rows(path)
+
+
+def test_torn_last_line_warns_naming_the_manifest_and_line(tmp_path: Path) -> None:
+    path = _manifest(tmp_path / "fgsm", [ROWS[0], ROWS[1], ROWS[2][:20]], end="")  # a kill mid-append
+    with pytest.warns(TornManifestWarning, match=re.escape(f"manifest {path}, line 3 was cut short (no newline, not "
+                                                           f"valid JSON: {ROWS[2][:20]}); its sample is left out")):
+        data = attack_set(tmp_path, "fgsm", ["Cher"])
+    assert len(data) == 2
+
+
+# ---- 8: pixel values of .npy files ----------------------------------------------------------------------------------
+def test_npy_pixels_outside_0_255_are_refused_or_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / "fgsm"
+    folder.mkdir()
+    np.save(folder / "Cher_0_1_2_3_4.npy", np.full((3, 8, 8), 255.0, np.float32))  # the bounds themselves are fine
+    wild = np.full((3, 8, 8), 100.0, np.float32)
+    wild[0, 0, 0], wild[2, 7, 7] = -500.0, 1000.0
+    np.save(folder / "Cher_1_1_2_3_4.npy", wild)
+    np.save(folder / "Cher_2_1_2_3_4.npy", np.full((3, 8, 8), 300, np.int16))
+    problem = "2 of its 192 values outside the pixel range [0, 255] (min -500, max 1000)"
+    with pytest.raises(BadImageError, match=re.escape(f"Cher_1_1_2_3_4.npy: {problem}")):
+        load_pixels(folder / "Cher_1_1_2_3_4.npy")
+    with pytest.raises(BadImageError, match=re.escape("192 of its 192 values outside the pixel range [0, 255] "
+                                                      "(min 300, max 300)")):
+        load_pixels(folder / "Cher_2_1_2_3_4.npy", npy_legacy=True)
+    data = attack_set(tmp_path, "fgsm", ["Cher"])
+    with pytest.raises(FaceFileError, match=re.escape(f"bad face file {folder / 'Cher_1_1_2_3_4.npy'}: {problem}")):
+        data[1]
+    skipping = attack_set(tmp_path, "fgsm", ["Cher"], on_error="skip")
+    with pytest.warns(SkippedFileWarning):
+        labels = [skipping[i][1] for i in range(3)]
+    assert labels == [0, SKIPPED, SKIPPED]
+    assert skipping.skipped[folder / "Cher_1_1_2_3_4.npy"] == problem
+
+
+# ---- 5b: how to go on past a bad file -------------------------------------------------------------------------------
+def test_errors_under_raise_say_how_to_skip(tmp_path: Path) -> None:
+    paths, reasons = _mixed_set(tmp_path)
+    data = FaceFiles(paths, list(range(len(paths))))
+    for index, path in enumerate(paths):
+        if path.name in reasons:
+            with pytest.raises(FaceFileError) as caught:
+                data[index]
+            assert str(caught.value).endswith(f" {SKIP_HINT}")
+            assert caught.value.problem.startswith(reasons[path.name]) and SKIP_HINT not in caught.value.problem
+    with pytest.raises(FileNotFoundError, match=re.escape(f"b_missing.png {SKIP_HINT}")):
+        FaceFiles.from_list(tmp_path, ["a_good.png", "b_missing.png"], ["a", "b"])
+    assert SKIP_HINT == "(set data.on_error=skip to drop such files and count them)"
+
+
+# ---- 9: manifests name files inside their folder --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../outside/Cher_9_1_2_3_4.npy", "/tmp/Cher_9_1_2_3_4.npy",
+                                  "sub/../../Cher_9_1_2_3_4.npy"])
+def test_manifest_files_outside_the_folder_are_refused(tmp_path: Path, name: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.save(outside / "Cher_9_1_2_3_4.npy", np.zeros((3, 8, 8), np.float32))
+    path = _manifest(tmp_path / "attacks" / "fgsm", [ROWS[0], json.dumps({"file": name, "label": 1}), ROWS[2]])
+    message = (f"manifest {path}, line 2: file {name!r} is outside the manifest's folder {path.parent}; a manifest "
+               "names files in its own folder")
+    for read in (read_manifest, FaceFiles.from_manifest, lambda _: attack_set(tmp_path / "attacks", "fgsm", [])):
+        with pytest.raises(ManifestError) as caught:
+            read(path)
+        assert str(caught.value) == message
+
+
+def test_manifest_files_in_sub_folders_are_fine(tmp_path: Path) -> None:
+    folder = tmp_path / "fgsm"
+    (folder / "sub").mkdir(parents=True)
+    _save(folder / "sub" / "Cher_0_1_2_3_4.png", _rgb((1, 2, 3)))
+    path = _manifest(folder, [json.dumps({"file": "sub/./Cher_0_1_2_3_4.png", "label": 0})])
+    assert FaceFiles.from_manifest(path).paths == [folder / "sub" / "Cher_0_1_2_3_4.png"]

@@ -148,16 +148,18 @@ def test_median_filter_keeps_constant_and_removes_salt() -> None:
 # ---------------------------------------------------------------------------------------------------- non-local means
 
 
-def _opencv_nlm(x: torch.Tensor, search: int, patch: int, strength: float) -> np.ndarray:
-    """Reference: uint8 (np.rint, clip), RGB -> BGR, OpenCV, BGR -> RGB; returns (B, 3, H, W) uint8."""
+def _opencv_nlm(x: torch.Tensor, search: int, patch: int, strength: float, swap: bool = True) -> np.ndarray:
+    """Reference: uint8 (np.rint, clip), RGB -> BGR (``swap``; without it the RGB array goes to OpenCV as it is, as
+    EvadeML-Zoo's ``non_local_means_color_py`` does), OpenCV, back; returns (B, 3, H, W) uint8."""
     rgb = np.clip(np.rint(x.permute(0, 2, 3, 1).numpy()), 0, 255).astype(np.uint8)
+    order = slice(None, None, -1) if swap else slice(None)
     out = []
     for image in rgb:
-        bgr = np.ascontiguousarray(image[:, :, ::-1])
         denoised = cv2.fastNlMeansDenoisingColored(
-            bgr, None, h=strength, hColor=strength, templateWindowSize=patch, searchWindowSize=search
+            np.ascontiguousarray(image[:, :, order]), None, h=strength, hColor=strength, templateWindowSize=patch,
+            searchWindowSize=search,
         )
-        out.append(denoised[:, :, ::-1])
+        out.append(denoised[:, :, order])
     return np.stack(out).transpose(0, 3, 1, 2)
 
 
@@ -372,21 +374,23 @@ def _images(batch: int = 6, seed: int = 0) -> torch.Tensor:
     return (_colourful(batch, 16, 16) + noise).clamp(0, 255)
 
 
-def _squeezed_by_hand(x: torch.Tensor, name: str) -> torch.Tensor:
-    """The squeezed images, from the functions tested above against NumPy / SciPy, and OpenCV called directly."""
+def _squeezed_by_hand(x: torch.Tensor, name: str, channel_order: str = "rgb") -> torch.Tensor:
+    """The squeezed images, from the functions tested above against NumPy / SciPy, and OpenCV called directly (with
+    the RGB pixels unswapped for ``channel_order="rgb"``, the published detector)."""
     if name == "bit_depth_5":
         return bit_depth(x, 5)
     if name in ("median_2x2", "median_4x4"):
         return median_filter(x, int(name[-1]))
     assert name == "nlm_11_3_4"
-    return torch.from_numpy(_opencv_nlm(x, 11, 3, 4.0).astype(np.float64)).to(x.dtype)
+    nlm = _opencv_nlm(x, 11, 3, 4.0, swap=channel_order == "bgr")
+    return torch.from_numpy(nlm.astype(np.float64)).to(x.dtype)
 
 
-def _score_by_hand(model: nn.Module, x: torch.Tensor, names: list[str]) -> list[float]:
+def _score_by_hand(model: nn.Module, x: torch.Tensor, names: list[str], channel_order: str = "rgb") -> list[float]:
     """max over squeezers of the L1 distance of softmax outputs, one sample at a time, in plain Python floats."""
     with torch.no_grad():
         p = model(x).softmax(dim=1).tolist()
-        qs = [model(_squeezed_by_hand(x, name)).softmax(dim=1).tolist() for name in names]
+        qs = [model(_squeezed_by_hand(x, name, channel_order)).softmax(dim=1).tolist() for name in names]
     return [max(sum(abs(a - b) for a, b in zip(p[i], q[i], strict=True)) for q in qs) for i in range(len(p))]
 
 
@@ -397,7 +401,7 @@ FACE = ["bit_depth_5", "median_4x4", "nlm_11_3_4"]
 @pytest.mark.parametrize("names", [DEFAULT, FACE, ["nlm_11_3_4"], ["median_4x4", "bit_depth_5"]])
 def test_detector_score_matches_by_hand_computation(names: list[str]) -> None:
     model, x = _tiny_model(), _images()
-    detector = FeatureSqueezing(model, squeezers=names)
+    detector = FeatureSqueezing(model, squeezers=names)  # the published channel order: RGB handed to OpenCV as it is
     expected = _score_by_hand(model, x, names)
     model.calls = 0
     score = detector.score(x)
@@ -412,6 +416,28 @@ def test_detector_score_matches_by_hand_computation(names: list[str]) -> None:
     assert model.calls == len(names)
 
 
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_detector_channel_order_is_the_published_one_unless_asked(backend: str) -> None:
+    """Default: EvadeML-Zoo's unswapped RGB (its score differs from the swapped one on coloured images);
+    channel_order="bgr" gives OpenCV's documented order; both NLM backends give the same scores."""
+    model, x = _tiny_model(), _images()
+    published = FeatureSqueezing(model, squeezers=["nlm_11_3_4"], nlm_backend=backend).score(x).detach().numpy()
+    swapped = FeatureSqueezing(model, squeezers=["nlm_11_3_4"], channel_order="bgr",
+                               nlm_backend=backend).score(x).detach().numpy()
+    np.testing.assert_allclose(published, _score_by_hand(model, x, ["nlm_11_3_4"], "rgb"), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(swapped, _score_by_hand(model, x, ["nlm_11_3_4"], "bgr"), rtol=0, atol=1e-12)
+    assert np.abs(published - swapped).max() > 1e-4
+
+
+def test_detector_refuses_unknown_channel_order_and_backend() -> None:
+    problems = FeatureSqueezing.check_params({"channel_order": "grb", "nlm_backend": "cuda"})
+    assert len(problems) == 2
+    assert problems[0].startswith("channel_order='grb': expected one of bgr, rgb")
+    assert problems[1].startswith("nlm_backend='cuda': expected null")
+    with pytest.raises(ValueError, match="channel_order='grb'"):
+        FeatureSqueezing(_tiny_model(), channel_order="grb")
+
+
 def test_detector_calibration_threshold_and_flags() -> None:
     model, x = _tiny_model(), _images(12)
     detector = create_detector("feature_squeezing", model)
@@ -421,7 +447,8 @@ def test_detector_calibration_threshold_and_flags() -> None:
         detector(x)
     with pytest.raises(ValueError, match="nothing to calibrate on"):
         detector.calibrate(torch.empty(0))
-    assert detector.parameters_dict() == {"squeezers": DEFAULT, "fpr": 0.05, "threshold": None}
+    assert detector.parameters_dict() == {"squeezers": DEFAULT, "fpr": 0.05, "channel_order": "rgb",
+                                          "threshold": None}
     # distinct random scores: exactly floor(0.05 N) above the threshold
     for n in (1, 19, 20, 103, 1000):
         benign = torch.rand(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 2
@@ -575,7 +602,8 @@ def test_detector_check_params_accepts_good_ones_and_lists_every_problem() -> No
 def test_create_detector_builds_and_names_bad_keywords() -> None:
     detector = create_detector("feature_squeezing", _tiny_model(), name="fs", squeezers=["median_4x4"], fpr=0.1)
     assert isinstance(detector, FeatureSqueezing) and detector.name == "fs" and detector.kind == "feature_squeezing"
-    assert detector.parameters_dict() == {"squeezers": ["median_4x4"], "fpr": 0.1, "threshold": None}
+    assert detector.parameters_dict() == {"squeezers": ["median_4x4"], "fpr": 0.1, "channel_order": "rgb",
+                                          "threshold": None}
     with pytest.raises(TypeError, match="detector 'feature_squeezing'.*squeezer"):
         create_detector("feature_squeezing", _tiny_model(), squeezer=["median_4x4"])
 
@@ -586,9 +614,11 @@ def test_detector_configs_load_and_construct(file: str, squeezers: list[str]) ->
     assert path.read_text().splitlines()[0] == f"# @package detectors.{file}"
     config = OmegaConf.load(path)
     assert config.type == "feature_squeezing"
-    assert OmegaConf.to_container(config.params) == {"squeezers": squeezers, "fpr": 0.05}
+    assert OmegaConf.to_container(config.params) == {"squeezers": squeezers, "fpr": 0.05, "channel_order": "rgb",
+                                                     "nlm_backend": None}
     assert FeatureSqueezing.check_params(config.params) == []
     for params in (config.params, OmegaConf.to_container(config.params)):
         detector = create_detector(config.type, _tiny_model(), name=file, **params)
-        assert detector.parameters_dict() == {"squeezers": squeezers, "fpr": 0.05, "threshold": None}
+        assert detector.parameters_dict() == {"squeezers": squeezers, "fpr": 0.05, "channel_order": "rgb",
+                                              "threshold": None}
     assert detector.score(_images(2)).shape == (2,)

@@ -25,9 +25,9 @@ from ami_lightning.attacks.base import face_seed
 from ami_lightning.attacks.generate import generate, merge_manifests, read_manifest
 from ami_lightning.attacks.masked import patch_mask
 from ami_lightning.attacks.registry import get_spec
-from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.data.datasets import FaceFiles, load_pixels
 from ami_lightning.data.images import load_image
-from ami_lightning.data.manifest import ManifestError
+from ami_lightning.data.manifest import ManifestError, TornManifestWarning
 from ami_lightning.pipeline import files
 from tests.toy import toy_classifier, toy_faces
 
@@ -142,7 +142,8 @@ def test_resumes_after_a_kill(model, faces: FaceFiles, tmp_path: Path, monkeypat
 
     second: list[str] = []
     _kill_after(monkeypatch, -1, second)
-    generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4)
+    with pytest.warns(TornManifestWarning, match="line 6 was cut short"):
+        generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4)
     assert sorted(second) == sorted({f"{Path(p).stem}.npy" for p in faces.paths} - set(first))  # orphan redone
     assert orphan in second and all((folder / name).read_bytes() == before[name] for name in first)
     lines = (folder / "manifest.jsonl").read_text().splitlines()
@@ -157,9 +158,11 @@ def test_sharded_ranks_then_merge(model, faces: FaceFiles, tmp_path: Path, monke
         generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4, rank=rank, world_size=2, num_workers=2 * rank)
     folder = tmp_path / "fgsm"
     shards = [read_manifest(folder / f"manifest.rank{r}.jsonl") for r in (0, 1)]
-    # whole batches of 4: rank 0 takes batches 0 and 2 (faces 0-3 and 8-9), rank 1 batch 1 (faces 4-7)
-    assert sorted(shards[0]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in (0, 1, 2, 3, 8, 9))
-    assert sorted(shards[1]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in (4, 5, 6, 7))
+    # 10 faces in 8 batches (2, 2, 1, 1, 1, 1, 1, 1): rank 0 takes batches 0, 2, 4, 6, rank 1 batches 1, 3, 5, 7
+    assert sorted(shards[0]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in (0, 1, 4, 6, 8))
+    assert sorted(shards[1]) == sorted(f"{Path(faces.paths[i]).stem}.npy" for i in (2, 3, 5, 7, 9))
+    assert {row["batch_size"] for row in shards[0].values()} == {row["batch_size"] for row in shards[1].values()} \
+        == {1, 2}
     merged = merge_manifests(folder)
     lines = [json.loads(line)["file"] for line in merged.read_text().splitlines()]
     assert lines == sorted(lines) and len(lines) == 10 and not list(folder.glob("manifest.rank*"))
@@ -374,7 +377,33 @@ def test_manifest_rows_record_what_the_float_results_depend_on(model, faces: Fac
     """Thread count, batch size, torch and CPU instruction set are recorded with each sample: on a CPU the attack
     files depend on them (README: which figures depend on the machine)."""
     folder = generate("fgsm", model, faces, tmp_path / "out", FGSM, batch_size=3)
-    for row in read_manifest(folder / "manifest.jsonl").values():
+    # 10 faces, at most 3 per batch, a multiple of 8 batches: 2 batches of 2 (faces 0-3) then 6 of 1
+    sizes = {f"{Path(path).stem}.npy": 2 if i < 4 else 1 for i, path in enumerate(faces.paths)}
+    for name, row in read_manifest(folder / "manifest.jsonl").items():
         assert {key: row[key] for key in NUMERICS} == {
-            "batch_size": 3, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "batch_size": sizes[name], "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+@pytest.mark.parametrize("file_format", ["npy", "png"])
+def test_damaged_cached_samples_are_made_again(model, faces: FaceFiles, tmp_path: Path, file_format: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a logged sample whose file was cut short (or overwritten with garbage) counted as done forever, and
+    the evaluation stopped on it at every run."""
+    folder = generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4, file_format=file_format)
+    names = sorted(read_manifest(folder / "manifest.jsonl"))
+    before = {name: (folder / name).read_bytes() for name in names}
+    cut, garbage = folder / names[2], folder / names[7]
+    cut.write_bytes(before[names[2]][: len(before[names[2]]) // 2])
+    garbage.write_bytes(b"\0" * len(before[names[7]]))
+    written: list[str] = []
+    _kill_after(monkeypatch, -1, written)
+    with pytest.warns(gen.DamagedSampleWarning) as caught:
+        generate("fgsm", model, faces, tmp_path, FGSM, batch_size=4, file_format=file_format)
+    assert sorted(written) == sorted([cut.name, garbage.name])
+    assert all((folder / name).read_bytes() == before[name] for name in names if name not in written)
+    assert all(load_pixels(folder / name).shape == (3, 32, 32) for name in written)  # readable again
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and messages[0].startswith(f"cached attack sample {cut} is damaged (")
+    assert messages[0].endswith("); attacking its face again")
+    assert len(FaceFiles.from_manifest(folder / "manifest.jsonl")) == 10

@@ -4,15 +4,22 @@ task wrapper closing what is open, the optimised metric by name."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import multiprocessing as mp
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, open_dict
 
 from ami_lightning.cli import apps, run_stamp
@@ -20,6 +27,7 @@ from ami_lightning.models.classifiers import Classifier
 from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
 from ami_lightning.pipeline import cache, loggers
 from ami_lightning.pipeline import stages as pipeline
+from ami_lightning.reporting.results import RunResults, SetResult
 from ami_lightning.witnesses import stage as witness_stage
 from tests.conftest import compose_config, cpu_config
 
@@ -105,17 +113,180 @@ def test_wandb_online_without_key_or_server_fails_before_any_work(
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     with socket_closed_port() as port:
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-        with pytest.raises(loggers.LoggerError, match=rf"127.0.0.1:{port} cannot be reached within 1 s "
-                                                      r"\(ConnectionRefusedError"):
+        with pytest.raises(loggers.LoggerError, match=rf"127.0.0.1:{port} does not answer within 1 s: "
+                                                      r"no connection \(ConnectionRefusedError"):
             loggers.check_logger(online, probe_timeout=1)
 
     def hang(*_args: object, **_kwargs: object) -> None:
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(loggers.socket, "create_connection", hang)
-    with pytest.raises(loggers.LoggerError, match=r"within 10 s \(TimeoutError: timed out\)"):
+    monkeypatch.setattr(socket, "create_connection", hang)
+    with pytest.raises(loggers.LoggerError, match=r"within 10 s: no connection \(TimeoutError: timed out\)"):
         loggers.check_logger(online)
     loggers.check_logger(_wandb_cfg(tmp_path))  # offline (the default): nothing to check
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers; yields its port. Closed (and its
+    connections) on exit; its thread ends then."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in [*accepted, server]:
+            connection.close()
+
+
+def test_wandb_online_against_a_server_that_never_answers_fails_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    online = _wandb_cfg(tmp_path, "logger.offline=false")
+    with silent_server() as port:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        with pytest.raises(loggers.LoggerError, match=rf"127.0.0.1:{port} does not answer within 0.5 s: it "
+                                                      r"accepted the connection but sent no answer \(TimeoutError"):
+            loggers.check_logger(online, probe_timeout=0.5)
+        assert loggers.answers(f"https://127.0.0.1:{port}", 0.5).startswith(  # type: ignore[union-attr]
+            "it accepted the connection but sent no answer (TimeoutError")  # no TLS handshake either
+    server = http.server.HTTPServer(("127.0.0.1", 0), QuietHandler)  # a server that answers: the run goes on
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        loggers.check_logger(online, probe_timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """Answers ``HEAD`` with 404, logging nothing."""
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        return None
+
+
+def test_a_malformed_wandb_key_fails_at_start_up_naming_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    online = _wandb_cfg(tmp_path, "logger.offline=false")
+    with socket_closed_port() as port:  # the key is checked first: the server is never contacted
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+        with pytest.raises(loggers.LoggerError, match=r"the W&B API key from WANDB_API_KEY is malformed: API key "
+                                                      r"must have 40\+ characters, has 16\..*logger.offline=true"):
+            loggers.check_logger(online)
+        monkeypatch.delenv("WANDB_API_KEY")
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1\n  login user\n  password local-abc\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        with pytest.raises(loggers.LoggerError, match=rf"key from {netrc} \(machine 127.0.0.1\) is malformed: API "
+                                                      r"key must have 40\+ characters, has 3\."):
+            loggers.check_logger(online)
+        netrc.write_text("machine 127.0.0.1\n  login user\n  password local-" + "a1" * 20 + "\n")
+        assert loggers.api_key_problem("local-" + "a1" * 20) is None  # a self-hosted server's key: accepted
+        with pytest.raises(loggers.LoggerError, match="does not answer"):  # the key passes; the server is down
+            loggers.check_logger(online, probe_timeout=1)
+
+
+class FailingWandbLogger(WandbLogger):
+    """A W&B logger whose run never starts (as against a server that never answers), counting the attempts."""
+
+    starts = 0
+
+    @property
+    def experiment(self) -> Any:
+        type(self).starts += 1
+        raise TimeoutError(f"start {type(self).starts} timed out")
+
+
+def test_a_logger_that_fails_to_start_is_not_started_again_by_the_clean_up(tmp_path: Path) -> None:
+    cfg = _wandb_cfg(tmp_path)
+    with open_dict(cfg):
+        cfg.logger._target_ = f"{__name__}.FailingWandbLogger"
+    results = RunResults(sets=[SetResult("ami", "benign", adversarial=False, n=2, eligible=2, flagged=1)], model="toy",
+                         detectors={"ami": {"type": "ami"}})
+    with pytest.raises(loggers.LoggerError, match=r"could not start \(TimeoutError: start 1 timed out\)") as caught:
+        loggers.log_results(cfg, results, {})
+    assert FailingWandbLogger.starts == 1 and isinstance(caught.value.__cause__, TimeoutError)
+
+
+def test_wandb_against_a_silent_server_starts_once_and_reports_its_first_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real wandb (its own short timeouts) against a server on 127.0.0.1 that accepts and never answers: one start,
+    one run folder, its error reported (before the fix: two starts, two folders, the second error)."""
+    import wandb
+
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "4")
+    monkeypatch.setenv("WANDB_HTTP_TIMEOUT", "2")
+    cfg = _wandb_cfg(tmp_path, "logger.offline=false")
+    results = RunResults(sets=[SetResult("ami", "benign", adversarial=False, n=2, eligible=2, flagged=1)], model="toy",
+                         detectors={"ami": {"type": "ami"}})
+    try:
+        with silent_server() as port:
+            monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+            with pytest.raises(loggers.LoggerError, match="WandbLogger could not start"):
+                loggers.log_results(cfg, results, {})
+    finally:
+        wandb.teardown()  # wandb keeps this server's settings for the process otherwise
+    assert len(list((Path(cfg.paths.output_dir) / "wandb").glob("run-*"))) == 1
+
+
+def test_the_task_wrapper_reports_the_job_error_when_closing_wandb_fails_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OpenRun:
+        run = object()
+
+        @staticmethod
+        def finish(exit_code: int) -> None:
+            raise ConnectionError(f"finish({exit_code}) failed")
+
+    monkeypatch.setitem(sys.modules, "wandb", OpenRun)
+
+    @apps.task
+    def failing(_cfg: DictConfig) -> None:
+        raise RuntimeError("job failed")
+
+    with pytest.raises(RuntimeError, match="job failed"):
+        failing(cpu_config(compose_config("eval"), tmp_path))
+
+    @apps.task
+    def succeeding(_cfg: DictConfig) -> None:
+        return None
+
+    with pytest.raises(ConnectionError, match=r"finish\(0\) failed"):  # after a success it is the job's error
+        succeeding(cpu_config(compose_config("eval"), tmp_path))
 
 
 class socket_closed_port:

@@ -5,13 +5,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+
+from ami_lightning.attacks.generate import batch_shares
+from ami_lightning.data.datamodule import PADDING, EvalDataModule
+from ami_lightning.evaluation.module import DetectorEvalModule
+from tests.test_bad_inputs import _untrained_detector
+from tests.toy import PixelSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,10 +107,11 @@ def _rows(folder: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_ddp_sim_generation_equals_single_process(tmp_path: Path) -> None:
     """ami-attack on 2 gloo processes writes the same files, byte for byte, and the same rows as on one; each face
-    once, the shard manifests merged; attack_stage.json counts the processes."""
+    once, the shard manifests merged; attack_stage.json counts the processes. 10 faces, batch size 2: 8 batches
+    of 2, 2, 1, ... (:func:`batch_shares`), so batches of several faces are shared too."""
     runs = {}
     for trainer in ("cpu", "ddp_sim"):
-        _cli("ami-attack", *GENERATE, "data.attack_faces=6", "attack=[fgsm,cw_l2_next]",
+        _cli("ami-attack", *GENERATE, "data.attack_faces=10", "attack=[fgsm,cw_l2_next]",
              "attacks.cw_l2_next.params.steps=5", f"trainer={trainer}",
              f"paths.log_dir={tmp_path / trainer}", f"paths.cache_dir={tmp_path / trainer / 'cache'}", cwd=tmp_path)
         runs[trainer] = _sets(tmp_path / trainer / "cache")
@@ -111,9 +123,10 @@ def test_ddp_sim_generation_equals_single_process(tmp_path: Path) -> None:
     for name, one in runs["cpu"].items():
         two = runs["ddp_sim"][name]
         files = sorted(p.name for p in one.glob("*.npy"))
-        assert len(files) == 6 and files == sorted(p.name for p in two.glob("*.npy"))
+        assert len(files) == 10 and files == sorted(p.name for p in two.glob("*.npy"))
         assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files), name
         assert _rows(one) == _rows(two) and sorted(_rows(two)) == files
+        assert sorted(row["batch_size"] for row in _rows(two).values()) == [1] * 6 + [2] * 4
         assert not list(two.glob("manifest.rank*"))
 
 
@@ -143,7 +156,7 @@ def test_kill_of_one_rank_then_rerun_completes_exactly_the_rest(tmp_path: Path) 
     """Rank 1 of a 2-process ami-attack is killed once it has written a C&W file; the rerun (one process) attacks
     exactly the faces not yet logged: the earlier files are left as they were, every face is there once."""
     cache = tmp_path / "cache"
-    # 8 faces in batches of 2: rank 1 takes batches 1 and 3, and is killed after its first
+    # 8 faces in 8 batches of 1 (batch_shares): rank 1 takes faces 1, 3, 5 and 7, and is killed after its first
     overrides = (*GENERATE, "data.attack_faces=8", "attack=[cw_l2_next]", "attacks.cw_l2_next.params.steps=60",
                  f"paths.cache_dir={cache}")
     process = subprocess.Popen(_command("ami-attack", *overrides, "trainer=ddp_sim", f"paths.log_dir={tmp_path}"),
@@ -175,3 +188,172 @@ def test_kill_of_one_rank_then_rerun_completes_exactly_the_rest(tmp_path: Path) 
     assert len(after) == 8 and sorted(_rows(folder)) == sorted(after)
     assert {name: after[name] for name in before} == before  # the logged faces were not attacked again
     assert not list(folder.glob("manifest.rank*")) and not list(folder.glob("*.tmp"))
+
+
+# ---- fewer samples than processes ------------------------------------------------------------------------------------
+def _reference_batches(count: int, batch_size: int, world_size: int) -> list[list[int]]:
+    """The rule of :func:`batch_shares` written out: the smallest multiple n of m (8, or the processes rounded up to
+    a multiple of 8) whose batches hold at most ``batch_size`` samples, at most ``count``, cut by NumPy."""
+    m = 8
+    while m < world_size:
+        m += 8
+    n = m
+    while -(-count // n) > batch_size:
+        n += m
+    n = min(n, count)
+    return [part.tolist() for part in np.array_split(np.arange(count), n)] if n else []
+
+
+def test_batch_shares_give_every_process_work_balanced_and_the_same_batches_up_to_8_processes() -> None:
+    """Before: faces were cut into batches of batch_size dealt round robin, so 3 faces and batch size 32 gave all to
+    rank 0 and nothing to rank 1 (whose empty DataLoader Lightning refused)."""
+    assert [batch_shares(3, 32, rank, 2) for rank in (0, 1)] == [[[0], [2]], [[1]]]
+    assert [batch_shares(8, 32, rank, 2) for rank in (0, 1)] == [[[0], [2], [4], [6]], [[1], [3], [5], [7]]]
+    assert batch_shares(0, 32, 0, 2) == batch_shares(0, 32, 1, 2) == []
+    for count in (*range(0, 70), 100, 255, 256, 257, 300, 1000):
+        for batch_size in (1, 2, 3, 5, 32):
+            alone = batch_shares(count, batch_size, 0, 1)
+            for world in (*range(1, 11), 12, 16, 17, 20):
+                shares = [batch_shares(count, batch_size, rank, world) for rank in range(world)]
+                batches = sorted((b for share in shares for b in share), key=lambda b: b[0])
+                case = (count, batch_size, world)
+                assert batches == _reference_batches(count, batch_size, world), case
+                assert [i for b in batches for i in b] == list(range(count)), case  # each sample once, in order
+                assert all(0 < len(b) <= batch_size for b in batches), case
+                if world <= 8:
+                    assert batches == alone, case  # the same batches, hence the same files, with 1 to 8 processes
+                if count >= world:
+                    assert all(shares), case  # every process gets work
+                totals = [sum(map(len, share)) for share in shares]
+                largest = max(map(len, batches), default=0)
+                assert max(totals) - min(totals) <= (1 if len(batches) % world == 0 else largest), case
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        batch_shares(3, 0, 0, 1)
+
+
+def test_a_process_without_samples_of_a_set_gets_a_placeholder_that_counts_nowhere() -> None:
+    """Before: rank 1 of 2 got a zero-length DataLoader for a set of one file, which Lightning refuses (and a rank
+    that runs no batch at all would skip the epoch end, where the metrics are gathered)."""
+    x, y = torch.zeros(3, 3, 8, 8), torch.arange(3)
+    datamodule = EvalDataModule(PixelSet(x, y), {"one": PixelSet(x[:1], y[:1]), "none": PixelSet(x[:0], y[:0])})
+    loaders = {}
+    for rank in (0, 1):
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        loaders[rank] = [list(loader) for loader in datamodule.test_dataloader()]
+    assert [[b[2].tolist() for b in loader] for loader in loaders[0]] == [[[0, 2]], [[0]], []]
+    assert [[b[2].tolist() for b in loader] for loader in loaders[1]] == [[[1]], [[-1]], []]  # none: no rank pads
+    (placeholder,) = loaders[1][1]
+    assert placeholder[1].tolist() == [PADDING]
+    module = DetectorEvalModule({"ami": _untrained_detector()}, datamodule.set_names)
+    module.test_step(placeholder, 0, dataloader_idx=1)
+    assert int(module.seen[1].compute()) == int(module.skipped[1].compute()) == 0
+    assert module.records[0][1].value == [] and int(module.rates[0][1].compute()["eligible"]) == 0
+
+
+@pytest.mark.slow
+def test_ddp_sim_generation_with_fewer_faces_than_batch_size_times_processes(tmp_path: Path) -> None:
+    """The issue's case: 3 faces at the default batch size 32 under trainer=ddp_sim. Before: one batch of 3, all of
+    rank 0's; rank 1's empty DataLoader was refused and the run exited 1. Now 3 batches of 1: rank 0 attacks 2 faces,
+    rank 1 one, and the files and rows equal one process's, byte for byte (BIM: iterative)."""
+    runs, logs = {}, {}
+    for trainer in ("cpu", "ddp_sim"):
+        done = _cli("ami-attack", "attack=[fgsm,bim]", "data.attack_faces=3", "logger=none", f"trainer={trainer}",
+                    f"paths.log_dir={tmp_path / trainer}", f"paths.cache_dir={tmp_path / trainer / 'cache'}",
+                    cwd=tmp_path)
+        runs[trainer], logs[trainer] = _sets(tmp_path / trainer / "cache"), done.stderr
+    assert sorted(runs["cpu"]) == sorted(runs["ddp_sim"]) == ["bim", "fgsm"]
+    for name, one in runs["cpu"].items():
+        two = runs["ddp_sim"][name]
+        assert re.search(rf"{name} \[0/2\]: 100%\|[^|\n\r]*\| 2/2 ", logs["ddp_sim"]), name  # rank 0: 2 faces
+        assert re.search(rf"{name} \[1/2\]: 100%\|[^|\n\r]*\| 1/1 ", logs["ddp_sim"]), name  # rank 1: 1 face
+        files = sorted(p.name for p in two.glob("*.npy"))
+        assert len(files) == 3 and files == sorted(p.name for p in one.glob("*.npy"))
+        assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files), name
+        assert _rows(one) == _rows(two) and sorted(_rows(two)) == files
+        assert len((two / "manifest.jsonl").read_text().splitlines()) == 3 and not list(two.glob("manifest.rank*"))
+        assert {row["batch_size"] for row in _rows(two).values()} == {1}
+
+
+@pytest.mark.slow
+def test_ddp_sim_generation_of_fewer_faces_than_processes(tmp_path: Path) -> None:
+    """One face, two processes: rank 1 has nothing to attack and still takes part (empty predict pass, barriers,
+    merge), then a rerun finds both shares done. Before: rank 1's empty DataLoader was refused, exit 1."""
+    overrides = ("attack=[fgsm]", "data.attack_faces=1", "logger=none", "trainer=ddp_sim",
+                 f"paths.cache_dir={tmp_path / 'cache'}")
+    done = _cli("ami-attack", *overrides, f"paths.log_dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert re.search(r"fgsm \[1/2\]: 0img ", done.stderr)  # rank 1's bar: nothing to do
+    (folder,) = _sets(tmp_path / "cache").values()
+    files = [p.name for p in folder.glob("*.npy")]
+    assert len(files) == 1 and sorted(_rows(folder)) == files and not list(folder.glob("manifest.rank*"))
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    _cli("ami-attack", *overrides, f"paths.log_dir={tmp_path / 'again'}", cwd=tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # nothing attacked or rewritten
+
+
+def _sets_of(log_dir: Path, task: str) -> list[dict]:
+    """The rows of a run's results.json (``sets``)."""
+    (results,) = log_dir.glob(f"{task}/*/results.json")
+    return json.loads(results.read_text())["sets"]
+
+
+FIGURES = ("detector", "name", "n", "eligible", "flagged", "rate", "success")
+
+
+def _same_figures(one: list[dict], two: list[dict]) -> None:
+    """Counts and rates equal, AUROC equal within float32 rounding, row by row."""
+    assert [{k: s.get(k) for k in FIGURES} for s in one] == [{k: s.get(k) for k in FIGURES} for s in two]
+    for a, b in zip(one, two, strict=True):
+        assert (a["auroc"] is None) == (b["auroc"] is None), a["name"]
+        assert a["auroc"] is None or a["auroc"] == pytest.approx(b["auroc"], abs=1e-6), a["name"]
+
+
+@pytest.mark.slow
+def test_ami_run_under_ddp_sim_at_the_default_batch_size(tmp_path: Path) -> None:
+    """ami-run with the default data config's 8 faces and batch size 32 (the fgsm set only, 10 benign faces).
+    Before: one batch of 8, all of rank 0's; rank 1 crashed. Now it completes with one process's figures and files."""
+    cache = tmp_path / "cache"
+    common = ("attack=[fgsm]", "data.benign.limit=10", "logger=none", f"paths.cache_dir={cache}")
+    _cli("ami-run", *common, "trainer=cpu", f"paths.log_dir={tmp_path / 'cpu'}", cwd=tmp_path)
+    (one,) = _sets(cache).values()
+    shutil.move(one, tmp_path / "one")  # the ddp_sim run generates the set again (the witnesses stay cached)
+    _cli("ami-run", *common, "trainer=ddp_sim", f"paths.log_dir={tmp_path / 'ddp_sim'}", cwd=tmp_path)
+    (two,) = _sets(cache).values()
+    files = sorted(p.name for p in two.glob("*.npy"))
+    assert len(files) == 8 and files == sorted(p.name for p in (tmp_path / "one").glob("*.npy"))
+    assert all((tmp_path / "one" / f).read_bytes() == (two / f).read_bytes() for f in files)
+    _same_figures(_sets_of(tmp_path / "cpu", "run"), _sets_of(tmp_path / "ddp_sim", "run"))
+
+
+@pytest.mark.slow
+def test_ddp_sim_evaluation_when_a_rank_has_no_sample_or_only_skipped_ones(tmp_path: Path) -> None:
+    """Two attack sets of 2 faces read from data.attacks_dir with data.on_error=skip: ``fgsm`` cut to its first
+    file (rank 1 has no sample of it) and ``bim`` with its second file broken (rank 1's whole share is skipped).
+    Before: Lightning refused rank 1's empty DataLoader; and without fgsm, rank 1's empty records made gloo abort
+    ("Received data size doesn't match"). Now both evaluate with one process's counts, rates, AUROC and skipped
+    files."""
+    cache, attacks = tmp_path / "cache", tmp_path / "attacks"
+    _cli("ami-attack", "attack=[fgsm,bim]", "data.attack_faces=2", "logger=none", "trainer=cpu",
+         f"paths.cache_dir={cache}", f"paths.log_dir={tmp_path / 'attack'}", cwd=tmp_path)
+    for name, folder in _sets(cache).items():
+        shutil.copytree(folder, attacks / name)
+        lines = (attacks / name / "manifest.jsonl").read_text().splitlines()
+        second = attacks / name / json.loads(lines[1])["file"]
+        if name == "fgsm":
+            (attacks / name / "manifest.jsonl").write_text(lines[0] + "\n")
+            second.unlink()
+        else:
+            second.write_bytes(b"not an npy file")
+            broken = second
+    results = {}
+    for trainer in ("cpu", "ddp_sim"):
+        _cli("ami-eval", "attack=[fgsm,bim]", f"data.attacks_dir={attacks}", "data.on_error=skip",
+             "data.benign.limit=10", "logger=none", f"trainer={trainer}", f"paths.cache_dir={cache}",
+             f"paths.log_dir={tmp_path / trainer}", cwd=tmp_path)
+        (path,) = (tmp_path / trainer).glob("eval/*/results.json")
+        results[trainer] = json.loads(path.read_text())
+    one, two = results["cpu"], results["ddp_sim"]
+    _same_figures(one["sets"], two["sets"])
+    rows = {(s["detector"], s["name"]): s for s in two["sets"]}
+    assert rows[("ami", "fgsm")]["n"] == 1 and rows[("ami", "bim")]["n"] == 1
+    assert one["extra"] == two["extra"] and two["extra"]["skipped"]["bim"] == 1
+    assert {name: list(files) for name, files in two["extra"]["skipped_files"].items()} == {"bim": [str(broken)]}

@@ -398,3 +398,151 @@ def test_real_multirun_writes_the_summary(tmp_path: Path) -> None:
     table = list(csv.DictReader(io.StringIO((sweep / "summary.csv").read_text())))
     assert [r["ami.weaken"] for r in table if r["detector"] == "ami"] == ["500", "1000"]
     assert (sweep / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ---- column names, plot labels and fronts (issue 23, item 6) --------------------------------------------------------
+def _grid_sweep(root: Path, jobs: dict[int, tuple[str, str, str, tuple[int, int]]]) -> Path:
+    """Jobs of a grid over the detector group, ``ami.weaken`` and ``ami.strengthen0``: job -> (detector override,
+    weaken, strengthen0, AmI's benign (eligible, flagged)); one attack set, fgsm (10, 10, 8)."""
+    sweep = root / "grid"
+    for job, (detector, weaken, strengthen0, benign) in jobs.items():
+        write_results(_results(float(weaken), benign, ("fgsm", (10, 10, 8))), sweep / str(job))
+        _write_overrides(sweep / str(job), [f"detector={detector}", f"ami.weaken={weaken}",
+                                            f"ami.strengthen0={strengthen0}", "attack=[fgsm]"])
+    return sweep
+
+
+def test_an_override_named_like_a_column_gets_its_own_column(tmp_path: Path) -> None:
+    sweep = _grid_sweep(tmp_path, {0: ("[ami]", "500", "2", (100, 10)), 1: ("[ami,feature_squeezing]", "500", "2",
+                                                                           (100, 20))})
+    jobs = collect_jobs(sweep)
+    header, *rows = list(csv.reader(io.StringIO(summary_csv(jobs))))
+    assert len(header) == len(set(header))
+    assert header[:4] == ["job", "detector", "override:detector", "ami.weaken"]
+    table = [dict(zip(header, row, strict=True)) for row in rows]
+    assert [(r["detector"], r["override:detector"]) for r in table] == [("ami", "[ami]"),
+                                                                         ("ami", "[ami,feature_squeezing]")]
+    md_header, *md_rows = _md_rows(summary_markdown(jobs, sweep))
+    assert len(md_header) == len(set(md_header)) and md_header[:3] == ["job", "detector", "override:detector"]
+    assert [row[:3] for row in md_rows] == [["0", "ami", "[ami]"], ["1", "ami", "[ami,feature_squeezing]"]]
+
+
+def _front_artists(ax: Any) -> list[Any]:
+    return [line for line in ax.get_lines() if "Pareto front" in line.get_label()]
+
+
+def test_tradeoff_points_are_labelled_by_their_swept_values(tmp_path: Path) -> None:
+    from ami_lightning.reporting.sweeps import job_labels, tradeoff_figure
+
+    sweep = _grid_sweep(tmp_path, {0: ("[ami]", "500", "2", (100, 10)), 1: ("[ami]", "1000", "2", (100, 5)),
+                                   2: ("[ami]", "500", "3", (100, 5))})  # jobs 1 and 2 at the same point
+    jobs = collect_jobs(sweep)
+    assert job_labels(jobs) == {0: "weaken=500, strengthen0=2", 1: "weaken=1000, strengthen0=2",
+                                2: "weaken=500, strengthen0=3"}
+    fig = tradeoff_figure(jobs, title="grid")
+    for ax in fig.axes:
+        texts = sorted(t.get_text() for t in ax.texts)
+        assert texts == ["weaken=1000, strengthen0=2\nweaken=500, strengthen0=3", "weaken=500, strengthen0=2"]
+    assert fig.get_suptitle() == "grid: 3 jobs"
+    # a key whose last part clashes with another's keeps its whole name; a sweep over nothing: job numbers
+    jobs[0].overrides["other.weaken"] = "1"
+    assert job_labels(jobs)[0] == "ami.weaken=500, strengthen0=2, other.weaken=1"
+    assert job_labels(jobs[:1]) == {0: "job 0"}
+
+
+def test_a_pareto_front_is_drawn_as_its_legend_shows_it(tmp_path: Path) -> None:
+    from matplotlib.lines import Line2D
+
+    from ami_lightning.reporting.sweeps import tradeoff_figure
+
+    # jobs 0 and 2: FPR 5 %, detection 4 / 5, undetected 1 / 10; job 1: FPR 10 %, detection 9 / 10, undetected 1 / 10:
+    # all three on the detection front (two distinct points), only jobs 0 and 2 (one point) on the undetected one
+    sweep = _grid_sweep(tmp_path, {0: ("[ami]", "500", "2", (100, 5)), 1: ("[ami]", "1000", "2", (100, 10)),
+                                   2: ("[ami]", "500", "3", (100, 5))})
+    for job in (0, 2):
+        write_results(_results(500.0, (100, 5), ("fgsm", (10, 5, 4))), sweep / str(job))
+    write_results(_results(1000.0, (100, 10), ("fgsm", (10, 10, 9))), sweep / "1")
+    for ax, (points, distinct) in zip(tradeoff_figure(collect_jobs(sweep)).axes, [(3, 2), (2, 1)], strict=True):
+        (front,) = _front_artists(ax)
+        assert len(front.get_xdata()) == points and len(set(front.get_xdata())) == distinct
+        assert front.get_marker() == "o" and front.get_linestyle() == ("-" if distinct > 1 else "None")
+        (handle,) = [h for h, label in zip(*ax.get_legend_handles_labels(), strict=True) if "Pareto front" in label]
+        legend = next(h for h, t in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts(), strict=True)
+                      if "Pareto front" in t.get_text())
+        assert handle is front and isinstance(legend, Line2D)
+        assert (legend.get_linestyle(), legend.get_marker()) == (front.get_linestyle(), front.get_marker())
+
+
+# ---- failed jobs (issue 23, item 10) --------------------------------------------------------------------------------
+def _job_end(sweep: Path, job: int, overrides: list[str], error: Exception | None) -> None:
+    """What Hydra calls after a job of a multirun: ``on_job_end`` with its JobReturn (failed with ``error``)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    config = OmegaConf.create({"task_name": "eval", "hydra": {
+        "mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(sweep / str(job))}, "job": {"num": job},
+        "sweep": {"dir": str(sweep), "subdir": str(job)}}})
+    ret = JobReturn(overrides=overrides, status=JobStatus.FAILED if error else JobStatus.COMPLETED)
+    ret.return_value = error
+    SweepSummary(plot=False).on_job_end(config, job_return=ret)
+
+
+def test_a_job_refused_by_validation_is_summarised_with_its_error(tmp_path: Path) -> None:
+    from ami_lightning.pipeline.validation import ConfigError
+
+    sweep = tmp_path / "sweep"
+    # job 0 was refused: its folder removed by the task wrapper before Hydra's on_job_end
+    _job_end(sweep, 0, ["ami.weaken=-1", *COMMON], ConfigError(["ami.weaken=-1: expected a finite number > 0"]))
+    assert json.loads((sweep / "0" / "error.json").read_text())["error"]["type"] == "ConfigError"
+    write_results(_results(500, (100, 10), ("fgsm", (10, 10, 8))), sweep / "1")
+    _write_overrides(sweep / "1", ["ami.weaken=500", *COMMON])
+    _job_end(sweep, 1, ["ami.weaken=500", *COMMON], None)
+    text = (sweep / "summary.md").read_text()
+    assert "2 jobs, 1 ok, 1 failed." in text
+    _, *rows = _md_rows(text)
+    assert rows[0][:3] == ["0", "-", "-1"]
+    assert rows[0][-1] == ("failed: ConfigError: invalid configuration (1 problem): ami.weaken=-1: expected a finite "
+                           "number > 0")
+    table = list(csv.DictReader(io.StringIO((sweep / "summary.csv").read_text())))
+    assert [(r["job"], r["ami.weaken"], r["status"]) for r in table] == [("0", "-1", "failed"), ("1", "500", "ok")]
+    assert table[0]["reason"].startswith("ConfigError: invalid configuration (1 problem): ami.weaken=-1")
+
+
+def test_a_job_that_fails_after_its_results_keeps_its_figures_and_counts_as_failed(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path)
+    _job_end(sweep, 2, ["ami.weaken=2000", *COMMON], RuntimeError("W&B could not start\nsecond line"))
+    _job_end(sweep, FAILED_JOB, ["ami.weaken=4000", *COMMON], MemoryError("out of memory" + " x" * 300))
+    jobs = collect_jobs(sweep)
+    assert [(j.job, j.status, j.has_results) for j in jobs] == [(0, "ok", True), (1, "ok", True), (2, "failed", True),
+                                                               (FAILED_JOB, "failed", False)]
+    assert jobs[2].reason == "RuntimeError: W&B could not start second line"
+    assert jobs[2].benign_fpr == pytest.approx(0.20)  # its results.json was written before it failed
+    assert jobs[3].reason.startswith("MemoryError: out of memory x x") and len(jobs[3].reason) <= 400
+    assert jobs[3].reason.endswith("...")
+    assert "4 jobs, 2 ok, 2 failed." in summary_markdown(jobs)
+    from ami_lightning.reporting.sweeps import tradeoff_figure
+
+    assert tradeoff_figure(jobs).get_suptitle() == "4 jobs, 2 failed, 1 without results (not shown)"
+    # a refused job whose folder is named otherwise (hydra.sweep.subdir) is found by the number in its record
+    other = tmp_path / "other"
+    _job_end(other, 3, ["ami.weaken=-1"], ValueError("refused"))
+    (other / "3").rename(other / "weaken_-1")
+    (job,) = collect_jobs(other)
+    assert (job.job, job.overrides, job.reason) == (3, {"ami.weaken": "-1"}, "ValueError: refused")
+
+
+@pytest.mark.slow
+def test_real_multirun_lists_a_job_refused_by_validation(tmp_path: Path) -> None:
+    command = [str(Path(sys.executable).parent / "ami-eval"), "-m", "attack=[]", "detector=[ami]", "ami.weaken=-1,500",
+               "data.benign.limit=2", "logger=none", "trainer.enable_progress_bar=false",
+               f"paths.log_dir={tmp_path / 'logs'}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1 and "ami.weaken=-1" in done.stderr, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "eval" / "multiruns").iterdir()
+    assert sorted(p.name for p in (sweep / "0").iterdir()) == ["error.json"]  # the refused job's record only
+    text = (sweep / "summary.md").read_text()
+    assert "2 jobs, 1 ok, 1 failed." in text
+    _, *rows = _md_rows(text)
+    assert [row[:3] for row in rows] == [["0", "-", "-1"], ["1", "ami", "500"]]
+    assert rows[0][-1].startswith("failed: ConfigError: invalid configuration (1 problem): ami.weaken=-1")
+    assert rows[1][-1] == "ok"

@@ -57,6 +57,7 @@ def cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     ("run", ["attack=[fgsm]"]),  # budgets of the sets left out stay, without a name
     ("eval", ["ami=caffe", "logger=none", "data.attack_faces=null", "fpr_targets=[0.01,0.05]"]),
     ("eval", ["logger=wandb"]), ("eval", ["trainer=ddp_sim"]), ("eval", ["hparams_search=grid"]),
+    ("witness", ["ami.attributes=[mouth,leye]"]),
     ("eval", ["+attacks.glasses_next.params.steps=30", "+attacks.patch_first.params.lr=2",
               "+attacks.adaptive_gradient.params.gradient=exact", "+trainer.max_epochs=1"]),
 ])
@@ -161,6 +162,10 @@ VALUE_CASES = [  # (override, message)
     ("ami.witness_format=txt", "ami.witness_format='txt': expected one of vgg_face_dag, caffe"),
     ("ami.crop_layers=pool3", "ami.crop_layers='pool3': expected a list of layer names, like [pool3] or []"),
     ("ami.caffe_median=no", "ami.caffe_median='no': expected true or false"),
+    ("ami.attributes=[nose,ear]", "ami.attributes=['nose', 'ear']: expected a non-empty list of distinct attributes "
+                                  "among leye, reye, nose, mouth, like [leye,reye,mouth]"),
+    ("ami.attributes=[]", "ami.attributes=[]: expected a non-empty list of distinct attributes among leye, reye, "),
+    ("ami.attributes=[nose,nose]", "ami.attributes=['nose', 'nose']: expected a non-empty list of distinct "),
     ("trainer.devices=0", "trainer.devices=0: expected an integer >= 1"),
     ("data.benign.variants=[flip,blur]", "data.benign.variants=['flip', 'blur']: expected a non-empty list of flip, "
                                          "shift, scale, jpeg"),
@@ -205,8 +210,8 @@ def test_more_devices_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- 4: unknown keys -------------------------------------------------------------------------------------------------
 def test_unknown_keys_in_ami_and_data_list_what_the_files_define() -> None:
     refused("eval", ["+ami.weakn=5"],
-            "ami.weakn=5: unknown key in ami (did you mean weaken?); the config files define: caffe_median, "
-            "crop_layers, strengthen0, strengthen1, weaken, witness_format, witnesses")
+            "ami.weakn=5: unknown key in ami (did you mean weaken?); the config files define: "
+            "attributes, caffe_median, crop_layers, strengthen0, strengthen1, weaken, witness_format, witnesses")
     refused("eval", ["+data.batchsize=4"],
             "data.batchsize=4: unknown key in data (did you mean batch_size?); the config files define: attack_faces, "
             "attacks_dir, batch_size, benign, npy_legacy, num_workers, on_error")
@@ -305,3 +310,37 @@ def test_paths_that_do_not_exist(tmp_path: Path) -> None:
             f"data.attacks_dir='{gone}': no such folder")
     refused("eval", [f"model.faces_dir={gone}", f"ami.witnesses={gone}"],
             f"model.faces_dir='{gone}': no such folder", f"ami.witnesses='{gone}': no such folder")
+
+
+# ---- set and detector names -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("entry", "key"), [
+    ("fgsm.v2", "attacks['fgsm.v2']"), ("../x", "attacks['../x']"), ("/tmp/x", "attacks['/tmp/x']"),
+    ("a/b", "attacks['a/b']"), ("..", "attacks['..']"),
+])
+def test_set_names_that_are_not_plain_folder_names_are_refused(entry: str, key: str) -> None:
+    """Before: a dotted name showed ``<object object at 0x...>``; ``/tmp/x`` and ``../x`` were read (or generated)
+    outside ``data.attacks_dir``."""
+    error = refused("eval", [f"+attacks={{{entry}:{{name:fgsm}}}}"],
+                    f"{key}: not a valid attack set name: a set's name is a folder under data.attacks_dir and a part "
+                    "of metric names (<detector>/<set>/<metric>), so it is letters, digits, _ and - only")
+    assert len(error.problems) == 1 and "object at 0x" not in str(error)
+
+
+def test_detector_names_must_be_plain_too() -> None:
+    error = refused("eval", ["+detectors={ami.v2:{type:ami}}"], "detectors['ami.v2']: not a valid detector name")
+    assert "object at 0x" not in str(error)
+
+
+def test_an_unknown_option_of_a_group_lists_the_options() -> None:
+    """Before: ``detector=[amii]`` said only "Could not load 'detector/amii'" (Hydra lists the options only for a
+    group chosen alone, as ``model=...``)."""
+    from hydra.errors import MissingConfigException
+
+    for override, group, options in (("detector=[amii]", "detector", "\tami\n\tfeature_squeezing\n"),
+                                     ("attack=[fgsm,bimm]", "attack", "\tadaptive_gradient\n"),
+                                     ("model=dlibb", "model", "\tdlib_resnet\n")):
+        with pytest.raises(MissingConfigException) as caught:
+            compose_config("eval", [override])
+        message = str(caught.value)
+        assert f"Available options in '{group}':\n" in message and options in message
+        assert message.count("Available options") == 1

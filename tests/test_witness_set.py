@@ -155,8 +155,24 @@ def test_negative_channel_is_a_parse_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "note"), [("", " (the file is empty)"), ("relu1->\nrelu2->\n", "")])
 def test_attribute_without_witnesses_is_an_error_unless_allowed(tmp_path: Path, text: str, note: str) -> None:
     _write_set(tmp_path, {"mouth": text})
-    with pytest.raises(WitnessFormatError, match=rf"mouth_neurons.txt: no witness of 'mouth' at any layer"
-                                                 rf"{re.escape(note)}; pass allow_empty=True to accept that"):
+    with pytest.raises(WitnessFormatError, match=rf"mouth_neurons.txt{re.escape(note)}: no witness of mouth at any "
+                                                 r"layer: AmI would strengthen nothing for it, so this model may not "
+                                                 r"suit AmI .*; leave it out with ami.attributes=\[leye,reye,nose\], "
+                                                 r"or list witnesses in that file$"):
         WitnessSet.read(tmp_path)
     witnesses = WitnessSet.read(tmp_path, allow_empty=True)
-    assert witnesses.count() == {"leye": 3, "reye": 3, "nose": 3, "mouth": 0}
+    assert witnesses.count() == {"leye": 3, "reye": 3, "nose": 3, "mouth": 0} and witnesses.empty() == ("mouth",)
+    chosen = WitnessSet.read(tmp_path, attributes=["nose", "leye", "reye"])  # the empty one left out
+    assert chosen.attributes == ("nose", "leye", "reye") and chosen == witnesses.select(["nose", "leye", "reye"])
+    assert set(chosen.sources) == {key for key in witnesses.sources if key[0] != "mouth"}
+
+
+def test_every_attribute_without_witnesses_is_named(tmp_path: Path) -> None:
+    _write_set(tmp_path, {"nose": "", "mouth": "relu1->\n"})
+    with pytest.raises(WitnessFormatError, match=r"nose_neurons.txt \(the file is empty\); .*mouth_neurons.txt: no "
+                                                 r"witness of nose, mouth at any layer: AmI would strengthen nothing "
+                                                 r"for them, .*; leave them out with ami.attributes=\[leye,reye\], or "
+                                                 r"list witnesses in those files$"):
+        WitnessSet.read(tmp_path)
+    with pytest.raises(KeyError, match="no witnesses of ears in this set; it has leye, reye, nose, mouth"):
+        WitnessSet.read(tmp_path, allow_empty=True).select(["leye", "ears"])

@@ -9,6 +9,7 @@ the logged metric named by ``optimized_metric`` (e.g. ``objective/fpr_gap``, ``a
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -22,6 +23,8 @@ from ami_lightning.pipeline import stages as pipeline
 from ami_lightning.pipeline.loggers import check_logger
 from ami_lightning.pipeline.provenance import git_commit
 from ami_lightning.pipeline.validation import check_config
+
+log = logging.getLogger(__name__)
 
 Job = Callable[[DictConfig], Mapping[str, float] | None]
 
@@ -38,10 +41,18 @@ def optimized_value(cfg: DictConfig, metrics: Mapping[str, float] | None) -> flo
 
 
 def _close_open_runs(failed: bool) -> None:
-    """Finish a W&B run left open by a failure (the lightning-hydra-template's safety net)."""
+    """Finish a W&B run left open by a failure (the lightning-hydra-template's safety net); only a run that started
+    (``wandb.run``), never a new one. After a failure an error while finishing is logged, not raised, so that the
+    job's own error is the one reported."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
         wandb.finish(exit_code=1 if failed else 0)
+    except Exception as error:
+        if not failed:
+            raise
+        log.warning("finishing the open W&B run after the job failed failed too: %s: %s", type(error).__name__, error)
 
 
 def _drop_if_empty(folder: Path) -> None:

@@ -8,9 +8,25 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ami_lightning.data.datasets import SKIPPED
+
+PADDING = -2
+"""The label of :class:`Placeholder`'s item, which the evaluation neither counts nor scores."""
+
+
+class Placeholder(Dataset):
+    """One item ``(pixels (3, 1, 1) zeros, PADDING, -1)``: the share of a process that has no sample of a set, so
+    that every process runs every set's loop (Lightning refuses a zero-length DataLoader on one rank of several)
+    and reaches the same collective calls."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return torch.zeros(3, 1, 1), PADDING, -1
 
 
 class ShardSampler(Sampler[int]):
@@ -31,9 +47,11 @@ class EvalDataModule(pl.LightningDataModule):
     """Test dataloaders, in order: ``benign`` then each attack set of ``attacks`` (name -> dataset).
 
     Items are ``(pixels, label, index)``; a label ``SKIPPED`` marks a file that its dataset skipped
-    (``on_error="skip"``). Before each batch moves to the device (in the main process, also when DataLoader workers
+    (``on_error="skip"``). Each process gets its :class:`ShardSampler` share of each set; a process with no sample
+    of a non-empty set (fewer samples than processes) gets the :class:`Placeholder` item, label ``PADDING``,
+    instead. Before each batch moves to the device (in the main process, also when DataLoader workers
     loaded it) the dataset's ``note_skipped(index)`` is called for each such item, so that :attr:`skipped` names every
-    skipped file of this process with its reason (and the dataset warns once per file).
+    skipped file with its reason (and the dataset warns once per file).
     """
 
     def __init__(
@@ -51,10 +69,13 @@ class EvalDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ShardSampler(len(dataset), rank, world)  # type: ignore[arg-type]
+        if len(sampler) == 0 and len(dataset) > 0:  # type: ignore[arg-type]
+            return DataLoader(Placeholder(), batch_size=1)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=ShardSampler(len(dataset), rank, world),  # type: ignore[arg-type]
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=False,
         )
@@ -91,6 +112,17 @@ class EvalDataModule(pl.LightningDataModule):
 
     @property
     def skipped(self) -> dict[str, dict[Path, str]]:
-        """Set name -> {path: reason} of the files skipped so far by this process (empty for datasets that do not
-        skip, e.g. in-memory probes)."""
-        return {name: dict(getattr(dataset, "skipped", {})) for name, dataset in self.datasets.items()}
+        """Set name -> {path: reason} of the files skipped so far, in the order of the set's files (empty for
+        datasets that do not skip, e.g. in-memory probes). Under ``torch.distributed`` with several processes it
+        gathers every process's records, so it is a collective call: every process must read it."""
+        local = {name: dict(getattr(dataset, "skipped", {})) for name, dataset in self.datasets.items()}
+        records: list[Any] = [local]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            records = [None] * dist.get_world_size()
+            dist.all_gather_object(records, local)
+        merged: dict[str, dict[Path, str]] = {}
+        for name, dataset in self.datasets.items():
+            files = {path: reason for part in records for path, reason in part[name].items()}
+            order = {path: i for i, path in enumerate(getattr(dataset, "paths", ()))}
+            merged[name] = dict(sorted(files.items(), key=lambda item: order.get(item[0], len(order))))
+        return merged

@@ -5,9 +5,10 @@ item's index in the dataset (file names: ``dataset.paths[index]``).
 
 Every file is checked when its item is read: missing, undecodable, truncated, of an image mode that cannot be
 converted exactly (see :mod:`ami_lightning.data.images`), a ``.npy`` of another shape than (3, H, W), of a non-numeric
-dtype or with NaN / infinite values, or of another size than the set's (an explicit ``size``, else that of the set's
-first readable file). Such a file raises :class:`FaceFileError` (a ``ValueError``) naming it and the problem, or,
-with ``on_error="skip"``, yields label ``SKIPPED`` (-1) and zero pixels of the set's size, which the evaluation drops
+dtype, with NaN / infinite values or values outside the pixel range [0, 255], or of another size than the set's (an
+explicit ``size``, else that of the set's first readable file). Such a file raises :class:`FaceFileError` (a
+``ValueError``) naming it and the problem and ending with :data:`SKIP_HINT`, or, with ``on_error="skip"``, yields
+label ``SKIPPED`` (-1) and zero pixels of the set's size, which the evaluation drops
 and counts; the dataset records it in :attr:`FaceFiles.skipped` (path -> reason) and warns
 (:class:`SkippedFileWarning`) naming the file and the reason. In DataLoader worker processes the record is made by
 the main process: :class:`~ami_lightning.data.datamodule.EvalDataModule` calls :meth:`FaceFiles.note_skipped` for
@@ -35,6 +36,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 OnError = Literal["raise", "skip"]
 Size = tuple[int, int]
 FALLBACK_SIZE: Size = (224, 224)  # the placeholder size of a skipped file when no file of its set is readable
+PIXEL_RANGE: tuple[float, float] = (0.0, 255.0)
+"""Where the values of a ``.npy`` of pixels must lie (RGB, 8-bit scale)."""
+SKIP_HINT = "(set data.on_error=skip to drop such files and count them)"
+"""How every bad-file error of a data set read with ``on_error="raise"`` ends."""
 
 
 class FaceFileError(BadImageError):
@@ -55,7 +60,7 @@ def load_pixels(path: str | Path, npy_legacy: bool = False, truncated: Truncated
     preprocessing then removes). ``truncated``: see :func:`~ami_lightning.data.images.load_image` (strict by default).
     A missing file raises ``FileNotFoundError``; a bad one :class:`~ami_lightning.data.images.BadImageError` (a
     ``ValueError``) naming the file and the problem. A ``.npy`` must hold one real-valued (float or integer) array
-    of shape (3, H, W) without NaN or infinite values.
+    of shape (3, H, W), every value finite and in :data:`PIXEL_RANGE` (in the file, before ``npy_legacy``'s shift).
     """
     path = Path(path)
     if path.suffix.lower() != ".npy":
@@ -77,6 +82,11 @@ def load_pixels(path: str | Path, npy_legacy: bool = False, truncated: Truncated
     bad = int((~torch.isfinite(pixels)).sum())
     if bad:
         raise BadImageError.of(path, f"{bad} of its {pixels.numel()} values are NaN or infinite")
+    low, high = PIXEL_RANGE
+    outside = int(((pixels < low) | (pixels > high)).sum())
+    if outside:
+        raise BadImageError.of(path, f"{outside} of its {pixels.numel()} values outside the pixel range "
+                                     f"[{low:g}, {high:g}] (min {pixels.min().item():g}, max {pixels.max().item():g})")
     if npy_legacy:
         return pixels.flip(0) + torch.tensor(VGG_FACE_MEAN).view(3, 1, 1)
     return pixels
@@ -140,7 +150,7 @@ class FaceFiles(Dataset):
             pixels = self.load(index)
         except FaceFileError as err:
             if self.on_error == "raise":
-                raise
+                raise FaceFileError(f"{err} {SKIP_HINT}", err.path, err.problem) from err.__cause__
             if get_worker_info() is None:  # in a worker the main process records it (EvalDataModule)
                 self.note_skipped(index, err.problem)
             return torch.zeros(3, *(self.expected_size or FALLBACK_SIZE)), SKIPPED, index
@@ -238,7 +248,8 @@ class FaceFiles(Dataset):
         paths = [Path(folder) / name for name in names]
         missing = [p for p in paths if not p.is_file()]
         if missing and on_error == "raise":
-            raise FileNotFoundError(f"{len(missing)} listed files missing in {folder}, e.g. {missing[0].name}")
+            raise FileNotFoundError(f"{len(missing)} listed files missing in {folder}, e.g. {missing[0].name} "
+                                    f"{SKIP_HINT}")
         return cls(paths, labels_from_filenames(paths, identities), on_error=on_error, size=size)
 
     @classmethod

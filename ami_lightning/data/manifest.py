@@ -2,16 +2,18 @@
 (:mod:`ami_lightning.attacks.generate`, which resumes from it) and the datasets
 (:meth:`ami_lightning.data.datasets.FaceFiles.from_manifest`, which evaluates from it).
 
-One JSON object per line, each with at least ``file`` (the sample's file name beside the manifest, a string) and
-``label`` (its true class, an integer). The generator appends one line per sample and syncs it, so a kill can only
-tear the *last* line (no newline at its end): such a line is ignored. Any other bad line (not JSON, not an object,
-a required key missing or of the wrong type) is a :class:`ManifestError` naming the manifest, the line number and
-the problem.
+One JSON object per line, each with at least ``file`` (the sample's file, relative to the manifest's folder and
+inside it, a string) and ``label`` (its true class, an integer). The generator appends one line per sample and
+syncs it, so a kill can only tear the *last* line (no newline at its end): such a line is ignored, with a
+:class:`TornManifestWarning` naming the manifest and the line. Any other bad line (not JSON, not an object, a
+required key missing or of the wrong type, a ``file`` outside the manifest's folder: absolute, or leaving it
+through ``..`` or a link) is a :class:`ManifestError` naming the manifest, the line number and the problem.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,13 @@ class ManifestError(ValueError):
     """A manifest line that cannot be used; the message names the manifest, the line number and the problem."""
 
 
-def _check_row(row: Any, where: str, required: Sequence[str]) -> Row:
+class TornManifestWarning(UserWarning):
+    """A manifest's last line was cut short (a kill mid-append); the message names the manifest and the line."""
+
+
+def _check_row(row: Any, where: str, required: Sequence[str], folder: Path, inside: Path) -> Row:
+    """``row`` checked (``where``: the manifest and line, for messages); ``folder``: the manifest's folder, ``inside``
+    the same resolved."""
     if not isinstance(row, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for key in required:
@@ -33,19 +41,24 @@ def _check_row(row: Any, where: str, required: Sequence[str]) -> Row:
             raise ManifestError(f"{where}: missing key {key!r} (required: {', '.join(required)})")
     if "file" in row and (not isinstance(row["file"], str) or not row["file"]):
         raise ManifestError(f"{where}: 'file' must be a non-empty string, got {row['file']!r}")
+    if "file" in row and not (inside / row["file"]).resolve().is_relative_to(inside):
+        raise ManifestError(f"{where}: file {row['file']!r} is outside the manifest's folder {folder}; a manifest "
+                            "names files in its own folder")
     if "label" in row and (not isinstance(row["label"], int) or isinstance(row["label"], bool)):
         raise ManifestError(f"{where}: 'label' must be an integer, got {row['label']!r}")
     return row
 
 
 def read_rows(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> list[Row]:
-    """The rows of manifest ``path`` in file order (blank lines skipped; a torn last line ignored); each has the keys
-    ``required``. ``ManifestError`` naming ``path`` and the line for any other bad line; ``FileNotFoundError`` if
-    ``path`` does not exist."""
+    """The rows of manifest ``path`` in file order (blank lines skipped; a torn last line ignored with a
+    :class:`TornManifestWarning`); each has the keys ``required`` and names a file inside ``path``'s folder.
+    ``ManifestError`` naming ``path`` and the line for any other bad line; ``FileNotFoundError`` if ``path`` does not
+    exist."""
     path = Path(path)
     data = path.read_bytes()
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline (or is empty): a line without one was cut short
+    inside = path.parent.resolve()
     rows = []
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -55,13 +68,18 @@ def read_rows(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> list
             row = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ManifestError(f"{where}: not valid JSON ({err})") from None
-        rows.append(_check_row(row, where, required))
+        rows.append(_check_row(row, where, required, path.parent, inside))
     if torn.strip():
+        where = f"manifest {path}, line {len(lines) + 1}"
         try:
             row = json.loads(torn.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return rows  # torn by a kill mid-append: the sample it describes is not finished
-        rows.append(_check_row(row, f"manifest {path}, line {len(lines) + 1}", required))
+        except (UnicodeDecodeError, json.JSONDecodeError):  # torn by a kill mid-append: its sample is not finished
+            text = torn.decode("utf-8", errors="replace")
+            warnings.warn(f"{where} was cut short (no newline, not valid JSON: {text[:40]}"
+                          f"{'...' if len(text) > 40 else ''}); its sample is left out (generating the set again "
+                          "makes it)", TornManifestWarning, stacklevel=2)
+            return rows
+        rows.append(_check_row(row, where, required, path.parent, inside))
     return rows
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from ami_lightning.detectors.base import Detector, SetupContext, register_detector
 from ami_lightning.detectors.steering import SteeringParams, detection_score, steer
 from ami_lightning.models.layers import find_layer, forward_hooks
-from ami_lightning.witnesses import WitnessSet
+from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
 from ami_lightning.witnesses.witness_set import Format
 
 
@@ -40,7 +40,8 @@ class AmIDetector(Detector):
     plain model is unchanged after use and several detectors can share one model.
 
     ``witnesses``: given now, or prepared by :meth:`setup` from ``witness_source`` (a folder of witness files in
-    ``witness_format``; None: extracted with the release's rule, or the Caffe one with ``caffe_median``).
+    ``witness_format``; None: extracted with the release's rule, or the Caffe one with ``caffe_median``), for the
+    face attributes ``attributes`` (default all four).
     """
 
     kind = "ami"
@@ -59,6 +60,7 @@ class AmIDetector(Detector):
         caffe_median: bool = False,
         witness_source: str | Path | None = None,
         witness_format: Format = "vgg_face_dag",
+        attributes: Sequence[str] = ATTRIBUTES,
     ) -> None:
         super().__init__(model)
         self.params = SteeringParams(float(weaken), (float(strengthen[0]), float(strengthen[1])))
@@ -67,6 +69,7 @@ class AmIDetector(Detector):
         self.caffe_median = bool(caffe_median)
         self.witness_source = witness_source
         self.witness_format = witness_format
+        self.attributes = tuple(attributes)
         self.witnesses: WitnessSet | None = None
         self.layers: tuple[str, ...] = ()
         if witnesses is not None:
@@ -91,7 +94,8 @@ class AmIDetector(Detector):
 
         if self.witnesses is None:
             self.use_witnesses(prepare_witnesses(self.model, context.cache_dir, context.model_key, self.caffe_median,
-                                                 self.witness_source, self.witness_format, context.out_dir))
+                                                 self.witness_source, self.witness_format, context.out_dir,
+                                                 self.attributes))
 
     def _hook(self, i: int, name: str, straight_through: bool) -> Callable[..., torch.Tensor]:
         crop = self.crop if name in self.crop_layers else 0
@@ -148,8 +152,10 @@ def ami(
     caffe_median: bool = False,
     witnesses: str | None = None,
     witness_format: Format = "vgg_face_dag",
+    attributes: Sequence[str] = ATTRIBUTES,
 ) -> AmIDetector:
-    """AmI from the keys of the ``ami`` config group: steering parameters, crop layers, the witness rule and an
-    optional folder of witness files (``witnesses``; None: extracted by :meth:`AmIDetector.setup`)."""
+    """AmI from the keys of the ``ami`` config group: steering parameters, crop layers, the witness rule, an
+    optional folder of witness files (``witnesses``; None: extracted by :meth:`AmIDetector.setup`) and the face
+    attributes whose witnesses it steers with."""
     return AmIDetector(model, None, weaken, (strengthen0, strengthen1), crop_layers, caffe_median=caffe_median,
-                       witness_source=witnesses, witness_format=witness_format)
+                       witness_source=witnesses, witness_format=witness_format, attributes=attributes)

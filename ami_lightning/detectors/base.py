@@ -99,6 +99,12 @@ class Detector(nn.Module, ABC):
     def setup(self, context: SetupContext) -> None:  # noqa: B027 - a hook with nothing to do by default
         """One-off preparation before use (default: nothing)."""
 
+    def flags_from_scores(self, score: torch.Tensor) -> torch.Tensor | None:
+        """Flags (B,) bool by the rule from the scores (B,) alone, for a detector whose rule is a threshold on its
+        score (set by :meth:`calibrate`); None (the default) where the rule needs more than the score (AmI compares
+        two top-1 identities). Lets the pipeline reuse benign scores computed before calibration."""
+        return None
+
     def calibrate(self, benign_scores: torch.Tensor) -> None:  # noqa: B027 - a hook with nothing to do by default
         """Set the rule's threshold from the scores (N,) of benign samples the model gets right (default: nothing;
         detectors with :attr:`needs_calibration` override it)."""
@@ -117,6 +123,12 @@ class Detector(nn.Module, ABC):
         """Everything its verdicts depend on besides the model (JSON-able), for cache keys of the attack sets made
         against it (default :meth:`parameters_dict`; AmI adds its witness lists)."""
         return self.parameters_dict()
+
+    def score_identity(self) -> Any:
+        """Everything its scores depend on besides the model (JSON-able), for the cache of its benign records
+        (default :meth:`identity`; a calibrated detector leaves out what calibration sets, which its scores do not
+        depend on)."""
+        return self.identity()
 
 
 DetectorFactory = Callable[..., Detector]

@@ -20,15 +20,19 @@ its own (a sample's result never depends on its batch mates). The semantics foll
   rounding half to even (``torch.round`` rounds as ``np.rint`` does), then scaled back by 255.
 * :func:`median_filter` is ``median_filter_py``: ``scipy.ndimage.median_filter(x, size=(1, s, s, 1), mode='reflect')``,
   with SciPy's window alignment, its 'reflect' boundary and its choice of the upper median for even sizes.
-* :func:`non_local_means` is ``non_local_means_color_py``: OpenCV's ``fastNlMeansDenoisingColored`` on uint8 images.
+* :func:`non_local_means` is ``non_local_means_color_py``: OpenCV's ``fastNlMeansDenoisingColored`` on uint8 images
+  (:mod:`ami_lightning.detectors.nlm`: OpenCV itself or its bit-exact batched torch form). EvadeML-Zoo hands its RGB
+  arrays to OpenCV unswapped, so OpenCV's colour conversion reads red as blue; :class:`FeatureSqueezing` does the same
+  by default (``channel_order="rgb"``, the published detector) and swaps to OpenCV's documented BGR order with
+  ``channel_order="bgr"``.
 * :func:`max_l1_score` is ``FeatureSqueezingDetector.get_distance`` with ``distance_measure=l1``: the largest L1
   distance between the softmax output on the input and on each squeezed input.
 
 Squeezers are named as in the configs (:data:`SQUEEZER_FORMS`); :func:`parse_squeezer` validates a name and returns
 the squeezer without running it, :func:`squeeze` applies one.
 
-None of the squeezers is usefully differentiable (bit depth and the median have zero or sparse gradients, NLM runs
-in OpenCV on uint8 and breaks the graph), so :class:`FeatureSqueezing` differentiates through them by BPDA
+None of the squeezers is usefully differentiable (bit depth and the median have zero or sparse gradients, NLM works
+on uint8 and breaks the graph), so :class:`FeatureSqueezing` differentiates through them by BPDA
 (straight-through): the squeezed input has the squeezed image's value and the identity's gradient with respect to x.
 """
 
@@ -45,6 +49,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ami_lightning.detectors.base import Detector, register_detector
+from ami_lightning.detectors.nlm import (
+    BACKENDS,
+    CHANNEL_ORDERS,
+    PIXEL_MAX,
+    ChannelOrder,
+    check_images,
+    check_int,
+    non_local_means,
+)
 from ami_lightning.evaluation.thresholds import above, threshold_at_fpr
 
 __all__ = [
@@ -58,31 +71,6 @@ __all__ = [
     "squeeze",
 ]
 
-PIXEL_MAX = 255.0
-
-
-def _check_images(x: torch.Tensor, what: str, channels: int | None = None) -> None:
-    """Raise unless ``x`` is a floating-point (B, C, H, W) tensor (with C == ``channels`` when given), B, H, W > 0."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what}: expected a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{what}: expected a batch of images of shape (B, C, H, W), got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{what}: expected {channels} channels (B, {channels}, H, W), got shape {tuple(x.shape)}")
-    if min(x.shape) == 0:
-        raise ValueError(f"{what}: empty batch or image, shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what}: expected floating-point pixels in [0, 255], got dtype {x.dtype}")
-
-
-def _check_int(value: int, what: str, low: int, high: int | None = None, odd: bool = False) -> None:
-    """Raise ValueError unless ``value`` is an int in [low, high] (and odd when asked)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high) or (odd and value % 2 == 0):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{what} must be an {'odd ' if odd else ''}integer {bounds}, got {value}")
-
 
 def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Reduce colour depth to ``bits`` bits per channel.
@@ -93,8 +81,8 @@ def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
     exactly as the reference's ``np.rint`` (e.g. with 1 bit, 127.5 -> 0). Values outside
     [0, 255] are not clipped (nor are they in the reference). The gradient is zero almost everywhere: use BPDA.
     """
-    _check_images(x, "bit_depth")
-    _check_int(bits, "bits", 1, 8)
+    check_images(x, "bit_depth")
+    check_int(bits, "bits", 1, 8)
     levels = float(2**bits - 1)
     return torch.round(x / PIXEL_MAX * levels) / levels * PIXEL_MAX
 
@@ -122,8 +110,8 @@ def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
 
     Memory: the windows are materialised, B * C * H * W * size**2 elements.
     """
-    _check_images(x, "median_filter")
-    _check_int(size, "size", 1)
+    check_images(x, "median_filter")
+    check_int(size, "size", 1)
     if size == 1:
         return x.clone()
     height, width = x.shape[-2:]
@@ -134,40 +122,6 @@ def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     windows = padded.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, H, W, size, size), a view
     windows = windows.reshape(*x.shape, size * size)
     return windows.kthvalue(size * size // 2 + 1, dim=-1).values  # kthvalue counts from 1
-
-
-def non_local_means(x: torch.Tensor, search_window: int = 11, patch_size: int = 3, strength: float = 4) -> torch.Tensor:
-    """Non-local means denoising of colour images by OpenCV (``cv2.fastNlMeansDenoisingColored``), per image.
-
-    ``x``: (B, 3, H, W) float RGB pixels in [0, 255]. Returns (B, 3, H, W), ``x``'s dtype and device, integer-valued
-    pixels in [0, 255]. The pixels are rounded half to even (as the reference's ``np.rint``) and clipped to uint8,
-    converted RGB -> BGR (OpenCV's colour order: the function converts BGR to CIELAB and denoises L and a*b* with
-    ``h`` and ``hColor``), denoised with ``h=hColor=strength``, ``templateWindowSize=patch_size``,
-    ``searchWindowSize=search_window``, and converted back to RGB.
-
-    EvadeML-Zoo's squeezer "non_local_means_color_11_3_4" is ``non_local_means_color_py(imgs, search_window=11,
-    block_size=3, photo_render=4)``, i.e. these defaults (search window, patch, strength, in that order). Note that it
-    hands its RGB arrays (Keras ``load_img``) to OpenCV without swapping the channels, so OpenCV's colour conversion
-    treats its R as B; here the order is swapped as OpenCV documents, so results differ from that code on coloured
-    images (on three of the packaged 224 x 224 faces: 60% of the values, by 0.96 on average and 18 at most). No
-    gradient flows through this function (use BPDA).
-    """
-    import cv2  # OpenCV is only needed here; importing it lazily keeps the other squeezers free of it
-
-    _check_images(x, "non_local_means", channels=3)
-    _check_int(search_window, "search_window", 1, odd=True)
-    _check_int(patch_size, "patch_size", 1, odd=True)
-    if not float(strength) > 0:
-        raise ValueError(f"strength must be a positive number, got {strength!r}")
-    h = float(strength)
-    pixels = torch.round(x.detach()).clamp_(0, PIXEL_MAX).to(torch.uint8)
-    rgb = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) uint8
-    out = np.empty_like(rgb)
-    for i, image in enumerate(rgb):
-        bgr = np.ascontiguousarray(image[:, :, ::-1])
-        denoised = cv2.fastNlMeansDenoisingColored(bgr, None, h, h, patch_size, search_window)
-        out[i] = denoised[:, :, ::-1]
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
 
 
 _NUMBER = r"\d+(?:\.\d+)?"
@@ -202,17 +156,17 @@ def parse_squeezer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         try:
             if kind == "bit_depth":
                 bits = int(match[1])
-                _check_int(bits, "bits", 1, 8)
+                check_int(bits, "bits", 1, 8)
                 return partial(bit_depth, bits=bits)
             if kind == "median":
                 if match[1] != match[2]:
                     raise ValueError("only square median windows are supported")
                 size = int(match[1])
-                _check_int(size, "size", 1)
+                check_int(size, "size", 1)
                 return partial(median_filter, size=size)
             search_window, patch_size, strength = int(match[1]), int(match[2]), float(match[3])
-            _check_int(search_window, "search_window", 1, odd=True)
-            _check_int(patch_size, "patch_size", 1, odd=True)
+            check_int(search_window, "search_window", 1, odd=True)
+            check_int(patch_size, "patch_size", 1, odd=True)
             if not strength > 0:
                 raise ValueError(f"strength must be a positive number, got {match[3]!r}")
             return partial(non_local_means, search_window=search_window, patch_size=patch_size, strength=strength)
@@ -252,6 +206,16 @@ def _squeezer_key(squeezer: partial) -> tuple[Any, ...]:
     return squeezer.func.__name__, tuple(sorted(squeezer.keywords.items()))
 
 
+def _with_nlm_options(
+    squeezer: partial, channel_order: ChannelOrder, backend: str | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``squeezer`` with the detector's channel order and backend when it is :func:`non_local_means` (unchanged
+    otherwise). The backend never changes the result (both are OpenCV's computation, bit for bit)."""
+    if squeezer.func is not non_local_means:
+        return squeezer
+    return partial(squeezer, channel_order=channel_order, backend=backend)
+
+
 def _straight_through(x: torch.Tensor, squeezer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """BPDA around ``squeezer``: a tensor with the value of ``squeezer(x)`` (exactly) and the gradient of the identity
     with respect to ``x`` (as ``x + (squeezer(x) - x).detach()``, without its rounding). The squeezer runs under
@@ -268,7 +232,10 @@ class FeatureSqueezing(Detector):
     """Feature Squeezing (Xu et al., NDSS 2018) on ``model`` (pixels (B, 3, H, W) in [0, 255] -> logits (B, K)).
 
     ``squeezers``: names (:data:`SQUEEZER_FORMS`, distinct, at least one); the published ImageNet detector's are the
-    default. ``fpr``: the benign false-positive rate (fraction in (0, 1)) the threshold is calibrated to. The score of
+    default. ``fpr``: the benign false-positive rate (fraction in (0, 1)) the threshold is calibrated to.
+    ``channel_order``: how NLM hands the RGB pixels to OpenCV's colour conversion (``"rgb"``: unswapped, as the
+    published EvadeML-Zoo code; ``"bgr"``: swapped first, as OpenCV documents); ``nlm_backend``: ``"opencv"``,
+    ``"torch"`` or None (the faster on the images' device; the result is the same). The score of
     an image is ``max_j |softmax(model(x)) - softmax(model(squeeze_j(x)))|_1``; it is flagged when the score is above
     the threshold :meth:`calibrate` sets (:func:`~ami_lightning.evaluation.thresholds.above`). Gradients go through
     the squeezers straight-through (BPDA). Raises ValueError for bad parameters (:meth:`check_params`).
@@ -290,13 +257,19 @@ class FeatureSqueezing(Detector):
         model: nn.Module,
         squeezers: Sequence[str] = ("bit_depth_5", "median_2x2", "nlm_11_3_4"),
         fpr: float = 0.05,
+        channel_order: ChannelOrder = "rgb",
+        nlm_backend: str | None = None,
     ) -> None:
-        problems = self.check_params({"squeezers": squeezers, "fpr": fpr})
+        problems = self.check_params({"squeezers": squeezers, "fpr": fpr, "channel_order": channel_order,
+                                      "nlm_backend": nlm_backend})
         if problems:
             raise ValueError(f"feature_squeezing: bad parameters: {'; '.join(problems)}")
         super().__init__(model)
         self.squeezers: tuple[str, ...] = tuple(squeezers)
-        self._squeeze = [parse_squeezer(name) for name in self.squeezers]
+        self.channel_order: ChannelOrder = channel_order
+        self.nlm_backend = nlm_backend
+        self._squeeze = [_with_nlm_options(parse_squeezer(name), channel_order, nlm_backend)
+                         for name in self.squeezers]
         self.fpr = float(fpr)
         self.threshold: float | None = None
 
@@ -305,9 +278,17 @@ class FeatureSqueezing(Detector):
         """The problems (strings naming key, value and what is allowed; empty when none) of the parameters
         ``params`` (any of ``squeezers``, ``fpr``; missing keys take their defaults)."""
         problems = []
-        unknown = sorted(set(params) - {"squeezers", "fpr"})
+        allowed = ("squeezers", "fpr", "channel_order", "nlm_backend")
+        unknown = sorted(set(params) - set(allowed))
         if unknown:
-            problems.append(f"unknown parameters {unknown}; allowed: squeezers, fpr")
+            problems.append(f"unknown parameters {unknown}; allowed: {', '.join(allowed)}")
+        if params.get("channel_order", "rgb") not in CHANNEL_ORDERS:
+            problems.append(f"channel_order={params['channel_order']!r}: expected one of {', '.join(CHANNEL_ORDERS)} "
+                            "(rgb: the RGB pixels handed to OpenCV unswapped, as EvadeML-Zoo does; bgr: swapped to "
+                            "OpenCV's documented order)")
+        if params.get("nlm_backend") not in (None, *BACKENDS):
+            problems.append(f"nlm_backend={params['nlm_backend']!r}: expected null (the faster on the images' "
+                            f"device) or one of {', '.join(BACKENDS)}")
         if "squeezers" in params:
             names, forms = params["squeezers"], "; ".join(SQUEEZER_FORMS)
             if isinstance(names, str | bytes) or not isinstance(names, Sequence):
@@ -353,12 +334,24 @@ class FeatureSqueezing(Detector):
         """(score (B,), flagged (B,) bool): flagged when the score is above the calibrated threshold (compared in
         float64). RuntimeError before :meth:`calibrate`."""
         if self.threshold is None:
-            raise RuntimeError(
-                f"{self.name} is not calibrated: its rule needs a threshold at {self.fpr:g} benign FPR; "
-                "call calibrate(benign_scores) first"
-            )
+            raise self._not_calibrated()
         score = self.score(x, logits)
-        return score, above(score, self.threshold)
+        return score, self.flags_from_scores(score)
+
+    def flags_from_scores(self, score: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: ``score`` (B,) above the calibrated threshold (compared in float64). RuntimeError before
+        :meth:`calibrate`."""
+        if self.threshold is None:
+            raise self._not_calibrated()
+        return above(score, self.threshold)
+
+    def score_identity(self) -> dict[str, Any]:
+        """The squeezers and the channel order (the scores depend on neither ``fpr`` nor the threshold)."""
+        return {"squeezers": list(self.squeezers), "channel_order": self.channel_order}
+
+    def _not_calibrated(self) -> RuntimeError:
+        return RuntimeError(f"{self.name} is not calibrated: its rule needs a threshold at {self.fpr:g} benign FPR; "
+                            "call calibrate(benign_scores) first")
 
     def calibrate(self, benign_scores: torch.Tensor) -> None:
         """Set the threshold so that at most ``fpr`` of ``benign_scores`` (N,) (the scores of the benign images the
@@ -367,8 +360,10 @@ class FeatureSqueezing(Detector):
         scores = torch.as_tensor(benign_scores).detach()
         if scores.numel() == 0:
             raise ValueError(
-                f"{self.name}: cannot calibrate on an empty set of benign scores (no benign image the model gets "
-                "right): nothing to calibrate on"
+                f"{self.name}: cannot calibrate on an empty set of benign scores: the model gets no benign image "
+                "right (top-1 accuracy 0 on the benign set), or the set has none: nothing to calibrate on. Check "
+                "that the model's weights and identity names or gallery match the benign set (model.weights, "
+                "model.names, model.faces_dir, model.path) and data.benign"
             )
         self.threshold = threshold_at_fpr(scores, self.fpr)
 
@@ -385,5 +380,7 @@ class FeatureSqueezing(Detector):
         return torch.stack(losses).mean(dim=0)
 
     def parameters_dict(self) -> dict[str, Any]:
-        """``{"squeezers": [...], "fpr": float, "threshold": float or None (not calibrated)}``."""
-        return {"squeezers": list(self.squeezers), "fpr": self.fpr, "threshold": self.threshold}
+        """``{"squeezers": [...], "fpr": float, "channel_order": "rgb" | "bgr", "threshold": float or None (not
+        calibrated)}``; the NLM backend is left out (it never changes a result)."""
+        return {"squeezers": list(self.squeezers), "fpr": self.fpr, "channel_order": self.channel_order,
+                "threshold": self.threshold}

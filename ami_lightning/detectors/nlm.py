@@ -60,6 +60,29 @@ Backend = Literal["opencv", "torch"]
 ChannelOrder = Literal["bgr", "rgb"]
 
 
+def check_images(x: torch.Tensor, what: str, channels: int | None = None) -> None:
+    """Raise unless ``x`` is a floating-point (B, C, H, W) tensor (with C == ``channels`` when given), B, H, W > 0."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: expected a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{what}: expected a batch of images of shape (B, C, H, W), got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{what}: expected {channels} channels (B, {channels}, H, W), got shape {tuple(x.shape)}")
+    if min(x.shape) == 0:
+        raise ValueError(f"{what}: empty batch or image, shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what}: expected floating-point pixels in [0, 255], got dtype {x.dtype}")
+
+
+def check_int(value: int, what: str, low: int, high: int | None = None, odd: bool = False) -> None:
+    """Raise ValueError unless ``value`` is an int in [low, high] (and odd when asked)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high) or (odd and value % 2 == 0):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{what} must be an {'odd ' if odd else ''}integer {bounds}, got {value}")
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) float pixels -> uint8 of the same shape and device: rounded half to even (as ``np.rint``), then
     clipped to [0, 255]. Detached: no gradient flows through it."""
@@ -284,11 +307,9 @@ def non_local_means(
     ``"torch"`` (batched on x's device, bit for bit equal) or None for :func:`default_backend` of x's device. No
     gradient flows through this function (use BPDA).
     """
-    from ami_lightning.detectors.feature_squeezing import _check_images, _check_int  # lazily: no import cycle
-
-    _check_images(x, "non_local_means", channels=3)
-    _check_int(search_window, "search_window", 1, odd=True)
-    _check_int(patch_size, "patch_size", 1, odd=True)
+    check_images(x, "non_local_means", channels=3)
+    check_int(search_window, "search_window", 1, odd=True)
+    check_int(patch_size, "patch_size", 1, odd=True)
     if not float(strength) > 0:
         raise ValueError(f"strength must be a positive number, got {strength!r}")
     if backend is None:

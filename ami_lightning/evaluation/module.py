@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import CatMetric, Metric, SumMetric
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+from ami_lightning.data.datamodule import PADDING
 from ami_lightning.data.datasets import SKIPPED
 from ami_lightning.detectors.base import Detector
 from ami_lightning.evaluation.intervals import (
@@ -72,6 +73,12 @@ class DetectorEvalModule(pl.LightningModule):
 
     Under DDP the scores are gathered on every process (CatMetric) and the bootstrap depends only on the multisets of
     scores (it sorts them first) and the seed, so every process computes the same interval, equal to one process's.
+    ``benign_records`` (detector -> records (N, 5), :mod:`ami_lightning.pipeline.benign`, with final flags): the
+    benign verdicts already known (computed for calibration or by an earlier run), read instead of running those
+    detectors on the benign set again (and, when every detector's are known, without the plain forward either).
+    After ``trainer.test``, :attr:`benign_rows` (detector -> (N, 5)) holds every detector's benign records, for the
+    cache. A process whose share of a set is empty (a placeholder batch, label ``PADDING``) or wholly skipped still
+    takes part in every gather, with no records.
     """
 
     DEFAULT_FPR_TARGETS: tuple[float, ...] = (0.05, 0.50)
@@ -85,6 +92,7 @@ class DetectorEvalModule(pl.LightningModule):
         bootstrap_seed: int = BOOTSTRAP_SEED,
         targets: Mapping[str, Sequence[int]] | None = None,
         faces: Mapping[str, Sequence[str]] | None = None,
+        benign_records: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not set_names or set_names[0] != "benign":
@@ -108,13 +116,20 @@ class DetectorEvalModule(pl.LightningModule):
         self.faces = {name: list(values) for name, values in (faces or {}).items()}
         sets = range(len(set_names))
         self.rates = nn.ModuleList([nn.ModuleList([FlagRate(adversarial=i > 0) for i in sets]) for _ in detectors])
-        # per sample: index in its set, plain top-1, label, flagged by the rule, score (float32, as CatMetric stores)
+        # per sample: index in its set, plain top-1, label, flagged by the rule, score (float32, as CatMetric stores),
+        # flattened to (5 N,): a process without records gathers an empty (0,) tensor, which must have the same
+        # number of dimensions as the others' for torchmetrics' all_gather
         self.records = nn.ModuleList([nn.ModuleList([CatMetric(nan_strategy="disable") for _ in sets])
                                       for _ in detectors])
         self.seen = nn.ModuleList([SumMetric() for _ in set_names])
         self.skipped = nn.ModuleList([SumMetric() for _ in set_names])
+        unknown = sorted(set(benign_records or {}) - set(detectors))
+        if unknown:
+            raise ValueError(f"benign records given for {unknown}, which are not detectors of {list(detectors)}")
+        self.known = {name: _by_index(rows) for name, rows in (benign_records or {}).items()}
         self.results: dict[str, dict[str, dict[str, object]]] = {}
         self.worst_case: dict[str, dict[str, object]] = {}
+        self.benign_rows: dict[str, torch.Tensor] = {}
 
     @property
     def bootstrap(self) -> dict[str, int]:
@@ -124,25 +139,37 @@ class DetectorEvalModule(pl.LightningModule):
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         pixels, labels, index = batch[0], batch[1], batch[2]
-        keep = labels != SKIPPED
+        skipped = labels == SKIPPED
+        keep = ~skipped & (labels != PADDING)  # PADDING: a process's placeholder for an empty share
         self.seen[dataloader_idx].update(keep.sum())
-        self.skipped[dataloader_idx].update((~keep).sum())
+        self.skipped[dataloader_idx].update(skipped.sum())
         pixels, labels, index = pixels[keep], labels[keep], index[keep]
         if len(labels) == 0:
             return
-        logits = self.model(pixels)
-        original_pred = logits.argmax(1)
-        for j, detector in enumerate(self.detectors.values()):
-            out = detector(pixels, logits)
-            self.rates[j][dataloader_idx].update(out.flagged, original_pred, labels)
-            columns = (index, original_pred, labels, out.flagged, out.score.detach())
-            self.records[j][dataloader_idx].update(torch.stack([c.to(torch.float32) for c in columns], 1))
+        known = self.known if dataloader_idx == 0 else {}
+        if len(known) == len(self.detectors):  # every benign verdict is known: no forward at all
+            name, table = next(iter(known.items()))
+            original_pred = _known_rows(table, index, labels, name)[:, 1].to(labels)
+        else:
+            logits = self.model(pixels)
+            original_pred = logits.argmax(1)
+        for j, (name, detector) in enumerate(self.detectors.items()):
+            if name in known:
+                rows = _known_rows(known[name], index, labels, name)
+                flagged, score = rows[:, 3] > 0, rows[:, 4]
+            else:
+                out = detector(pixels, logits)
+                flagged, score = out.flagged, out.score.detach()
+            self.rates[j][dataloader_idx].update(flagged, original_pred, labels)
+            columns = (index, original_pred, labels, flagged, score)
+            self.records[j][dataloader_idx].update(torch.stack([c.to(torch.float32) for c in columns], 1).flatten())
 
     def on_test_epoch_end(self) -> None:
         seen = [int(_compute(m)) for m in self.seen]
         skipped = [int(_compute(m)) for m in self.skipped]
         for j, name in enumerate(self.detectors):
             records = [_records(m) for m in self.records[j]]
+            self.benign_rows[name] = records[0].rows
             self.results[name] = self._detector_results(name, self.rates[j], records, seen, skipped)
             self.worst_case[name] = self._worst_case(name, records, self.results[name]["benign"]["operating_points"])
         for metric in (*self.seen, *self.skipped, *(m for per in (*self.rates, *self.records) for m in per)):
@@ -234,6 +261,7 @@ class _Records:
 
     def __init__(self, rows: torch.Tensor) -> None:
         rows = rows.reshape(-1, 5).cpu()
+        self.rows = rows
         self.index, self.pred, self.labels = (rows[:, k].long() for k in range(3))
         self.flagged, self.scores = rows[:, 3] > 0, rows[:, 4]
 
@@ -256,7 +284,28 @@ def _compute(metric: Metric) -> Any:
         return metric.compute()
 
 
+def _by_index(rows: torch.Tensor) -> torch.Tensor:
+    """Records (N, 5) (:mod:`ami_lightning.pipeline.benign`) as a table (max index + 1, 5) whose row i is the record
+    of sample i (nan where a sample has none)."""
+    rows = rows.reshape(-1, 5).cpu().to(torch.float32)
+    index = rows[:, 0].long()
+    table = torch.full((int(index.max()) + 1 if len(index) else 0, 5), float("nan"))
+    table[index] = rows
+    return table
+
+
+def _known_rows(table: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, detector: str) -> torch.Tensor:
+    """The rows (B, 5) of ``table`` (:func:`_by_index`) of the samples ``index`` (B,), on the labels' device;
+    RuntimeError when the table does not hold them with these labels (records of another benign set)."""
+    index = index.cpu()
+    rows = table[index.clamp(max=len(table) - 1)] if len(table) else torch.full((len(index), 5), float("nan"))
+    if (index >= len(table)).any() or rows[:, 2].isnan().any() or (rows[:, 2].long() != labels.cpu()).any():
+        raise RuntimeError(f"the benign records of {detector!r} do not match the benign set (a sample without a "
+                           "record or with another label): delete the cache entries under <paths.cache_dir>/benign")
+    return rows.to(labels.device)
+
+
 def _records(metric: CatMetric) -> _Records:
-    """The concatenated records (N, 5) of a CatMetric (none when nothing was seen)."""
+    """The concatenated records (N, 5) of a CatMetric of flattened (5 n,) rows (none when nothing was seen)."""
     value = _compute(metric)
     return _Records(value if isinstance(value, torch.Tensor) else torch.zeros(0, 5))

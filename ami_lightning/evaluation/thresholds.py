@@ -91,7 +91,10 @@ def above(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """(N,) bool on the scores' device: which of ``scores`` (N,) are strictly above ``threshold`` (the rule
     ``score > threshold``), compared in float64. ValueError for a nan threshold (no calibration)."""
     if math.isnan(threshold):
-        raise ValueError("the threshold is nan (the benign set had no eligible score to calibrate on)")
+        raise ValueError("the threshold is nan: the benign set had no eligible score to calibrate on (the model gets "
+                         "no benign image right, top-1 accuracy 0, or the set is empty); check that the model's "
+                         "weights and identity names or gallery (model.weights, model.names, model.faces_dir) match "
+                         "the benign set")
     return scores.detach().to(torch.float64) > threshold
 
 

@@ -12,6 +12,7 @@ File digests (SHA-256) are remembered in ``<cache_dir>/digests.json`` by path, s
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,9 @@ from ami_lightning.pipeline.files import write_text
 
 STAGE_VERSIONS: dict[str, int] = {
     "witnesses": 2,  # 2: key with content digests of the weights and the landmark models
-    "attacks": 3,  # 2: key with content digests, without batch size; 3: rows carry the face seed
+    "attacks": 4,  # 2: key with content digests, without batch size; 3: rows carry the face seed; 4: orthogonal PGD
+    # projects at any gradient scale (it skipped the projection where a norm underflowed in float32)
+    "benign": 1,  # a detector's records on the benign set (ami_lightning/pipeline/benign.py)
 }
 """Version of each cached stage's code: bump in the commit that changes what the stage writes."""
 
@@ -38,6 +41,22 @@ def cache_key(*parts: Any) -> str:
     blob = json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts],
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def code_digest(obj: Any) -> str:
+    """SHA-256 (16 hex) of the source of the code that defines ``obj`` (a class, function or module): every ``.py``
+    file of the folder of the module that defines it (its sibling modules, which it may import: AmI's steering,
+    Feature Squeezing's NLM). Editing any of them changes the digest; editing code elsewhere does not."""
+    try:
+        source = inspect.getsourcefile(obj)
+    except TypeError:
+        source = None
+    if source is None:
+        raise ValueError(f"no source file for {obj!r}: its cache entries cannot follow its code")
+    digest = hashlib.sha256()
+    for path in sorted(Path(source).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _sha256(path: Path) -> str:

@@ -1,17 +1,19 @@
 """Attack generation through a Lightning trainer's strategy: the attack stage on 1..N devices and nodes.
 
-:class:`LightningRunner` is the :class:`~ami_lightning.attacks.generate.Runner` of the pipeline: for each attack
-set, every process of the trainer (``trainer=ddp trainer.devices=N``, several nodes under SLURM, or
-``trainer=ddp_sim`` on the CPU) runs one ``trainer.predict`` pass over its own batches
-(:func:`~ami_lightning.attacks.generate.batch_shares`). :class:`AttackSetModule`'s ``predict_step`` attacks a batch
-on the process's device and its ``on_predict_batch_end`` stores the files and appends the rows to the process's
-manifest shard, so a kill loses at most the batch in flight. The first pass launches the other processes (Lightning's
-launcher re-runs the command; each re-prepares its detectors from the cache) and creates the process group that
+:class:`LightningRunner` is the :class:`~ami_lightning.attacks.generate.Runner` of the pipeline: for each attack set,
+every process of the trainer (``trainer=ddp trainer.devices=N``, several nodes under SLURM, or ``trainer=ddp_sim`` on
+the CPU) runs one ``trainer.predict`` pass over its own batches (:func:`~ami_lightning.attacks.generate.batch_shares`; a
+process without any, e.g. of a set with fewer faces than processes, runs an empty pass: it still takes part in every
+collective call). :class:`AttackSetModule`'s ``predict_step`` attacks a batch on the process's device and its
+``on_predict_batch_end`` stores the files and appends the rows to the process's manifest shard, so a kill loses at most
+the batch in flight. The first pass launches the other processes (Lightning's launcher re-runs the command; each
+re-prepares its detectors from the cache) and creates the process group that
 :func:`~ami_lightning.attacks.generate.generate` then uses to wait for every rank before rank 0 merges the shards.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,12 @@ class AttackSetModule(pl.LightningModule):
     [0, 255], labels (B,), dataset indices (B,)) and returns per sample its file name, bytes and manifest row
     (:meth:`~ami_lightning.attacks.generate.Run.attack_batch`); ``on_predict_batch_end`` writes them to ``log`` (the
     open manifest shard) and advances ``bar``. The classifier (and the detector an adaptive attack attacks) are
-    submodules, so the trainer puts them on its device."""
+    submodules, so the trainer puts them on its device. A process's share may be empty (fewer batches than
+    processes, or all of its faces done): its pass then attacks nothing."""
 
     def __init__(self, run: Run, log: IO[str] | None, bar: tqdm) -> None:
         super().__init__()
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # an empty share is no error
         self.classifier = run.model
         detector = getattr(run.attacker, "detector", None)
         self.detector = detector if isinstance(detector, nn.Module) else None
@@ -72,6 +76,9 @@ class LightningRunner:
         device = next(run.model.parameters()).device  # the trainer's teardown moves its modules to the CPU
         with ExitStack() as stack:
             log = stack.enter_context(open_log(manifest)) if batches else None
+            if not batches:  # Lightning warns of a zero-length DataLoader; an empty share is expected here
+                stack.enter_context(warnings.catch_warnings())
+                warnings.filterwarnings("ignore", message=r".*`DataLoader` across ranks is zero")
             self.trainer.predict(AttackSetModule(run, log, bar), dataloaders=run.loader(batches, self.num_workers),
                                  return_predictions=False)
         run.model.to(device)

@@ -31,6 +31,15 @@ from ami_lightning.evaluation.module import WORST_CASE, DetectorEvalModule
 from ami_lightning.evaluation.rates import eligible_mask
 from ami_lightning.models.classifiers import Classifier
 from ami_lightning.models.layers import hook_layer_names
+from ami_lightning.pipeline.benign import (
+    IDENTITY_ATTRIBUTE,
+    benign_identity,
+    benign_records,
+    final_flags,
+    records_path,
+    save_records,
+    scores_of_eligible,
+)
 from ami_lightning.pipeline.cache import STAGE_VERSIONS, cache_key, model_identity
 from ami_lightning.pipeline.distributed import LightningRunner, attack_trainer
 from ami_lightning.pipeline.files import write_text
@@ -65,8 +74,11 @@ def classifier_from(cfg: DictConfig) -> Classifier:
 
 
 def benign_set(cfg: DictConfig, classifier: Classifier) -> Dataset:
-    """The benign test set of ``cfg.data.benign``, labelled by the classifier's identities."""
-    return instantiate(cfg.data.benign, classifier=classifier)
+    """The benign test set of ``cfg.data.benign``, labelled by the classifier's identities, carrying its identity for
+    the cache of detectors' benign records (:func:`~ami_lightning.pipeline.benign.benign_identity`)."""
+    dataset = instantiate(cfg.data.benign, classifier=classifier)
+    setattr(dataset, IDENTITY_ATTRIBUTE, benign_identity(cfg.data.benign, cfg.data.on_error, cfg.paths.cache_dir))
+    return dataset
 
 
 # ---- detectors ------------------------------------------------------------------------------------------------------
@@ -91,40 +103,82 @@ def prepare_detectors(
     cfg: DictConfig, classifier: Classifier, benign: Dataset | None = None, names: Iterable[str] | None = None
 ) -> dict[str, Detector]:
     """:func:`build_detectors`, each set up (:func:`setup_context`) and, when it needs calibration, calibrated on
-    the eligible scores of ``benign`` (default: :func:`benign_set`)."""
+    the eligible scores of its records on ``benign`` (default: :func:`benign_set`; records computed once and cached:
+    :func:`detector_benign_records`, which the evaluation reads again instead of scoring the benign set twice). When
+    there is a benign set (given, or needed for calibration), :func:`check_benign_accuracy` first, before any
+    detector is set up."""
     detectors = build_detectors(cfg, classifier, names)
+    needing = {name: d for name, d in detectors.items() if d.needs_calibration}
+    if benign is None and needing:
+        benign = benign_set(cfg, classifier)
+    if benign is not None:
+        check_benign_accuracy(cfg, classifier, benign)
     context = setup_context(cfg)
     for detector in detectors.values():
         detector.setup(context)
-    needing = {name: d for name, d in detectors.items() if d.needs_calibration}
     if needing:
-        scores = benign_scores(needing, benign_set(cfg, classifier) if benign is None else benign,
-                               cfg.data.batch_size, stage_device(cfg))
-        for name, detector in needing.items():
-            detector.calibrate(scores[name])
+        for name, rows in detector_benign_records(cfg, needing, benign).items():
+            needing[name].calibrate(scores_of_eligible(rows))
     return detectors
 
 
-@torch.no_grad()
-def benign_scores(
-    detectors: dict[str, Detector], dataset: Dataset, batch_size: int, device: torch.device
+def detector_benign_records(
+    cfg: DictConfig, detectors: dict[str, Detector], benign: Dataset, compute: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Per detector, the scores (N,) on the CPU of the benign samples of ``dataset`` (items ``(pixels, label, ...)``,
-    skipped files left out) that the classifier gets right (:func:`~ami_lightning.evaluation.rates.eligible_mask`),
-    the plain forward computed once per batch for all detectors (which share one classifier)."""
-    model = next(iter(detectors.values())).model
-    found: dict[str, list[torch.Tensor]] = {name: [] for name in detectors}
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        pixels, labels = batch[0], batch[1]
-        keep = labels != SKIPPED
-        pixels, labels = pixels[keep].to(device).float(), labels[keep].to(device)
-        if len(labels) == 0:
+    """:func:`~ami_lightning.pipeline.benign.benign_records` of ``detectors`` on ``benign`` with the run's batch
+    size, device and cache (``compute=False``: the cached ones only)."""
+    return benign_records(detectors, benign, cfg.data.batch_size, stage_device(cfg), cfg.paths.cache_dir,
+                          model_identity(cfg.model, cfg.paths.cache_dir), compute)
+
+
+class BenignAccuracyError(ValueError):
+    """The classifier gets no benign probe right: no detector can be calibrated or its benign FPR measured."""
+
+
+MODEL_KEYS = ("path", "weights", "net._target_", "names", "faces_dir", "output", "input_size", "channel_order",
+              "pixel_scale", "mean", "std")
+"""The model keys that decide which identity a face gets (files, names, gallery, preprocessing), where set."""
+
+
+def model_keys_text(cfg: DictConfig) -> str:
+    """``model._target_`` and the :data:`MODEL_KEYS` the model config has, as ``key=value`` (values resolved, None as
+    ``null``)."""
+    absent = object()
+    parts = [f"model._target_={cfg.model.get('_target_')}"]
+    for key in MODEL_KEYS:
+        value = OmegaConf.select(cfg.model, key, default=absent)
+        if value is not absent:
+            parts.append(f"model.{key}={'null' if value is None else value}")
+    return ", ".join(parts)
+
+
+@torch.no_grad()
+def check_benign_accuracy(cfg: DictConfig, classifier: Classifier, benign: Dataset) -> None:
+    """Stop (:class:`BenignAccuracyError`) when the classifier's top-1 identity is wrong for every readable probe of
+    ``benign`` (items ``(pixels, label, ...)``): its weights, identity names or gallery do not match the benign set,
+    so every detector's calibration and benign FPR would have nothing to count. Returns at the first batch of
+    ``data.batch_size`` probes with a right answer (one batch for a working model); only a run that stops reads the
+    whole set. A set without a readable probe is left to the stages that read it."""
+    device = stage_device(cfg)
+    seen = 0
+    for batch in DataLoader(benign, batch_size=cfg.data.batch_size):
+        keep = batch[1] != SKIPPED
+        if not keep.any():
             continue
-        logits = model(pixels)
-        eligible = eligible_mask(logits.argmax(1), labels, adversarial=False)
-        for name, detector in detectors.items():
-            found[name].append(detector.score(pixels, logits)[eligible].cpu())
-    return {name: torch.cat(scores) if scores else torch.zeros(0) for name, scores in found.items()}
+        labels = batch[1][keep].to(device)
+        predicted = classifier.model(batch[0][keep].to(device).float()).argmax(1)
+        if eligible_mask(predicted, labels, adversarial=False).any():
+            return
+        seen += len(labels)
+    if seen:
+        examples = ", ".join(classifier.identities[:3])
+        raise BenignAccuracyError(
+            f"the model {classifier.name!r} gets none of the {seen} benign probes right (top-1 accuracy 0/{seen} = "
+            f"0 %), so no detector can be calibrated and no benign FPR measured. Its weights, identity names or "
+            f"gallery do not match the benign set: check {model_keys_text(cfg)}; and that the benign set "
+            f"(data.benign._target_={cfg.data.benign.get('_target_')}) names the model's "
+            f"{len(classifier.identities)} identities (first: {examples})."
+        )
 
 
 def attacked_detectors(cfg: DictConfig) -> list[str]:
@@ -139,13 +193,17 @@ def eval_stage(
     attack_dirs: dict[str, Path]
 ) -> tuple[DetectorEvalModule, EvalDataModule]:
     """``trainer.test`` of every detector on the benign set and each attack set (name -> folder), in one pass; the
-    figures are in the returned module's ``results`` (detector -> set -> dict)."""
+    figures are in the returned module's ``results`` (detector -> set -> dict). A detector's benign records found in
+    the cache (:func:`detector_benign_records`: made by calibration or an earlier run) are read instead of running
+    it on the benign set again; those the evaluation makes are cached for the next run."""
     attacks = {
         name: attack_set(folder.parent, folder.name, classifier.identities, cfg.data.npy_legacy, cfg.data.on_error)
         for name, folder in attack_dirs.items()
     }
     datamodule = EvalDataModule(benign, attacks, cfg.data.batch_size, cfg.data.num_workers)
-    module = DetectorEvalModule(detectors, datamodule.set_names,
+    known = {name: final_flags(detectors[name], rows)
+             for name, rows in detector_benign_records(cfg, detectors, benign, compute=False).items()}
+    module = DetectorEvalModule(detectors, datamodule.set_names, benign_records=known,
                                 fpr_targets=cfg.get("fpr_targets", DetectorEvalModule.DEFAULT_FPR_TARGETS),
                                 bootstrap_resamples=cfg.auroc_bootstrap.resamples,
                                 bootstrap_seed=cfg.auroc_bootstrap.seed, targets=datamodule.targets,
@@ -153,6 +211,11 @@ def eval_stage(
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False)  # the logger gets the results once they are written
     torch.manual_seed(cfg.seed)
     trainer.test(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:  # the records the evaluation made, for the next run
+        model_key = model_identity(cfg.model, cfg.paths.cache_dir)
+        for name, rows in module.benign_rows.items():
+            if name not in known:
+                save_records(records_path(cfg.paths.cache_dir, model_key, benign, detectors[name]), rows)
     return module, datamodule
 
 

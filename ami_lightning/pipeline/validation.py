@@ -39,6 +39,13 @@ at the root). Then
 * ``detectors.<name>``: keys ``type`` (a registered detector, :func:`ami_lightning.detectors.base.registered_detectors`)
   and ``params`` (the keyword parameters of its factory, checked by its ``check_params`` where it has one); a run
   that evaluates (``ami-eval``, ``ami-run``) needs at least one.
+* the names of attack sets and detectors: letters, digits, ``_`` and ``-`` (:data:`PLAIN_NAME`): a set's name is a
+  folder under ``data.attacks_dir`` (an absolute name or ``..`` would read files outside it), and both are parts of
+  metric names (``<detector>/<set>/<metric>``).
+
+An unknown option of a config group chosen in a list (``detector=[amii]``, ``attack=[fgsm,bimm]``) is Hydra's error,
+raised before any of this runs; importing this module makes it list the group's options, as Hydra does for a group
+chosen alone (:func:`list_options_of_missing_configs`).
 """
 
 from __future__ import annotations
@@ -54,7 +61,10 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
+from hydra._internal import defaults_list
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.object_type import ObjectType
+from hydra.errors import MissingConfigException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -67,7 +77,7 @@ from ami_lightning.data.probes import VARIANTS
 from ami_lightning.data.shipped import face_files
 from ami_lightning.detectors.base import get_detector_factory, registered_detectors
 from ami_lightning.models import classifiers
-from ami_lightning.witnesses.witness_set import Format
+from ami_lightning.witnesses.witness_set import ATTRIBUTES, Format
 
 CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
 """Groups whose keys must be among those their config files define."""
@@ -94,6 +104,8 @@ SHIPPED_PROBES_TARGET = _target(benign.shipped_probes)
 
 _ABSENT: Any = object()  # no such key
 _BROKEN: Any = object()  # a value that cannot be resolved (reported once, where it is read)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""What the name of an attack set or a detector may hold (module docstring)."""
 _INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)")
 
@@ -397,11 +409,16 @@ def _check_target_keys(node: Mapping[str, Any], where: str, target: str, problem
 
 
 def _entries(
-    problems: _Problems, top: str, mapping: DictConfig, keys: tuple[str, ...], what: str
+    problems: _Problems, top: str, mapping: DictConfig, keys: tuple[str, ...], what: str, name_rule: str
 ) -> Iterator[tuple[str, DictConfig]]:
-    """``(key, node)`` of each entry ``<top>.<name>`` of ``mapping`` that is itself a mapping; a problem for any
-    other value and for each key of an entry outside ``keys`` (``what`` names an entry in the message)."""
+    """``(key, node)`` of each entry ``<top>.<name>`` of ``mapping`` that is itself a mapping and whose name is
+    plain (:data:`PLAIN_NAME`); a problem for any other name (``name_rule``: why names are plain) or value, and for
+    each key of an entry outside ``keys`` (``what`` names an entry in the message: ``an attack set``)."""
     for name in map(str, mapping.keys()):
+        if not PLAIN_NAME.fullmatch(name):
+            problems.add(f"{top}[{name!r}]: not a valid {what.partition(' ')[2]} name: {name_rule}, so it is "
+                         "letters, digits, _ and - only")
+            continue
         key = f"{top}.{name}"
         node = problems.get(key)
         if not isinstance(node, DictConfig):
@@ -430,7 +447,8 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
     if not isinstance(detectors, DictConfig):
         problems.add(f"detectors={_show(detectors)}: expected a mapping of detector name -> {{type, params}}")
         return
-    for key, _node in _entries(problems, "detectors", detectors, DETECTOR_KEYS, "a detector"):
+    for key, _node in _entries(problems, "detectors", detectors, DETECTOR_KEYS, "a detector",
+                               "a detector's name is a part of metric names (<detector>/<set>/<metric>)"):
         kind = problems.get(f"{key}.type")
         if kind is _BROKEN:
             continue
@@ -481,7 +499,9 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
     registered = ", ".join(sorted(ATTACK_SETS))
     detectors = problems.get("detectors")
     detector_names = [str(k) for k in detectors.keys()] if isinstance(detectors, DictConfig) else []
-    for key, node in _entries(problems, "attacks", attacks, ATTACK_KEYS, "an attack set"):
+    for key, node in _entries(problems, "attacks", attacks, ATTACK_KEYS, "an attack set",
+                              "a set's name is a folder under data.attacks_dir and a part of metric names "
+                              "(<detector>/<set>/<metric>)"):
         set_name = key.removeprefix("attacks.")
         attack = _attack_of(set_name, node, files)
         name = problems.get(f"{key}.name")
@@ -555,6 +575,10 @@ def _check_values(problems: _Problems) -> None:
                    "a list of layer names, like [pool3] or []")
     problems.value("ami.caffe_median", lambda v: isinstance(v, bool), "true or false")
     problems.value("ami.witness_format", lambda v: v in WITNESS_FORMATS, f"one of {', '.join(WITNESS_FORMATS)}")
+    problems.value("ami.attributes", lambda v: isinstance(v, ListConfig) and 0 < len(v) == len(set(v))
+                   and all(a in ATTRIBUTES for a in v),
+                   f"a non-empty list of distinct attributes among {', '.join(ATTRIBUTES)}, like [leye,reye,mouth]",
+                   required=False)
     problems.value("fpr_targets", lambda v: isinstance(v, ListConfig) and len(v) > 0
                    and all(_is_number(t) and 0 < t < 1 for t in v),
                    "a non-empty list of numbers in (0, 1), like [0.05]", required=False)
@@ -690,3 +714,32 @@ def check_model_layers(cfg: DictConfig, layer_names: Sequence[str]) -> None:
         raise ConfigError([f"ami.crop_layers={_show(crop_layers)}: {', '.join(map(str, unknown))} "
                            f"{'is' if len(unknown) == 1 else 'are'} not among the model's hookable layers; "
                            f"expected some of: {', '.join(layer_names)} (or [] to crop none)"])
+
+
+# ---- Hydra's error for an unknown option ----------------------------------------------------------------------------
+def list_options_of_missing_configs() -> None:
+    """Make Hydra's error for an option a config group does not have (``Could not load 'detector/amii'``) list the
+    group's options also when the option was chosen in a list (``detector=[amii]``); Hydra 1.3 lists them only for
+    a group chosen alone (``model=dlibb``). Wraps ``hydra._internal.defaults_list.config_not_found_error``, once."""
+    original = defaults_list.config_not_found_error
+    if getattr(original, "lists_options", False):
+        return
+
+    def config_not_found_error(repo: Any, tree: Any) -> None:
+        try:
+            original(repo=repo, tree=tree)
+        except MissingConfigException as err:
+            message, group = str(err), (err.missing_cfg_file or "").rpartition("/")[0]
+            options = repo.get_group_options(group, ObjectType.CONFIG) if group else []
+            if "Available options" in message or not options:
+                raise
+            head, sep, tail = message.partition("\nConfig search path:")
+            listed = "".join(f"\n\t{option}" for option in options)
+            raise MissingConfigException(f"{head}\nAvailable options in '{group}':{listed}{sep}{tail}",
+                                         err.missing_cfg_file, options) from None
+
+    config_not_found_error.lists_options = True  # type: ignore[attr-defined]
+    defaults_list.config_not_found_error = config_not_found_error
+
+
+list_options_of_missing_configs()

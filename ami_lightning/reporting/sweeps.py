@@ -7,12 +7,18 @@ A multirun (``-m``: the basic grid sweeper or ``hparams_search=optuna``) writes 
 registered in ``conf/hydra/default.yaml``, then writes into the sweep folder:
 
 * ``summary.md`` and ``summary.csv`` (:func:`summary_markdown`, :func:`summary_csv`): one row per job and detector
-  (a job evaluates one or more detectors), failed jobs (no readable ``results.json``) included with one row: its
-  overrides, the detector, its benign FPR, its mean detection rate and mean undetected success rate over the attack
-  sets, its detection rate on each attack set, whether the row is on its detector's Pareto fronts, the job's status;
+  (a job evaluates one or more detectors), failed jobs included (one row when they left no readable
+  ``results.json``): its overrides, the detector, its benign FPR, its mean detection rate and mean undetected success
+  rate over the attack sets, its detection rate on each attack set, whether the row is on its detector's Pareto
+  fronts, the job's status (a failed job: its error);
 * ``tradeoff.png`` (:func:`plot_tradeoff`): benign FPR against mean detection and against mean undetected success,
-  one point per job and detector labelled with the job's number, a colour and a Pareto front (step line) per
-  detector.
+  one point per job and detector labelled with the job's swept values (``weaken=500, strengthen0=2``), a colour and
+  a Pareto front (a step line through its marked points) per detector.
+
+A job that raises (a config refused by validation, a crash, a logger that fails after ``results.json`` is written)
+is recorded by :meth:`SweepSummary.on_job_end` in ``<job folder>/error.json`` (:func:`write_job_error`: the job's
+number, overrides and error), so that the summary lists it with its error even when the job removed its own folder
+(a refused run does; only the record is then left in it).
 
 Means are unweighted, over the attack sets whose value is defined (detection: at least one eligible sample;
 undetected: at least one sample). The Pareto fronts (:func:`pareto_front`), per detector over the jobs: lowest
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import warnings
@@ -50,20 +57,25 @@ log = logging.getLogger(__name__)
 
 NAN = float("nan")
 RESULTS = "results.json"
+ERROR = "error.json"
+"""A failed job's record in its folder (:func:`write_job_error`)."""
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 FILES = {"md": "summary.md", "csv": "summary.csv", "png": "tradeoff.png"}
 """What :func:`write_summary` writes into the sweep folder."""
 OK, FAILED = "ok", "failed"
 
 Sense = Literal["min", "max"]
+REASON_CHARS = 400
+"""A failed job's error is cut to this many characters in the summary (the whole of it is in ``error.json``)."""
 
 
 @dataclass
 class JobSummary:
     """One job of a sweep and one of its detectors: the job's number, folder, parameters (``overrides``, key ->
     value as written on the command line) and the detector's figures. ``status`` is :data:`OK` when the job's
-    ``results.json`` was read, else :data:`FAILED` with the ``reason``; a failed job has one summary, with
-    ``detector`` ``""`` and nan figures.
+    ``results.json`` was read and the job left no ``error.json``, else :data:`FAILED` with the ``reason`` (the job's
+    error, or what is missing). ``has_results``: the figures come from the job's ``results.json``; a job without
+    has one summary, with ``detector`` ``""`` and nan figures.
 
     ``benign_fpr``: the detector's flag rate on its benign set (``benign_flagged / benign_eligible``);
     ``detection`` / ``undetected``: per attack set (in the file's order) its detection rate and its undetected
@@ -75,6 +87,7 @@ class JobSummary:
     overrides: dict[str, str] = field(default_factory=dict)
     status: str = FAILED
     reason: str = ""
+    has_results: bool = False
     detector: str = ""
     benign_fpr: float = NAN
     benign_flagged: int | None = None
@@ -84,7 +97,7 @@ class JobSummary:
 
     @property
     def ok(self) -> bool:
-        """Whether the job's results were read."""
+        """Whether the job finished and its results were read."""
         return self.status == OK
 
     @property
@@ -127,41 +140,84 @@ def read_overrides(folder: Path) -> dict[str, str]:
     return parse_overrides(data)
 
 
+def write_job_error(folder: str | Path, job: int, overrides: Sequence[str], error: BaseException) -> Path:
+    """Record a failed job in ``<folder>/error.json`` (the folder made again if the job removed it), atomically:
+    ``{"job": int, "overrides": [str], "error": {"type": str, "message": str}}``."""
+    record = {"job": int(job), "overrides": [str(o) for o in overrides],
+              "error": {"type": type(error).__name__, "message": str(error)}}
+    return write_text(Path(folder) / ERROR, json.dumps(record, indent=1) + "\n")
+
+
+def read_job_error(folder: Path) -> dict[str, Any] | None:
+    """The job's ``error.json`` (:func:`write_job_error`); None when there is none, ValueError when it is not such a
+    record."""
+    path = folder / ERROR
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or not isinstance(record.get("error"), dict):
+        raise ValueError(f"{path}: expected an object with an 'error' object")
+    return record
+
+
+def error_text(record: dict[str, Any], limit: int = REASON_CHARS) -> str:
+    """A job's error (:func:`read_job_error`) on one line: ``"<type>: <message>"``, the message's lines joined by
+    spaces (a ``ConfigError`` lists its problems on lines of their own), cut to ``limit`` characters."""
+    error = record["error"]
+    kind = str(error.get("type") or "error")
+    message = " ".join(line.strip() for line in str(error.get("message") or "").splitlines() if line.strip())
+    text = f"{kind}: {message}" if message else kind
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
 def _job_number(folder: Path) -> int | None:
     """The job number of a sweep's sub-folder: its name when it is an integer (Hydra's default ``subdir``), else
-    ``hydra.job.num`` of its ``.hydra/hydra.yaml``; None when it is not a job's folder."""
+    ``hydra.job.num`` of its ``.hydra/hydra.yaml``, else the ``job`` of its ``error.json``; None when it is not a
+    job's folder."""
     if folder.name.isdigit():
         return int(folder.name)
-    hydra_yaml = folder / ".hydra" / "hydra.yaml"
-    if not hydra_yaml.is_file():
-        return None
     try:
-        num = yaml.safe_load(hydra_yaml.read_text(encoding="utf-8"))["hydra"]["job"]["num"]
-        return int(num)
+        hydra_yaml = folder / ".hydra" / "hydra.yaml"
+        if hydra_yaml.is_file():
+            return int(yaml.safe_load(hydra_yaml.read_text(encoding="utf-8"))["hydra"]["job"]["num"])
+        record = read_job_error(folder)
+        return None if record is None else int(record["job"])
     except Exception:  # not a readable job folder: not one of ours
         return None
 
 
 def read_job(folder: Path, job: int) -> list[JobSummary]:
     """One job folder as a :class:`JobSummary` per detector of its ``results.json`` (in the file's order); never
-    raises: an unreadable file gives one failed summary, with the reason (unreadable overrides alone are noted in
-    ``reason`` but keep a job with results ``ok``)."""
+    raises. A job with an ``error.json`` failed: its error is the reason (its figures are kept when it wrote
+    ``results.json`` before failing); a job without a readable ``results.json`` gives one failed summary with the
+    reason. Unreadable overrides alone are noted in ``reason`` but keep a job with results ``ok``; a folder without
+    ``.hydra/overrides.yaml`` (a refused job's, removed) takes the overrides of its ``error.json``."""
     summary = JobSummary(job=job, path=folder)
-    notes = []
+    notes, failure = [], []
     try:
         summary.overrides = read_overrides(folder)
     except Exception as error:
         notes.append(f"unreadable {OVERRIDES}: {error}")
+    try:
+        record = read_job_error(folder)
+    except Exception as error:
+        record = None
+        failure.append(f"unreadable {ERROR}: {type(error).__name__}: {error}")
+    if record is not None:
+        failure.append(error_text(record))
+        if not (folder / OVERRIDES).exists():
+            summary.overrides = parse_overrides(record.get("overrides") or [])
     path = folder / RESULTS
     if not path.is_file():
-        summary.reason = "; ".join([f"no {RESULTS}", *notes])
+        summary.reason = "; ".join(failure or [f"no {RESULTS}", *notes])
         return [summary]
     try:
         results = read_results(path)
     except Exception as error:
-        summary.reason = "; ".join([f"unreadable {RESULTS}: {type(error).__name__}: {error}", *notes])
+        summary.reason = "; ".join([*failure, f"unreadable {RESULTS}: {type(error).__name__}: {error}", *notes])
         return [summary]
-    return [replace(summary, status=OK, reason="; ".join(notes), detector=detector, **_figures(results, detector))
+    return [replace(summary, status=FAILED if failure else OK, reason="; ".join([*failure, *notes]),
+                    has_results=True, detector=detector, **_figures(results, detector))
             for detector in results.detector_names or [""]]
 
 
@@ -179,8 +235,9 @@ def _figures(results: RunResults, detector: str) -> dict[str, Any]:
 
 def collect_jobs(sweep_dir: str | Path) -> list[JobSummary]:
     """Every job of the sweep in ``sweep_dir`` (:func:`read_job`: a summary per detector), by job number: its
-    sub-folders named by an integer (or holding a ``.hydra/hydra.yaml`` with the job's number). A job without a
-    readable ``results.json`` is listed as failed, not dropped. Empty when the folder is missing or holds no job."""
+    sub-folders named by an integer (or holding a ``.hydra/hydra.yaml`` or an ``error.json`` with the job's number). A
+    job that failed or left no readable ``results.json`` is listed as failed, not dropped. Empty when the folder is
+    missing or holds no job."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
@@ -227,16 +284,16 @@ def pareto_front(points: Sequence[tuple[float, float]], senses: tuple[Sense, Sen
 
 
 def _detectors(jobs: Sequence[JobSummary]) -> list[str]:
-    """The detectors of the jobs that were read, in order of first appearance."""
-    return list(dict.fromkeys(j.detector for j in jobs if j.ok))
+    """The detectors of the jobs whose results were read, in order of first appearance."""
+    return list(dict.fromkeys(j.detector for j in jobs if j.has_results))
 
 
 def _fronts(jobs: Sequence[JobSummary]) -> tuple[list[bool], list[bool]]:
     """Per summary: on its detector's (min FPR, max mean detection) front; on its detector's (min FPR, min mean
-    undetected) front, each front over the summaries of that detector (failed jobs never)."""
+    undetected) front, each front over the summaries of that detector that have results (a job without never)."""
     front_det, front_und = [False] * len(jobs), [False] * len(jobs)
     for detector in _detectors(jobs):
-        rows = [i for i, j in enumerate(jobs) if j.ok and j.detector == detector]
+        rows = [i for i, j in enumerate(jobs) if j.has_results and j.detector == detector]
         detection = pareto_front([(jobs[i].benign_fpr, jobs[i].mean_detection) for i in rows], ("min", "max"))
         undetected = pareto_front([(jobs[i].benign_fpr, jobs[i].mean_undetected) for i in rows], ("min", "min"))
         for i, on_det, on_und in zip(rows, detection, undetected, strict=True):
@@ -261,6 +318,30 @@ def _varying_keys(jobs: Sequence[JobSummary]) -> tuple[list[str], list[str]]:
     keys = _override_keys(jobs)
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
     return varying, [k for k in keys if k not in varying]
+
+
+def override_columns(keys: Sequence[str], taken: Sequence[str]) -> list[str]:
+    """The column names of the override ``keys`` in a table whose own columns are ``taken``: the key itself, or
+    ``override:<key>`` where the key is the name of one of those columns (the override ``detector=[ami]`` beside the
+    ``detector`` column), so that every column name is unique."""
+    return [f"override:{key}" if key in taken else key for key in keys]
+
+
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each override key by its last dotted part, without Hydra's ``+`` / ``~`` prefix (``ami.weaken`` ->
+    ``weaken``); keys whose short names would clash keep their whole name."""
+    short = {key: key.lstrip("+~").rsplit(".", 1)[-1] for key in keys}
+    clashing = {name for name in short.values() if list(short.values()).count(name) > 1}
+    return {key: key if name in clashing else name for key, name in short.items()}
+
+
+def job_labels(jobs: Sequence[JobSummary]) -> dict[int, str]:
+    """Per job number, its swept values as ``"weaken=500, strengthen0=2"``: the overrides that vary between the
+    jobs (:func:`_short_keys`), in order of first appearance; ``"job <n>"`` for a job without any."""
+    varying, _ = _varying_keys(jobs)
+    names = _short_keys(varying)
+    return {j.job: ", ".join(f"{names[k]}={j.overrides[k]}" for k in varying if k in j.overrides) or f"job {j.job}"
+            for j in jobs}
 
 
 def _attack_sets(jobs: Sequence[JobSummary]) -> list[str]:
@@ -306,17 +387,18 @@ def summary_markdown(jobs: Sequence[JobSummary], sweep_dir: str | Path | None = 
         lines += [f"Overrides of every job: {common}", ""]
     sets = _attack_sets(jobs)
     front_det, front_und = _fronts(jobs)
-    header = ["job", "detector", *varying, "benign FPR", "mean detection", "mean undetected", "front (detection)",
-              "front (undetected)", *(f"{name} detection" for name in sets), "status"]
+    figures = ["benign FPR", "mean detection", "mean undetected", "front (detection)", "front (undetected)",
+               *(f"{name} detection" for name in sets), "status"]
+    header = ["job", "detector", *override_columns(varying, ["job", "detector", *figures]), *figures]
     rows = []
     for j, on_det, on_und in zip(jobs, front_det, front_und, strict=True):
         status = j.status if not j.reason else f"{j.status}: {j.reason}"
         rows.append([str(j.job), j.detector or "-", *(j.overrides.get(k, "") for k in varying), _fpr_text(j),
                      _percent(j.mean_detection), _percent(j.mean_undetected), "yes" if on_det else "",
                      "yes" if on_und else "", *(_percent(j.detection.get(name, NAN)) for name in sets), status])
-    figures = {"benign FPR", "mean detection", "mean undetected", *(f"{name} detection" for name in sets)}
+    numbers = {"benign FPR", "mean detection", "mean undetected", *(f"{name} detection" for name in sets)}
     lines.append("| " + " | ".join(md_cell(h) for h in header) + " |")
-    lines.append("|" + "|".join(" ---: " if h in figures else " --- " for h in header) + "|")
+    lines.append("|" + "|".join(" ---: " if h in numbers else " --- " for h in header) + "|")
     lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     lines += [
         "",
@@ -338,18 +420,20 @@ def _csv_number(value: float) -> str:
 
 
 def summary_csv(jobs: Sequence[JobSummary]) -> str:
-    """CSV, one row per job and detector: ``job``, ``detector`` (empty for a failed job), every override key (empty
-    where a job has none), ``benign_fpr``, ``benign_flagged``, ``benign_eligible``, ``mean_detection``,
+    """CSV, one row per job and detector: ``job``, ``detector`` (empty for a job without results), every override
+    key (:func:`override_columns`: ``override:detector`` for the override ``detector``; empty where a job has none),
+    ``benign_fpr``, ``benign_flagged``, ``benign_eligible``, ``mean_detection``,
     ``mean_undetected``, ``front_detection``, ``front_undetected`` (``true`` / ``false``, on the detector's front),
-    ``detection:<set>`` then ``undetected:<set>`` per attack set, ``status``, ``reason``. Rates are fractions in
-    [0, 1], empty where undefined."""
+    ``detection:<set>`` then ``undetected:<set>`` per attack set, ``status``, ``reason`` (a failed job's error).
+    Rates are fractions in [0, 1], empty where undefined. Column names are unique."""
     keys, sets = _override_keys(jobs), _attack_sets(jobs)
     front_det, front_und = _fronts(jobs)
+    figures = ["benign_fpr", "benign_flagged", "benign_eligible", "mean_detection", "mean_undetected",
+               "front_detection", "front_undetected", *(f"detection:{s}" for s in sets),
+               *(f"undetected:{s}" for s in sets), "status", "reason"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["job", "detector", *keys, "benign_fpr", "benign_flagged", "benign_eligible", "mean_detection",
-                     "mean_undetected", "front_detection", "front_undetected", *(f"detection:{s}" for s in sets),
-                     *(f"undetected:{s}" for s in sets), "status", "reason"])
+    writer.writerow(["job", "detector", *override_columns(keys, ["job", "detector", *figures]), *figures])
     for j, on_det, on_und in zip(jobs, front_det, front_und, strict=True):
         counts = ["" if c is None else str(c) for c in (j.benign_flagged, j.benign_eligible)]
         writer.writerow([j.job, j.detector, *(j.overrides.get(k, "") for k in keys), _csv_number(j.benign_fpr),
@@ -361,33 +445,36 @@ def summary_csv(jobs: Sequence[JobSummary]) -> str:
 
 # ---- plot -----------------------------------------------------------------------------------------------------------
 def _panel(ax: Axes, jobs: Sequence[JobSummary], ys: list[float], sense: Sense, ylabel: str) -> None:
-    """One panel: benign FPR (%) against ``ys`` (fractions), per detector in its colour a point per job with the
-    job's number and the detector's front as a step line over its marked points."""
+    """One panel: benign FPR (%) against ``ys`` (fractions), per detector in its colour a point per job with results,
+    labelled with the job's swept values (:func:`job_labels`), and the detector's Pareto front as one line artist:
+    its points marked, joined by a step line when there are two distinct ones or more (so that its legend entry shows
+    what is drawn)."""
     ax.set_xlabel("benign FPR (%)")
     ax.set_ylabel(f"{ylabel} (%)")
     ax.grid(True, alpha=0.3)
     detectors = _detectors(jobs)
+    names = job_labels(jobs)
     drawn = False
     for detector, colour in zip(detectors, palette(len(detectors)), strict=True):
         shown = [(j, j.benign_fpr, y) for j, y in zip(jobs, ys, strict=True)
-                 if j.ok and j.detector == detector and math.isfinite(j.benign_fpr) and math.isfinite(y)]
+                 if j.has_results and j.detector == detector and math.isfinite(j.benign_fpr) and math.isfinite(y)]
         if not shown:
             continue
         drawn = True
         front = pareto_front([(x, y) for _, x, y in shown], ("min", sense))
         ax.scatter([100 * x for _, x, _ in shown], [100 * y for _, _, y in shown], color=colour, s=25, zorder=2,
-                   alpha=0.6, label=f"{detector}: job")
+                   alpha=0.6, label=f"{detector}: jobs")
         on_front = sorted((x, y) for (_, x, y), flag in zip(shown, front, strict=True) if flag)
-        ax.step([100 * x for x, _ in on_front], [100 * y for _, y in on_front], where="post", color=colour, zorder=3,
+        ax.plot([100 * x for x, _ in on_front], [100 * y for _, y in on_front], drawstyle="steps-post",
+                linestyle="-" if len(set(on_front)) > 1 else "none", marker="o", markersize=7, markeredgecolor="black",
+                markeredgewidth=0.6, color=colour, zorder=3,
                 label=f"{detector}: Pareto front ({sense} {ylabel}, min FPR)")
-        ax.scatter([100 * x for x, _ in on_front], [100 * y for _, y in on_front], color=colour, s=45, zorder=4,
-                   edgecolors="black", linewidths=0.6)
         labels: dict[tuple[float, float], list[str]] = {}
         for j, x, y in shown:
-            labels.setdefault((x, y), []).append(str(j.job))
-        for (x, y), numbers in labels.items():
-            ax.annotate(",".join(numbers), (100 * x, 100 * y), xytext=(4, 4), textcoords="offset points",
-                        fontsize=8, color=colour)
+            labels.setdefault((x, y), []).append(names[j.job])
+        for (x, y), texts in labels.items():
+            ax.annotate("\n".join(dict.fromkeys(texts)), (100 * x, 100 * y), xytext=(4, 4),
+                        textcoords="offset points", fontsize=7, color=colour)
     if not drawn:
         ax.text(0.5, 0.5, "no job with a benign FPR\nand an attack set", ha="center", va="center",
                 transform=ax.transAxes, color="grey")
@@ -395,19 +482,26 @@ def _panel(ax: Axes, jobs: Sequence[JobSummary], ys: list[float], sense: Sense, 
     ax.legend(loc="best", fontsize=7)
 
 
-def plot_tradeoff(jobs: Sequence[JobSummary], path: str | Path, title: str = "") -> Path:
-    """Two panels, benign FPR (%) against mean detection and against mean undetected success (%): per detector, in
-    its colour, one point per job that has both values, labelled with its job number (jobs at the same point share
-    a label), and the detector's Pareto front as a step line with its points marked. Failed jobs are counted in the
-    title. Written atomically as PNG."""
+def tradeoff_figure(jobs: Sequence[JobSummary], title: str = "") -> Figure:
+    """Two panels (:func:`_panel`), benign FPR (%) against mean detection and against mean undetected success (%):
+    per detector, in its colour, one point per job that has both values, labelled with the job's swept values (jobs
+    at the same point share a label, one line each), and the detector's Pareto front. The title counts the jobs, the
+    failed ones and those without results (not shown)."""
     fig = Figure(figsize=(11, 4.8))
     left, right = fig.subplots(1, 2)
     _panel(left, jobs, [j.mean_detection for j in jobs], "max", "mean detection")
     _panel(right, jobs, [j.mean_undetected for j in jobs], "min", "mean undetected success")
     total, failed = _job_counts(jobs)
-    counts = f"{total} jobs" + (f", {failed} failed (not shown)" if failed else "")
+    missing = len({j.path for j in jobs if not j.has_results})
+    counts = (f"{total} jobs" + (f", {failed} failed" if failed else "")
+              + (f", {missing} without results (not shown)" if missing else ""))
     fig.suptitle(f"{title}: {counts}" if title else counts, fontsize=10)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_tradeoff(jobs: Sequence[JobSummary], path: str | Path, title: str = "") -> Path:
+    """:func:`tradeoff_figure` written atomically as PNG at ``path``."""
+    return save_figure(tradeoff_figure(jobs, title), path)
 
 
 # ---- writing and the Hydra callback ---------------------------------------------------------------------------------
@@ -452,8 +546,9 @@ def _job_sweep_dir(config: DictConfig) -> Path:
 class SweepSummary(Callback):
     """Hydra callback: after a multirun, :func:`write_summary` into ``hydra.sweep.dir`` and print where.
 
-    It also rewrites the summary after each job of a multirun (silently), so that a sweep stopped by a failed job
-    (Hydra then skips ``on_multirun_end``) still has one. ``tasks``: the ``task_name`` values it summarises (None:
+    It also records each failed job's error (``error.json``) and rewrites the summary after each job of a multirun
+    (silently), so that a sweep stopped by a failed job (Hydra then skips ``on_multirun_end``) still has one, with
+    every job. ``tasks``: the ``task_name`` values it summarises (None:
     all; ``ami-witness`` and ``ami-attack`` write no ``results.json``); ``plot``: whether to draw ``tradeoff.png``.
     Never raises: a failure becomes a warning, the multirun goes on.
     """
@@ -466,12 +561,18 @@ class SweepSummary(Callback):
         return self.tasks is None or OmegaConf.select(config, "task_name") in self.tasks
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        """In a multirun, refresh the summary once the job's results are written."""
+        """In a multirun: a failed job's error recorded in its folder (:func:`write_job_error`, also when the job
+        removed its folder), then the summary refreshed."""
         try:
+            from hydra.core.utils import JobStatus
             from hydra.types import RunMode
 
             if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN or not self._wanted(config):
                 return
+            if job_return is not None and job_return.status == JobStatus.FAILED:
+                # JobReturn.return_value re-raises a failed job's error; the error itself is _return_value
+                write_job_error(config.hydra.runtime.output_dir, config.hydra.job.num, job_return.overrides or [],
+                                job_return._return_value)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the final summary warns; the running one stays quiet
                 write_summary(_job_sweep_dir(config), plot=self.plot)

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,19 @@ _LAYER_NAME = re.compile(r"[^\s,]+")  # a module's qualified name: relu4_3, laye
 
 class WitnessFormatError(ValueError):
     """A malformed or inconsistent witness file; the message names the file and line."""
+
+
+def no_witness_error(where: str, empty: Sequence[str], selected: Sequence[str], remedy: str) -> WitnessFormatError:
+    """The error for attributes ``empty`` of those ``selected`` that have no witness at any layer (``where``: whose
+    witnesses, e.g. a file): which they are, that the model may not suit AmI, the ``ami.attributes`` value that
+    leaves them out, and ``remedy``, the other way out."""
+    rest = [attribute for attribute in selected if attribute not in empty]
+    them = "it" if len(empty) == 1 else "them"
+    way_out = f"leave {them} out with ami.attributes=[{','.join(rest)}]" if rest else "no attribute is left to select"
+    return WitnessFormatError(
+        f"{where}: no witness of {', '.join(empty)} at any layer: AmI would strengthen nothing for {them}, so this "
+        f"model may not suit AmI (no channel of its layers singles out that face part); {way_out}, or {remedy}"
+    )
 
 
 def caffe_to_layer(name: str) -> str:
@@ -93,6 +106,19 @@ class WitnessSet:
         """Number of witnesses per attribute (summed over layers)."""
         return {a: sum(map(len, per_layer.values())) for a, per_layer in self.witnesses.items()}
 
+    def empty(self) -> tuple[str, ...]:
+        """The attributes without any witness at any layer, in order."""
+        return tuple(attribute for attribute, count in self.count().items() if count == 0)
+
+    def select(self, attributes: Iterable[str]) -> WitnessSet:
+        """The set of ``attributes`` only (same layers, in the order given); ``KeyError`` naming one it lacks."""
+        attributes = list(attributes)
+        missing = [a for a in attributes if a not in self.witnesses]
+        if missing:
+            raise KeyError(f"no witnesses of {', '.join(missing)} in this set; it has {', '.join(self.witnesses)}")
+        return WitnessSet(self.layers, {a: dict(self.witnesses[a]) for a in attributes},
+                          {key: source for key, source in self.sources.items() if key[0] in attributes})
+
     def where(self, attribute: str, layer: str) -> str:
         """Where entry (``attribute``, ``layer``) was read: ``<file>:<line>``, or ``"(built in memory)"``."""
         source = self.sources.get((attribute, layer))
@@ -140,27 +166,28 @@ class WitnessSet:
         Each error names the file and line (``WitnessFormatError``): a malformed line, a negative channel index, a
         layer listed twice; with ``channels`` (layer -> channel count, e.g. from
         :func:`ami_lightning.models.layers.layer_channels`) also unknown layers and out-of-range indices (the same
-        checks
-        as :meth:`validate` afterwards). An attribute with no witness at any layer (e.g. an empty file) is an error
-        naming the file unless ``allow_empty``.
+        checks as :meth:`validate` afterwards). Attributes with no witness at any layer (e.g. an empty file) are an
+        error naming their files and what to do (:func:`no_witness_error`) unless ``allow_empty``.
         """
         directory = Path(directory)
         if fmt not in _FILE_SUFFIX:
             raise ValueError(f"unknown witness format {fmt!r}; expected one of {sorted(_FILE_SUFFIX)}")
+        attributes = list(attributes)
         mapping: dict[str, dict[str, list[int]]] = {}
         sources: dict[tuple[str, str], Source] = {}
+        empty: dict[str, str] = {}  # attribute -> its file, and whether it is empty
         for attribute in attributes:
             path = directory / f"{attribute}{_FILE_SUFFIX[fmt]}"
             if not path.is_file():
                 raise FileNotFoundError(f"witness file not found: {path}")
             per_layer, lines = _parse_file(path, fmt, channels)
-            if not allow_empty and not any(per_layer.values()):
-                raise WitnessFormatError(
-                    f"{path}: no witness of {attribute!r} at any layer"
-                    f"{' (the file is empty)' if not per_layer else ''}; pass allow_empty=True to accept that"
-                )
+            if not any(per_layer.values()):
+                empty[attribute] = f"{path}{' (the file is empty)' if not per_layer else ''}"
             mapping[attribute] = per_layer
             sources.update({(attribute, layer): (path, line) for layer, line in lines.items()})
+        if empty and not allow_empty:
+            raise no_witness_error("; ".join(empty.values()), list(empty), attributes,
+                                   f"list witnesses in {'that file' if len(empty) == 1 else 'those files'}")
         witnesses = cls.from_mapping(mapping, channels)
         witnesses.sources = sources
         return witnesses
