@@ -7,6 +7,7 @@ identity, a logits one with its identity names.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,13 @@ from ami_lightning.data.benign import shipped_faces
 from ami_lightning.data.identities import identity_from_filename, load_names
 from ami_lightning.data.images import load_image
 from ami_lightning.models import create_model
-from ami_lightning.models.base import ChannelOrder, Preprocess, load_state_dict_file, preprocessing_problems
+from ami_lightning.models.base import (
+    ChannelOrder,
+    PixelModel,
+    Preprocess,
+    load_state_dict_file,
+    preprocessing_problems,
+)
 from ami_lightning.models.gallery import FaceGallery
 from ami_lightning.models.layers import probe
 from ami_lightning.models.wrapped import load_onnx, wrap_network
@@ -116,21 +123,18 @@ def own_model_problems(params: Mapping[str, Any]) -> list[str]:
 
 def _own_classifier(
     name: str,
-    net: nn.Module,
+    model: PixelModel,
     output: Output = "embedding",
     faces_dir: str | None = None,
     names: str | None = None,
-    hook_layers: Sequence[str] | None = None,
-    preprocess: Preprocess | None = None,
     scale: float = 10.0,
     normalize: bool = True,
     batch_size: int = 64,
 ) -> Classifier:
-    """``net`` behind ``preprocess`` (default: none) with its hook layers
+    """A user's network, wrapped with its preprocessing and hook layers
     (:func:`~ami_lightning.models.wrapped.wrap_network`), as a classifier: ``output=embedding``, a gallery over
     ``faces_dir`` (:func:`gallery_classifier`); ``output=logits``, its K logits (B, K) with the K identity names of
     the file ``names``."""
-    model = wrap_network(net, Preprocess() if preprocess is None else preprocess, hook_layers)
     if output == "embedding":
         return gallery_classifier(name, model, faces_dir, batch_size, scale, normalize)
     with torch.no_grad():
@@ -182,9 +186,8 @@ def torch_classifier(
     if weights is not None:
         load_state_dict_file(net, weights, f"the network {type(net).__name__}",
                              "a state dict saved with torch.save(net.state_dict())")
-    preprocess = Preprocess(input_size, channel_order, pixel_scale, mean, std)
-    return _own_classifier(type(net).__name__, net, output, faces_dir, names, hook_layers, preprocess, scale, normalize,
-                           batch_size)
+    model = wrap_network(net, Preprocess(input_size, channel_order, pixel_scale, mean, std), hook_layers)
+    return _own_classifier(type(net).__name__, model, output, faces_dir, names, scale, normalize, batch_size)
 
 
 def _build(node: Mapping[str, Any], seed: int) -> nn.Module:
@@ -215,12 +218,18 @@ def onnx_classifier(
     normalize: bool = True,
     batch_size: int = 64,
 ) -> Classifier:
-    """An ONNX face network (the file ``path``) as a classifier (``model=onnx``), converted by ``onnx2torch``
-    (:func:`~ami_lightning.models.wrapped.load_onnx`). ``input_size`` None: the graph's fixed input size, if it has
-    one (RGB pixels in [0, 255] resized to it, bilinear with antialiasing); the other keys as for
-    :func:`torch_classifier`. ValueError naming the bad values or the file."""
+    """An ONNX face network (the file ``path``) as a classifier (``model=onnx``), simplified and converted by
+    ``onnx2torch`` (:func:`~ami_lightning.models.wrapped.load_onnx`; a graph with a fixed batch size of 1 runs one
+    image at a time). ``input_size`` None: the graph's fixed input size (RGB pixels in [0, 255] resized to it,
+    bilinear with antialiasing); a graph without one then takes the images at their own size, with a warning naming
+    ``model.input_size``. The other keys as for :func:`torch_classifier`. ValueError naming the bad values or the
+    file."""
     _checked("model=onnx", locals())
-    net, fixed = load_onnx(path)
-    preprocess = Preprocess(fixed if input_size is None else input_size, channel_order, pixel_scale, mean, std)
-    return _own_classifier(Path(path).name, net, output, faces_dir, names, hook_layers, preprocess, scale, normalize,
-                           batch_size)
+    loaded = load_onnx(path)
+    if input_size is None and loaded.size is None:
+        warnings.warn(f"model=onnx: {path} has no fixed input height and width and model.input_size is not set: "
+                      "the network gets the images at their own size (224 x 224 for the shipped faces); set "
+                      "model.input_size to the size it was trained at (e.g. model.input_size=112)", stacklevel=2)
+    preprocess = Preprocess(loaded.size if input_size is None else input_size, channel_order, pixel_scale, mean, std)
+    return _own_classifier(Path(path).name, loaded.wrap(preprocess, hook_layers), output, faces_dir, names, scale,
+                           normalize, batch_size)
