@@ -9,7 +9,9 @@ Runs, each as the installed console script in a fresh process with its own empty
 job) cold, then again warm (same cache: every stage reused, only the evaluation runs), then ``ami-run
 experiment=smoke`` cold. Each run's stages are read back from its run folder (``attack_stage.json``: the wall time
 of every attack set). ``--out DIR`` writes the figures with their provenance (command, commit, machine) to
-``DIR/results.json``. ``--extra`` passes overrides to every run (e.g. ``--extra trainer=gpu``).
+``DIR/results.json`` and keeps the runs under ``DIR/logs<k>/`` (the cold main job's folder holds the results the
+README's main tables are written from) and their caches under ``DIR/cache<k>/``. ``--extra`` passes overrides to
+every run (e.g. ``--extra trainer=gpu``).
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     figures: dict[str, Any] = {"runs": {}, "extra": args.extra}
     with tempfile.TemporaryDirectory(prefix="bench_main_job_") as tmp:
-        work, cache = Path(tmp), None
+        work, cache = (args.out if args.out is not None else Path(tmp)), None
         for k, (label, overrides, fresh) in enumerate(RUNS):
             cache = work / f"cache{k}" if fresh or cache is None else cache
+            if fresh and cache.exists():
+                raise SystemExit(f"{cache} exists: a cold run needs an empty cache; use a new --out folder")
             figures["runs"][label] = {"command": " ".join(["ami-run", *overrides, *args.extra]),
                                       **ami_run([*overrides, *args.extra], work / f"logs{k}", cache)}
             print(f"{label}: {figures['runs'][label]['seconds']:.1f} s", flush=True)

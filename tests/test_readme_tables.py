@@ -161,3 +161,79 @@ def test_distributed_block_from_the_benchmark(tmp_path: Path) -> None:
     assert "| 1 | 30.0 | 41.5 | 2 |\n| 2 | 20.0 | 33.2 | 1 |" in text
     assert "Speed-up 1.50x of an ideal 2x (75%); files byte-identical: no; success flags equal: yes." in text
     assert "Written by `scripts/readme_tables.py distributed` from `python -m scripts.bench_distributed`" in text
+
+
+def test_orthogonal_projection_table_names_each_sets_projection(tmp_path: Path) -> None:
+    """Per detector: BIM, the selective and orthogonal sets made against it (orthogonal: ``project`` from the run's
+    Hydra config, in the order both, off_target, on_target; the attack's default ``both`` when a set gives none),
+    each with undetected success and SR@N; sets made against another detector and other attacks left out."""
+    points = [OperatingPoint(0.05, 2.0, 0.05, 1, 4), OperatingPoint(0.5, 1.0, 0.5, 3, 2)]
+    sets = {"orthogonal_ami_on": ("orthogonal_pgd", "ami", 2), "fgsm": ("fgsm", None, 7),
+            "orthogonal_ami_default": ("orthogonal_pgd", "ami", 3), "selective_ami": ("selective_pgd", "ami", 4),
+            "orthogonal_fs": ("orthogonal_pgd", "feature_squeezing", 5), "bim": ("bim", None, 6),
+            "orthogonal_ami_off": ("orthogonal_pgd", "ami", 1)}
+    results = RunResults(
+        sets=[SetResult("ami", "benign", False, n=40, eligible=38, flagged=4),
+              *(SetResult("ami", name, True, n=8, eligible=8, flagged=flagged, operating_points=points)
+                for name, (_, _, flagged) in sets.items())],
+        model="dlib_resnet", detectors={"ami": {"type": "ami"}},
+        attack_sets={name: {"attack": attack, "detector": detector} for name, (attack, detector, _) in sets.items()},
+        provenance=provenance(["ami-eval"]))
+    run = tmp_path / "run"
+    write_results(results, run)
+    with pytest.raises(SystemExit, match=r"\.hydra/config\.yaml: missing"):
+        readme_tables.render("orthogonal-projection", run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(
+        "paths: {output_dir: '${hydra:runtime.output_dir}'}\nattacks:\n"
+        "  orthogonal_ami_on: {name: orthogonal_pgd, detector: ami, params: {eps: 2.5, project: on_target}}\n"
+        "  orthogonal_ami_off: {name: orthogonal_pgd, detector: ami, params: {project: off_target}}\n"
+        "  orthogonal_ami_default: {name: orthogonal_pgd, detector: ami, params: {eps: 2.5}}\n"
+        "  bim: {name: bim, params: {eps: 8.0}}\n")
+    table = readme_tables.render("orthogonal-projection", run).split("\n\nWritten by")[0].splitlines()
+    assert table[0] == "| detector | set | attack | project | n | undetected (rule) | SR@5% | SR@50% |"
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [row[1:4] for row in rows] == [["bim", "bim", "-"], ["selective_ami", "selective_pgd", "-"],
+                                          ["orthogonal_ami_default", "orthogonal_pgd", "both"],
+                                          ["orthogonal_ami_off", "orthogonal_pgd", "off_target"],
+                                          ["orthogonal_ami_on", "orthogonal_pgd", "on_target"]]
+    assert rows[3][5].startswith("87.50 % (7/8) [") and rows[0][5].startswith("25.00 % (2/8) [")
+    assert rows[1][6].startswith("50.00 % (4/8) [") and rows[1][7].startswith("25.00 % (2/8) [")
+
+
+def _benchmark_block(tmp_path: Path, kind: str, figures: dict) -> str:
+    """The README block ``kind`` written by readme_tables from a benchmark's results.json holding ``figures``."""
+    run = tmp_path / kind
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({**figures, "provenance": provenance(["bench"])}))
+    readme = tmp_path / f"{kind}.md"
+    readme.write_text(f"<!-- results:{kind} -->\n<!-- /results:{kind} -->\n")
+    assert readme_tables.main([kind, str(run), "--readme", str(readme)]) == 0
+    return readme.read_text()
+
+
+def test_main_job_block_gives_each_runs_wall_time(tmp_path: Path) -> None:
+    runs = {"main job, cold": {"command": "ami-run", "seconds": 331.4, "attack_seconds": 201.0, "run": "a"},
+            "main job, warm": {"command": "ami-run", "seconds": 41.6, "attack_seconds": 0.0, "run": "b"},
+            "smoke, cold": {"command": "ami-run experiment=smoke", "seconds": 59.4, "attack_seconds": 3.2, "run": "c"}}
+    text = _benchmark_block(tmp_path, "main-job", {"runs": runs, "extra": []})
+    assert "| main job | `ami-run` | empty | 5 min 31 s | 3 min 21 s |" in text
+    assert "| main job | `ami-run` | warm | 42 s | 0 s |" in text
+    assert "| smoke | `ami-run experiment=smoke` | empty | 59 s | 3 s |" in text
+    assert "Written by `scripts/readme_tables.py main-job` from `bench`" in text
+
+
+def test_detector_speed_block_gives_ratios_to_the_plain_forward(tmp_path: Path) -> None:
+    part = {"label": "CPU, 2 threads",
+            "detectors": {"plain": 40.0, "ami": 16.0, "feature_squeezing": 8.0, "feature_squeezing (before)": 5.0},
+            "nlm_ms": {"150": {"one": 20.0, "pool": 11.0}, "224": {"one": 45.0, "pool": 24.5}},
+            "ami_vgg": {"plain": 8.0, "ami": 4.0, "baseline": 2.0}}
+    figures = {"batch_size": 8, "faces": 16, "images": 32, "weights": None, "devices": {"cpu": part},
+               "channel_order": {"faces": 16, "nlm_values_differing": 0.645, "nlm_max_difference": 24.0,
+                                 "score_min": 0.2, "score_max": 0.48, "score_max_difference": 0.049}}
+    text = _benchmark_block(tmp_path, "detector-speed", figures)
+    assert "| ami | 16.00 | 0.400 | 0.5 |" in text and "| feature_squeezing | 8.00 | 0.200 | 0.25 |" in text
+    assert "Feature Squeezing now / before: 1.60x." in text
+    assert "| 224 | 45.0 | 24.5 |" in text
+    assert "| 8.00 | 4.00 | 2.00 | 0.500 | 2.00 |" in text
+    assert "changes 64.5 % of the NLM output values, by up to 24 grey levels" in text
