@@ -57,16 +57,27 @@ def switch(mask: torch.Tensor, on: torch.Tensor, off: torch.Tensor) -> torch.Ten
     return torch.where(per_sample(mask, on), on, off)
 
 
+def unit_rows(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of ``vectors`` (N, D) divided by its largest absolute entry, and that entry (N,) (0 for a zero row,
+    which stays zero). The scaled rows' entries lie in [-1, 1] with one of them +-1, so their squares sum to at least
+    1 whatever the scale of the input: squaring a float32 entry below ~1e-19 directly underflows, and a row whose
+    norm is below ~1e-20 would seem to have none. Same dtype as ``vectors``."""
+    scale = vectors.abs().amax(1)  # (N,)
+    return vectors / torch.where(scale > 0, scale, 1.0)[:, None], scale
+
+
 def orthogonal_component(active: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Per sample, ``active`` (N, ...) minus its projection onto ``other`` (same shape), both taken as flat vectors:
     ``active - <active, other> / ||other||^2 * other``, orthogonal to ``other``; unchanged where ``other`` is zero.
-    Same shape and dtype as ``active``."""
-    flat_active, flat_other = active.flatten(1), other.flatten(1)
-    dot = (flat_active * flat_other).sum(1)  # (N,)
-    norm2 = (flat_other * flat_other).sum(1)  # (N,)
-    nonzero = norm2 > 0
-    coefficient = torch.where(nonzero, dot / torch.where(nonzero, norm2, 1.0), 0.0)
-    return active - per_sample(coefficient, active) * other
+    Same shape and dtype as ``active``.
+
+    Both vectors are first scaled to a largest entry of 1 (:func:`unit_rows`), so the projection holds at any
+    scale: gradients through a saturated softmax (norms of 1e-20 and below) have squares that vanish in float32."""
+    flat_active, active_scale = unit_rows(active.flatten(1))
+    flat_other, _ = unit_rows(other.flatten(1))
+    norm2 = (flat_other * flat_other).sum(1).clamp_min(1.0)  # (N,): >= 1 already unless other is zero (then dot = 0)
+    coefficient = (flat_active * flat_other).sum(1) / norm2 * active_scale  # (N,), in units of active
+    return active - per_sample(coefficient, active) * flat_other.view_as(other)
 
 
 Projection = Literal["none", "both", "off_target", "on_target"]

@@ -73,8 +73,8 @@ def test_default_experiment_has_a_published_set_per_family_and_the_pgd_variants_
     for name in ("selective_ami", "orthogonal_ami", "selective_feature_squeezing", "orthogonal_feature_squeezing"):
         params = {k: v for k, v in cfg.attacks[name].params.items() if k != "project"}  # orthogonal PGD's own
         assert params == {"eps": 2.5, "steps": 30, "rel_stepsize": 0.2, "k_targets": 2, "random_start": False}
-    assert cfg.attacks.orthogonal_ami.params.project == "on_target"
-    assert cfg.attacks.orthogonal_feature_squeezing.params.project == "off_target"
+    projects = {cfg.attacks[name].params.project for name in ("orthogonal_ami", "orthogonal_feature_squeezing")}
+    assert projects == {"both"}  # the paper's; the README measures the others on dlib
 
 
 def test_attack_list_on_the_command_line_selects_sets_of_the_experiment(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """Selective and orthogonal PGD (``ami_lightning.attacks.detector_pgd``, Bryniarski et al., ICLR 2022): the projection
-and the switch against independent computations, the budget, the per-sample early stop, the absence of host syncs
-in the loop, and the claim that matters: on the toy model of ``tests/toy.py`` an attacker who knows the detector (AmI
-or Feature Squeezing) gets at least as many undetected successes as plain BIM with the same budget."""
+and the switch against independent computations, the projection at any gradient scale (the toy's saturated softmax
+makes gradients of norm 1e-20 and below), the budget, the per-sample early stop, the absence of host syncs in the
+loop, and the claim that matters: on the toy model of ``tests/toy.py`` with an unsaturated softmax
+(:func:`~tests.toy.tempered_toy_classifier`) an attacker who knows the detector (AmI or Feature Squeezing) gets at
+least as many undetected successes as plain BIM with the same budget."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from ami_lightning.attacks.gradient import BIM
 from ami_lightning.attacks.registry import create_attack
 from ami_lightning.detectors.base import Detector
 from ami_lightning.detectors.feature_squeezing import FeatureSqueezing
-from tests.toy import NUM_CLASSES, toy_classifier, toy_detector, toy_faces
+from tests.toy import NUM_CLASSES, tempered_toy_classifier, toy_classifier, toy_detector, toy_faces
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BUDGET = {"eps": 32.0, "steps": 10, "rel_stepsize": 0.2}  # the toy needs Linf ~32-48 pixel units to be fooled
@@ -42,15 +44,25 @@ def faces() -> tuple[torch.Tensor, torch.Tensor]:
     return toy_faces(32)
 
 
-@pytest.fixture(scope="module")
-def detectors(faces) -> dict[str, Detector]:
-    """AmI (:func:`tests.toy.toy_detector`) and Feature Squeezing (:data:`SQUEEZERS`, calibrated on the clean faces'
-    scores at 5 % FPR) on the same toy classifier."""
-    x, _ = faces
-    squeezing = FeatureSqueezing(toy_classifier(32), squeezers=SQUEEZERS)
+def toy_detectors(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Detector]:
+    """AmI (:func:`tests.toy.toy_detector`) and Feature Squeezing (:data:`SQUEEZERS`, calibrated on the scores of the
+    clean faces ``x`` at 5 % FPR) on the toy classifier ``model``."""
+    squeezing = FeatureSqueezing(model, squeezers=SQUEEZERS)
     with torch.no_grad():
         squeezing.calibrate(squeezing.score(x))
-    return {"ami": toy_detector(32), "feature_squeezing": squeezing}
+    return {"ami": toy_detector(32, model), "feature_squeezing": squeezing}
+
+
+@pytest.fixture(scope="module")
+def detectors(faces) -> dict[str, Detector]:
+    """:func:`toy_detectors` on the toy classifier (softmax saturated: 1.0 on every clean face)."""
+    return toy_detectors(toy_classifier(32), faces[0])
+
+
+@pytest.fixture(scope="module")
+def tempered_detectors(faces) -> dict[str, Detector]:
+    """:func:`toy_detectors` on the toy classifier with its logits divided by 10 (softmax not saturated)."""
+    return toy_detectors(tempered_toy_classifier(32), faces[0])
 
 
 def undetected_success(detector: Detector, adversarial: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,6 +95,55 @@ def test_orthogonal_component_against_least_squares() -> None:
         assert abs(torch.dot(g, o).item()) <= 1e-5 * a.norm().item() * o.norm().item()
     torch.testing.assert_close(got[5], active[5], rtol=0, atol=0)  # other == 0: no projection
     assert got[3].abs().max() <= 1e-5 * active[3].abs().max()
+
+
+def cosine64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per sample, the cosine (N,) float64 of ``a`` and ``b`` (N, ...) as flat vectors, computed in float64 (exact
+    for float32 inputs of any scale: a float32 square is at least 1e-90); 0 where either is zero."""
+    a, b = a.double().flatten(1), b.double().flatten(1)
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norms > 0, (a * b).sum(1) / torch.where(norms > 0, norms, 1.0), 0.0)
+
+
+@pytest.mark.parametrize(("active_scale", "other_scale"), [(1.0, 1e-30), (1e-30, 1e-30), (1e-30, 1.0)])
+def test_orthogonal_component_at_any_scale(active_scale: float, other_scale: float) -> None:
+    """float32 gradients scaled down to 1e-30 (their squares vanish in float32): the component is still orthogonal
+    to ``other`` and equal to the projection computed in float64 from the same float32 inputs."""
+    generator = torch.Generator().manual_seed(2)
+    base, noise = (torch.randn(4, 3, 8, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    active = (base * active_scale).float()
+    other = ((0.9 * base + 0.4 * noise) * other_scale).float()  # cosine ~0.9 with active: much to project out
+    got = orthogonal_component(active, other)
+    assert got.dtype == torch.float32 and got.shape == active.shape
+    a, o = active.double().flatten(1), other.double().flatten(1)
+    expected = a - ((a * o).sum(1) / (o * o).sum(1))[:, None] * o
+    assert bool((cosine64(active, other) > 0.8).all())
+    assert bool(((got.double().flatten(1) - expected).abs().amax(1) <= 1e-5 * a.abs().amax(1)).all())
+    assert cosine64(got, other).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["ami", "feature_squeezing"])
+@pytest.mark.parametrize("on_target", [True, False], ids=["on_target", "off_target"])
+def test_the_orthogonal_step_is_orthogonal_on_a_saturated_model(faces, detectors, kind: str, on_target: bool) -> None:
+    """On the saturated toy (softmax 1.0 on its faces) the gradients of both goals have norms of 1e-20 and below;
+    the direction of orthogonal PGD (``project="both"``) is still orthogonal to the other goal's gradient: on target
+    (the faces' own identities) to that of the plain cross-entropy, off target (the next identity) to that of the
+    detector's score."""
+    x, y = faces
+    detector = detectors[kind]
+    targets = y if on_target else (y + 1) % NUM_CLASSES
+    leaf = x.clone().requires_grad_()
+    logits = detector.model(leaf)
+    assert bool(((logits.argmax(1) == targets) == on_target).all())
+    (grad_f,) = torch.autograd.grad(F.cross_entropy(logits, targets, reduction="none").sum(), leaf, retain_graph=True)
+    (grad_g,) = torch.autograd.grad(detector(leaf, logits).score.sum(), leaf)
+    active, other = (grad_g, grad_f) if on_target else (grad_f, grad_g)
+    norms = other.double().flatten(1).norm(dim=1)
+    assert bool((norms < 1e-20).any()) and bool((norms > 0).any())  # the case at stake: squares vanish in float32
+    assert cosine64(active, other).abs().max() > 0.5  # much to project out
+    direction, _ = pgd_direction(detector, x.clone().requires_grad_(), targets, "both")
+    assert bool((direction.flatten(1).abs().amax(1) > 0)[active.flatten(1).abs().amax(1) > 0].all())
+    assert cosine64(direction, other).abs().max() <= 1e-5
 
 
 def test_a_small_orthogonal_step_moves_only_the_active_loss() -> None:
@@ -202,10 +263,12 @@ def shipped_projection(kind: str) -> str:
 
 @pytest.mark.parametrize("kind", ["ami", "feature_squeezing"])
 @pytest.mark.parametrize("attack_class", [SelectivePGD, OrthogonalPGD])
-def test_detector_pgd_evades_at_least_as_often_as_bim(faces, detectors, kind: str, attack_class) -> None:
-    """Orthogonal PGD as the shipped set against this detector configures it (which steps are projected)."""
+def test_detector_pgd_evades_at_least_as_often_as_bim(faces, tempered_detectors, kind: str, attack_class) -> None:
+    """On the toy with an unsaturated softmax (the saturated one makes gradients vanish: a comparison of strength
+    there measures underflow); orthogonal PGD as the shipped set against this detector configures it (which steps
+    are projected)."""
     x, y = faces
-    detector = detectors[kind]
+    detector = tempered_detectors[kind]
     with torch.no_grad():
         assert not detector(x).flagged.any()  # no false positives on the clean faces
     bim = BIM(**BUDGET)(detector.model, x, y)

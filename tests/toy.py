@@ -3,6 +3,7 @@ and an AmI detector on it."""
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import torch
@@ -71,6 +72,19 @@ def toy_classifier(size: int = 32, seed: int = 0, steps: int = 150) -> PixelMode
 
 
 @lru_cache(maxsize=4)
+def tempered_toy_classifier(size: int = 32, temperature: float = 10.0) -> PixelModel:
+    """:func:`toy_classifier` with its logits divided by ``temperature`` (its last layer's weight and bias scaled):
+    the same predictions and hooked activations, but a softmax that is not saturated. The toy's top softmax
+    probability is 1.0 in float32 on every clean face (logit margins 18-55), so gradients through it underflow
+    (norms of 1e-20 and below); at temperature 10 it is 0.84-0.98. For tests that compare attacks' strength."""
+    model = copy.deepcopy(toy_classifier(size))
+    with torch.no_grad():
+        model.net.fc.weight /= temperature
+        model.net.fc.bias /= temperature
+    return model.eval()
+
+
+@lru_cache(maxsize=4)
 def toy_witnesses(size: int = 32, fraction: float = 0.25, seed: int = 0) -> WitnessSet:
     """A fixed random ``fraction`` of the channels of each hooked layer of :func:`toy_classifier` as the witnesses
     of each of the four attributes (the toy has no landmarks to mutate); the same set for a given seed."""
@@ -85,10 +99,12 @@ def toy_witnesses(size: int = 32, fraction: float = 0.25, seed: int = 0) -> Witn
     )
 
 
-def toy_detector(size: int = 32) -> AmIDetector:
-    """AmI with the published steering parameters (60, (2.15, 50)), no crop, on :func:`toy_classifier` with
-    :func:`toy_witnesses`: it flags none of the 10 clean faces."""
-    return AmIDetector(toy_classifier(size), toy_witnesses(size), 60.0, (2.15, 50.0), crop_layers=())
+def toy_detector(size: int = 32, model: PixelModel | None = None) -> AmIDetector:
+    """AmI with the published steering parameters (60, (2.15, 50)), no crop, on ``model`` (default
+    :func:`toy_classifier`; :func:`tempered_toy_classifier` has the same layers) with :func:`toy_witnesses`: it flags
+    none of the 10 clean faces."""
+    return AmIDetector(toy_classifier(size) if model is None else model, toy_witnesses(size), 60.0, (2.15, 50.0),
+                       crop_layers=())
 
 
 class PixelSet(torch.utils.data.Dataset):
