@@ -261,8 +261,16 @@ def shipped_projection(kind: str) -> str:
     return str(OmegaConf.load(CONF / "attack" / f"orthogonal_{kind}.yaml").params.project)
 
 
-@pytest.mark.parametrize("kind", ["ami", "feature_squeezing"])
-@pytest.mark.parametrize("attack_class", [SelectivePGD, OrthogonalPGD])
+OFF_TARGET_AGAINST_AMI = pytest.mark.xfail(
+    shipped_projection("ami") in ("both", "off_target"), strict=True,
+    reason="against AmI, projecting the off-target steps reaches the target on no toy face: AmI's off-target score "
+           "opposes the cross-entropy (test_amis_off_target_score_opposes_the_cross_entropy); on dlib it does not "
+           "fall behind (README, orthogonal-projection)")
+
+
+@pytest.mark.parametrize(("kind", "attack_class"), [
+    ("ami", SelectivePGD), pytest.param("ami", OrthogonalPGD, marks=OFF_TARGET_AGAINST_AMI),
+    ("feature_squeezing", SelectivePGD), ("feature_squeezing", OrthogonalPGD)])
 def test_detector_pgd_evades_at_least_as_often_as_bim(faces, tempered_detectors, kind: str, attack_class) -> None:
     """On the toy with an unsaturated softmax (the saturated one makes gradients vanish: a comparison of strength
     there measures underflow); orthogonal PGD as the shipped set against this detector configures it (which steps
@@ -284,6 +292,22 @@ def test_detector_pgd_evades_at_least_as_often_as_bim(faces, tempered_detectors,
     bim_evaded = undetected_success(detector, bim.adversarial, y)
     assert bim_evaded.sum() < len(y)  # the detector catches some of BIM: the comparison means something
     assert evaded.sum() >= bim_evaded.sum()
+
+
+def test_amis_off_target_score_opposes_the_cross_entropy(faces, tempered_detectors) -> None:
+    """Why projecting the off-target steps fails against AmI on the toy: before the target is reached AmI's score is
+    the steered model's -log p of the current identity, and its gradient opposes that of the cross-entropy towards
+    another identity (leaving the current identity raises it): a cosine below -0.3 on most faces, about -0.6 on the
+    median face; projecting it out takes much of the descent away."""
+    x, y = faces
+    detector = tempered_detectors["ami"]
+    leaf = x.clone().requires_grad_()
+    logits = detector.model(leaf)
+    targets = (y + 1) % NUM_CLASSES
+    (grad_f,) = torch.autograd.grad(F.cross_entropy(logits, targets, reduction="none").sum(), leaf, retain_graph=True)
+    (grad_g,) = torch.autograd.grad(detector(leaf, logits).score.sum(), leaf)
+    cosine = cosine64(grad_f, grad_g)
+    assert int((cosine < -0.3).sum()) >= 8 and cosine.median() < -0.4
 
 
 def test_detector_pgd_errors(detectors) -> None:
