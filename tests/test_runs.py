@@ -242,6 +242,7 @@ def test_wandb_against_a_silent_server_starts_once_and_reports_its_first_error(
     one run folder, its error reported (before the fix: two starts, two folders, the second error)."""
     import wandb
 
+    wandb.teardown()  # an earlier test's wandb settings (its 90 s init timeout) are otherwise kept for the process
     for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -249,6 +250,7 @@ def test_wandb_against_a_silent_server_starts_once_and_reports_its_first_error(
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "4")
     monkeypatch.setenv("WANDB_HTTP_TIMEOUT", "2")
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # as an earlier offline WandbLogger of the process leaves it
     cfg = _wandb_cfg(tmp_path, "logger.offline=false")
     results = RunResults(sets=[SetResult("ami", "benign", adversarial=False, n=2, eligible=2, flagged=1)], model="toy",
                          detectors={"ami": {"type": "ami"}})

@@ -153,13 +153,19 @@ def _multirun() -> bool:
 
 def logger_from(cfg: DictConfig) -> Any:
     """The configured Lightning logger, or None for ``logger=none``. The jobs of one W&B multirun share a group
-    named after the sweep folder; a single run has no group."""
+    named after the sweep folder; a single run has no group. A W&B run is online or offline as ``logger.offline``
+    says, whatever ``WANDB_MODE`` an earlier logger of the process left behind."""
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
     logger_cfg = cfg.logger.copy()
-    if uses_wandb(cfg) and _multirun():
+    if uses_wandb(cfg):
         with open_dict(logger_cfg):
-            logger_cfg.group = logger_cfg.get("group") or f"{cfg.task_name}-{Path(HydraConfig.get().sweep.dir).name}"
+            # Lightning's offline logger sets WANDB_MODE=dryrun for the whole process, which would turn every later
+            # run of the process (a Hydra multirun's next job) offline; the config's choice is passed to wandb.init.
+            logger_cfg.mode = "offline" if logger_cfg.get("offline", False) else "online"
+            if _multirun():
+                logger_cfg.group = (logger_cfg.get("group")
+                                    or f"{cfg.task_name}-{Path(HydraConfig.get().sweep.dir).name}")
     return instantiate(logger_cfg)
 
 
