@@ -47,6 +47,8 @@ from ami_lightning.witnesses import WitnessSet
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 BUNDLED = Path(__file__).resolve().parents[1] / "ami_lightning" / "assets" / "witnesses_vgg_face_dag"
+FACE_SIZE = 224
+"""Side of the shipped faces in pixels (the images the detectors of part 1 squeeze)."""
 
 
 def baseline_hook(lists: dict[str, tuple[int, ...]], params: SteeringParams, crop: bool) -> Callable[..., torch.Tensor]:
@@ -193,7 +195,7 @@ def nlm_times(device: torch.device, args: argparse.Namespace) -> dict[str, dict[
     backend (a thread pool over the batch) and the ``torch`` backend, best of ``args.repeats``."""
     faces = shipped_faces(args.faces)[0].float()
     out: dict[str, dict[str, float]] = {}
-    for size in (150, 224):
+    for size in (150, FACE_SIZE):
         x = nn.functional.interpolate(faces, size=(size, size), mode="bilinear", antialias=True).round().to(device)
         ways = {"opencv, one image at a time": serial_opencv_nlm,
                 "opencv backend (thread pool)": lambda c: non_local_means(c, backend="opencv"),
@@ -286,6 +288,13 @@ def detector_speed_markdown(figures: dict[str, Any]) -> str:
             before, after = speeds.get("feature_squeezing (before)"), speeds.get("feature_squeezing")
             if before and after:
                 lines += ["", f"Feature Squeezing now / before: {after / before:.2f}x."]
+            nlm = part.get("nlm_ms", {}).get(str(FACE_SIZE))
+            if after and nlm:
+                plain_ms, fastest = 1000 / speeds["plain"], min(nlm.values())
+                lines[-1] += (f" Its parts bound it on this device: four plain forwards ({4 * plain_ms:.1f} ms) and "
+                              f"the fastest NLM at {FACE_SIZE} px ({fastest:.1f} ms) allow a ratio of at most "
+                              f"{plain_ms / (4 * plain_ms + fastest):.3f}, whatever the glue; the limit 0.25 holds "
+                              "only where the squeezers cost nothing beside the forwards.")
             blocks.append("\n".join(lines))
         if "nlm_ms" in part:
             ways = list(next(iter(part["nlm_ms"].values())))

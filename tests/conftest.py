@@ -4,9 +4,9 @@ VGG-Face.
 Tests use the data shipped in ``ami_lightning/assets`` (:mod:`ami_lightning.data.shipped`) wherever it suffices, so a
 clone
 anywhere runs them. Only data that is not shipped (the release's attribute-mutated images, adversarial samples, Caffe
-witness lists, PNG faces) is read from ``../shared/reference``; tests needing it skip, naming what they need, when it
-is absent. The environment variable ``AMI_REFERENCE=<folder>`` overrides that path everywhere
-(``AMI_REFERENCE=/nonexistent`` runs the tests as a clone without the reference data would).
+witness lists, PNG faces) is read from ``../shared/reference``; tests needing it fail, naming what they need, when it
+is absent (:func:`reference_data`: CI runs beside ``../shared``, so a missing folder is a broken set-up, not a reason
+to pass). The environment variable ``AMI_REFERENCE=<folder>`` overrides that path everywhere.
 
 Everything runs on CPU with small batches; tests that need CUDA are marked ``gpu`` and skipped without it.
 """

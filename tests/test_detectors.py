@@ -117,7 +117,7 @@ def test_bad_parameters_fail_clearly(prepared, name: str, tmp_path: Path) -> Non
         check_config(cfg)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
 def test_outputs_on_the_gpu(prepared, noisy, name: str) -> None:
     detector, (x, _) = prepared[name], noisy

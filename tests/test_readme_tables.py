@@ -234,6 +234,9 @@ def test_detector_speed_block_gives_ratios_to_the_plain_forward(tmp_path: Path) 
     text = _benchmark_block(tmp_path, "detector-speed", figures)
     assert "| ami | 16.00 | 0.400 | 0.5 |" in text and "| feature_squeezing | 8.00 | 0.200 | 0.25 |" in text
     assert "Feature Squeezing now / before: 1.60x." in text
+    # plain 25 ms per image: four forwards 100 ms, the fastest NLM at 224 px 24.5 ms -> 25 / 124.5
+    assert ("four plain forwards (100.0 ms) and the fastest NLM at 224 px (24.5 ms) allow a ratio of at most "
+            "0.201") in text
     assert "| 224 | 45.0 | 24.5 |" in text
     assert "| 8.00 | 4.00 | 2.00 | 0.500 | 2.00 |" in text
     assert "changes 64.5 % of the NLM output values, by up to 24 grey levels" in text
