@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -109,6 +110,13 @@ class Attack(ABC):
 
     bounds: tuple[float, float] = (0.0, 255.0)
     default_target: TargetMode = "next"
+
+    @staticmethod
+    def check_params(params: Mapping[str, Any]) -> list[str]:
+        """Problems with the value of ``params`` (a config's ``attacks.<set>.params``, resolved), one line each,
+        ``"<param>=<value>: what is expected"``; [] when fine. The config check calls it before any work (unknown
+        and missing keys it finds itself from the constructor's signature). Default: none."""
+        return []
 
     def __call__(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None,

@@ -151,10 +151,32 @@ register(AttackSpec("orthogonal_pgd", OrthogonalPGD, "untargeted", "npy", needs_
 
 
 def get_spec(name: str) -> AttackSpec:
-    """The registered set ``name``; ``KeyError`` listing the registered names if there is none."""
+    """The registered set ``name``, or the attack class at the dotted path ``"package.module:Name"`` (a researcher's
+    own :class:`~ami_lightning.attacks.base.Attack`, not registered: its class attributes ``target_mode`` (default
+    ``untargeted``) and ``file_format`` (default ``npy``) describe its sets, and it attacks a detector when its
+    constructor takes ``detector``); ``KeyError`` listing the registered names, or saying why the path does not
+    import."""
+    if ":" in name:
+        from ami_lightning.detectors.base import import_dotted
+
+        cls = import_dotted(name)
+        if not (isinstance(cls, type) and issubclass(cls, Attack)):
+            raise KeyError(f"attack {name!r} is {cls!r}, not a subclass of ami_lightning.attacks.base.Attack")
+        return AttackSpec(name, cls, getattr(cls, "target_mode", "untargeted"), getattr(cls, "file_format", "npy"),
+                          needs_detector="detector" in keyword_parameters(cls))
     if name not in ATTACK_SETS:
-        raise KeyError(f"unknown attack set {name!r}; registered: {', '.join(sorted(ATTACK_SETS))}")
+        raise KeyError(f"unknown attack set {name!r}; registered: {', '.join(sorted(ATTACK_SETS))}, or "
+                       "'package.module:Name' for an attack of your own")
     return ATTACK_SETS[name]
+
+
+def known_attack(name: str) -> bool:
+    """Whether :func:`get_spec` finds ``name`` (a registered set, or a dotted path to an Attack class)."""
+    try:
+        get_spec(name)
+    except KeyError:
+        return False
+    return True
 
 
 def create_attack(name: str | AttackSpec, **overrides: Any) -> Attack:

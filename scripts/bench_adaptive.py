@@ -52,7 +52,7 @@ def undetected(detector: AmIDetector, adversarial: torch.Tensor, labels: torch.T
 def load(args: argparse.Namespace) -> tuple[AmIDetector, torch.Tensor, torch.Tensor, dict[str, float]]:
     """(detector, images (N, 3, S, S) pixels, labels (N,), attack budget) of the chosen model."""
     if args.model == "dlib":
-        from ami_lightning.data.benign import shipped_faces
+        from ami_lightning.data.shipped import shipped_faces
         from ami_lightning.models.classifiers import dlib_gallery
 
         if args.witnesses is None:

@@ -109,7 +109,7 @@ def bench_set(
 def load(model_name: str, size: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
     """(model, images (N, 3, S, S) float pixels, labels (N,), number of classes)."""
     if model_name == "dlib":
-        from ami_lightning.data.benign import shipped_faces
+        from ami_lightning.data.shipped import shipped_faces
         from ami_lightning.models.classifiers import dlib_gallery
 
         classifier = dlib_gallery()

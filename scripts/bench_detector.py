@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ami_lightning.data.benign import shipped_faces
+from ami_lightning.data.shipped import shipped_faces
 from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.detectors.feature_squeezing import FeatureSqueezing, bit_depth, max_l1_score, median_filter
 from ami_lightning.detectors.nlm import non_local_means, to_uint8

@@ -174,8 +174,8 @@ def test_masked_loop_does_not_wait_for_the_device_per_step(toy, monkeypatch: pyt
 @pytest.mark.parametrize("mode", ["first", "next"])
 def test_masked_attacks_on_dlib_gallery(mode: str) -> None:
     """Published eyeglass geometry, and a patch over the face, on dlib's ResNet gallery of 10 identities."""
-    from ami_lightning.data.benign import shipped_faces
     from ami_lightning.data.identities import identity_from_filename
+    from ami_lightning.data.shipped import shipped_faces
     from ami_lightning.models import create_model
     from ami_lightning.models.gallery import FaceGallery
 

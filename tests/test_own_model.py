@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ami_lightning.cli import apps
-from ami_lightning.data.benign import shipped_faces
+from ami_lightning.data.shipped import shipped_faces
 from ami_lightning.detectors.base import registered_detectors
 from ami_lightning.models import create_model
 from ami_lightning.models.base import PixelModel, Preprocess, kaiming_init_

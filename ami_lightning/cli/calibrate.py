@@ -20,9 +20,8 @@ from rich.console import Console
 from tqdm import tqdm
 
 from ami_lightning.cli import make_run_dir, pick_device
-from ami_lightning.data.benign import shipped_faces
 from ami_lightning.data.probes import VARIANTS, benign_variants
-from ami_lightning.data.shipped import witness_face_files
+from ami_lightning.data.shipped import shipped_faces, witness_face_files
 from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.detectors.ami_calibration import benign_fpr, calibrate, logits_of, steering_grid
 from ami_lightning.detectors.steering import PRESETS, SteeringParams
@@ -70,13 +69,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--target-fpr", type=float, default=PUBLISHED_FPR, help="calibration target (0.0991)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--faces", type=int, help="probes of the first N shipped faces only (default: all 238; the "
+                        "gallery always enrols all), e.g. for a quick check")
+    for name, values in GRID.items():
+        parser.add_argument(f"--{name}", type=float, nargs="+", default=list(values),
+                            help=f"calibration grid values of {name} (default: {' '.join(f'{v:g}' for v in values)})")
     args = parser.parse_args(argv)
+    if args.faces is not None and args.faces < 2:
+        parser.error(f"--faces {args.faces}: needs at least 2 faces (one per half of the identities)")
     git_commit()  # the code this run uses, recorded before it runs
     console = Console()
     out = make_run_dir("calibrate", args.out)
     device = pick_device(args.device)
 
-    faces, _ = shipped_faces()
+    faces, _ = shipped_faces(args.faces)
     gallery = dlib_gallery(batch_size=args.batch_size).model.to(device)  # enrols the same shipped faces, in order
     embedder = gallery.embedder
 
@@ -97,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         return {"fpr": rate.value, "flagged": rate.flagged, "eligible": rate.eligible}
 
     rows = {name: (params, fpr(params, torch.ones_like(held_out))) for name, params in PRESETS.items()}
+    grid = steering_grid(*(getattr(args, name) for name in GRID))
     calibration = calibrate(
-        gallery, witnesses, probes[~held_out], labels[~held_out], steering_grid(*GRID.values()), args.target_fpr,
-        args.batch_size, progress=lambda grid: tqdm(grid, desc="calibration", unit="point"),
+        gallery, witnesses, probes[~held_out], labels[~held_out], grid, args.target_fpr, args.batch_size,
+        progress=lambda points: tqdm(points, desc="calibration", unit="point"),
     )
     best, best_rate = calibration.best
     rows["calibrated"] = (best, fpr(best, held_out))

@@ -10,18 +10,11 @@ from torch.utils.data import Dataset
 
 from ami_lightning.data.datasets import FaceFiles
 from ami_lightning.data.identities import identity_from_filename
-from ami_lightning.data.images import load_image
 from ami_lightning.data.probes import VARIANTS, benign_variants
-from ami_lightning.data.shipped import face_files
+from ami_lightning.data.shipped import shipped_faces
 
 if TYPE_CHECKING:
     from ami_lightning.models.classifiers import Classifier
-
-
-def shipped_faces(limit: int | None = None) -> tuple[torch.Tensor, list[Path]]:
-    """The shipped faces (first ``limit`` by file name) as uint8 (N, 3, 224, 224), and their paths."""
-    files = face_files()[:limit]
-    return torch.stack([load_image(f) for f in files]), files
 
 
 class ProbeSet(Dataset):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ami_lightning.data.images import load_image
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FACES = ASSETS / "faces"
 WITNESS_FACES = ASSETS / "witness_faces"
@@ -16,6 +20,12 @@ def face_files() -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no shipped faces under {FACES}; reinstall ami-lightning")
     return files
+
+
+def shipped_faces(limit: int | None = None) -> tuple[torch.Tensor, list[Path]]:
+    """The shipped faces (first ``limit`` by file name) as uint8 (N, 3, 224, 224), and their paths."""
+    files = face_files()[:limit]
+    return torch.stack([load_image(f) for f in files]), files
 
 
 def witness_face_files() -> tuple[Path, list[Path]]:

@@ -15,15 +15,18 @@ or through straight-through estimators (BPDA) where the method is not differenti
 says which), and :meth:`Detector.evasion_loss` is the loss an attacker minimises so that the detector's own view of
 an image agrees with the target class.
 
-Registry (timm style): ``@register_detector("name")`` on a factory ``(model, **params) -> Detector``;
-:func:`create_detector` builds one, :data:`DETECTORS` lists them, and the Hydra group ``conf/detector/`` has one
-file per configured detector (``detectors.<name>: {type: <registered name>, params: {...}}``).
+Registry (timm style): ``@register_detector("name")`` on a factory ``(model, **params) -> Detector``; every module
+of this package is imported when a name is looked up (no list to extend); :func:`create_detector` builds one,
+:data:`DETECTORS` lists them, and the Hydra group ``conf/detector/`` has one file per configured detector
+(``detectors.<name>: {type: <registered name or package.module:Name>, params: {...}}``).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -96,6 +99,13 @@ class Detector(nn.Module, ABC):
         x agrees with ``targets`` (B,) long (AmI: the steered model; Feature Squeezing: the squeezed inputs), with
         straight-through gradients where the method has none, or ``exact`` ones (ValueError where there are none)."""
 
+    @staticmethod
+    def check_params(params: Mapping[str, Any]) -> list[str]:
+        """Problems with the value of ``params`` (a config's ``detectors.<name>.params``, resolved), one line each,
+        ``"<param>=<value>: what is expected"``; [] when fine. The config check calls it before any work (unknown
+        keys it finds itself from the factory's signature). Default: none."""
+        return []
+
     def setup(self, context: SetupContext) -> None:  # noqa: B027 - a hook with nothing to do by default
         """One-off preparation before use (default: nothing)."""
 
@@ -152,11 +162,30 @@ def register_detector(name: str) -> Callable[[F], F]:
 
 
 def get_detector_factory(kind: str) -> DetectorFactory:
-    """The factory registered as ``kind``; KeyError listing the registered names when there is none."""
+    """The factory registered as ``kind``, or at the dotted path ``"package.module:Name"`` (a researcher's own
+    detector, registered or not: a Detector subclass found there gets ``kind`` = that path unless registered);
+    KeyError listing the registered names when there is none."""
+    if ":" in kind:
+        factory = import_dotted(kind)
+        if isinstance(factory, type) and issubclass(factory, Detector) and not factory.kind:
+            factory.kind = kind
+        return factory  # type: ignore[no-any-return]
     _load_builtin()
     if kind not in DETECTORS:
-        raise KeyError(f"unknown detector type {kind!r}; registered: {', '.join(sorted(DETECTORS))}")
+        raise KeyError(f"unknown detector type {kind!r}; registered: {', '.join(sorted(DETECTORS))}, or "
+                       "'package.module:Name' for a detector of your own")
     return DETECTORS[kind]
+
+
+def import_dotted(path: str) -> Any:
+    """The object at ``"package.module:Name"`` (a researcher's own detector or attack); KeyError naming the path and
+    why it cannot be imported."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise KeyError(f"cannot import {path!r} ({type(err).__name__}: {err}); expected 'package.module:Name' of "
+                       "an installed or importable module") from err
 
 
 def create_detector(kind: str, model: nn.Module, name: str | None = None, **params: Any) -> Detector:
@@ -178,6 +207,8 @@ def registered_detectors() -> list[str]:
 
 
 def _load_builtin() -> None:
-    """Import the modules of the built-in detectors, which register themselves."""
-    import ami_lightning.detectors.ami  # noqa: F401
-    import ami_lightning.detectors.feature_squeezing  # noqa: F401
+    """Import every module of this package, whose detectors register themselves: a new module here is found
+    without being listed anywhere."""
+    package = importlib.import_module(__package__ or "ami_lightning.detectors")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")

@@ -16,9 +16,9 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from ami_lightning.data.benign import shipped_faces
 from ami_lightning.data.identities import identity_from_filename, load_names
 from ami_lightning.data.images import load_image
+from ami_lightning.data.shipped import shipped_faces
 from ami_lightning.models import create_model
 from ami_lightning.models.base import (
     ChannelOrder,

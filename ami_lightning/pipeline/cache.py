@@ -1,7 +1,8 @@
 """Cache keys of the stages: exactly what changes a stage's output, nothing that does not.
 
-A key holds the stage's code version (:data:`STAGE_VERSIONS`: bump it in the commit that changes what the stage
-produces), the model's identity (its config without run-time knobs such as ``batch_size``, every file or folder it
+A key holds the stage's code version (:data:`STAGE_VERSIONS`: bump it in the commit that changes what the stage's own
+writer produces), a digest of the components' code (:func:`code_digest`: an attack's, a detector's), the model's
+identity (its config without run-time knobs such as ``batch_size``, every file or folder it
 names replaced by a digest of its content) and the stage's own inputs (attack parameters, faces, seed, witness rule,
 the detector an adaptive set attacks). Batch size, workers, device and logger are never part of a key.
 
@@ -11,11 +12,16 @@ File digests (SHA-256) are remembered in ``<cache_dir>/digests.json`` by path, s
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,8 +30,9 @@ from ami_lightning.pipeline.files import write_text
 
 STAGE_VERSIONS: dict[str, int] = {
     "witnesses": 2,  # 2: key with content digests of the weights and the landmark models
-    "attacks": 4,  # 2: key with content digests, without batch size; 3: rows carry the face seed; 4: orthogonal PGD
-    # projects at any gradient scale (it skipped the projection where a norm underflowed in float32)
+    "attacks": 4,  # the writer of the sets (attacks/generate.py, its files and manifest rows); the attacks' and
+    # detectors' own code is in each set's key by digest (stages.attack_set_key). 2: key with content digests, without
+    # batch size; 3: rows carry the face seed; 4: orthogonal PGD's projection fix (now covered by the digest)
     "benign": 1,  # a detector's records on the benign set (ami_lightning/pipeline/benign.py)
 }
 """Version of each cached stage's code: bump in the commit that changes what the stage writes."""
@@ -43,19 +50,80 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def code_digest(obj: Any) -> str:
-    """SHA-256 (16 hex) of the source of the code that defines ``obj`` (a class, function or module): every ``.py``
-    file of the folder of the module that defines it (its sibling modules, which it may import: AmI's steering,
-    Feature Squeezing's NLM). Editing any of them changes the digest; editing code elsewhere does not."""
+def _read_source(path: Path) -> bytes:
+    """The bytes of a source file (one seam: tests hand in an edited copy)."""
+    return path.read_bytes()
+
+
+def _module_of(name: str) -> ModuleType | None:
+    """The imported module ``name``, or None when there is no such module (an attribute, a missing optional)."""
     try:
-        source = inspect.getsourcefile(obj)
-    except TypeError:
-        source = None
-    if source is None:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _source_file(module: ModuleType) -> Path | None:
+    """The ``.py`` file of a module (None for a namespace, a built-in or an extension)."""
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file and file.endswith(".py") else None
+
+
+def _imported(module: ModuleType, roots: frozenset[str]) -> set[str]:
+    """The modules under ``roots`` (top-level package names) that ``module``'s source imports anywhere (at the top or
+    inside functions). ``from package import name`` counts the module that defines ``name`` (a package's
+    ``__init__`` re-exports are looked through, not counted: a facade that imports every attack would otherwise
+    tie every attack to every other)."""
+    path = _source_file(module)
+    if path is None:
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(_read_source(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = (importlib.util.resolve_name("." * node.level + (node.module or ""), module.__package__)
+                    if node.level else node.module or "")
+            parent = _module_of(base) if base.split(".")[0] in roots else None
+            if parent is None:
+                continue
+            if not hasattr(parent, "__path__"):  # a plain module: the names are its own
+                found.add(base)
+                continue
+            for alias in node.names:  # a package: each name's submodule, or the module defining the object
+                value = getattr(parent, alias.name, None)
+                if isinstance(value, ModuleType):
+                    found.add(value.__name__)
+                elif getattr(value, "__module__", None):
+                    found.add(value.__module__)
+                elif _module_of(f"{base}.{alias.name}") is not None:
+                    found.add(f"{base}.{alias.name}")
+    return {name for name in found if name.split(".")[0] in roots}
+
+
+def code_digest(obj: Any) -> str:
+    """SHA-256 (16 hex) of the source of the code behind ``obj`` (a class, function or module): the ``.py`` file of
+    the module that defines it and of every module of its own top-level package or of ``ami_lightning`` that it
+    imports, transitively (packages' ``__init__`` re-exports looked through, see :func:`_imported`). Editing any of
+    them changes the digest; editing a module it does not reach does not (Feature Squeezing's digest does not move
+    when AmI's module is edited, an attack's when another attack's is)."""
+    module = obj if isinstance(obj, ModuleType) else inspect.getmodule(obj)
+    if module is None or _source_file(module) is None:
         raise ValueError(f"no source file for {obj!r}: its cache entries cannot follow its code")
+    roots = frozenset({module.__name__.split(".")[0], "ami_lightning"})
+    seen: dict[str, Path] = {}
+    pending = [module.__name__]
+    while pending:
+        name = pending.pop()
+        imported = sys.modules.get(name) or _module_of(name)
+        path = _source_file(imported) if imported is not None else None
+        if name in seen or path is None:
+            continue
+        seen[name] = path
+        pending += sorted(_imported(imported, roots) - seen.keys())
     digest = hashlib.sha256()
-    for path in sorted(Path(source).resolve().parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in sorted(seen):
+        digest.update(name.encode() + b"\0" + _read_source(seen[name]) + b"\0")
     return digest.hexdigest()[:16]
 
 

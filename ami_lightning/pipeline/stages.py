@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -40,7 +41,7 @@ from ami_lightning.pipeline.benign import (
     save_records,
     scores_of_eligible,
 )
-from ami_lightning.pipeline.cache import STAGE_VERSIONS, cache_key, model_identity
+from ami_lightning.pipeline.cache import STAGE_VERSIONS, cache_key, code_digest, model_identity
 from ami_lightning.pipeline.distributed import LightningRunner, attack_trainer
 from ami_lightning.pipeline.files import write_text
 from ami_lightning.pipeline.loggers import log_results
@@ -318,6 +319,22 @@ def sample_batches(
 
 
 # ---- attack sets ----------------------------------------------------------------------------------------------------
+def attack_set_key(spec: DictConfig, model_key: Any, files: Sequence[Path], seed: int,
+                   detector: Detector | None = None) -> str:
+    """Cache key of an attack set's folder: the set's config ``spec`` (``attacks.<set>``), the model's identity, the
+    faces' file names, the seed, the writer's version (:data:`STAGE_VERSIONS`) and a digest of the attack's code
+    (:func:`~ami_lightning.pipeline.cache.code_digest`: its module and what it imports); for a set made against
+    ``detector``, also that detector's type, identity and code digest. Editing one attack's module changes the keys of
+    its sets only; editing a detector's module, those of the sets made against it only."""
+    from ami_lightning.attacks.registry import get_spec
+
+    key = ["attacks", STAGE_VERSIONS["attacks"], model_key, spec, [f.name for f in files], seed,
+           code_digest(get_spec(str(spec.name)).constructor())]
+    if detector is not None:
+        key += [detector.kind, detector.identity(), code_digest(type(detector))]
+    return cache_key(*key)
+
+
 def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, Detector] | None = None
                  ) -> dict[str, Path]:
     """Generate each selected attack set (:func:`selected_attacks`) from the first ``data.attack_faces`` shipped faces,
@@ -350,12 +367,8 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, D
     runner = LightningRunner(trainer, cfg.data.num_workers)
     dirs, times = {}, {}
     for name, spec in chosen.items():
-        detector = None
-        key = ["attacks", STAGE_VERSIONS["attacks"], model_key, spec, [f.name for f in files], cfg.seed]
-        if name in attacked:
-            detector = detectors[attacked[name]]  # type: ignore[index]
-            key += [detector.kind, detector.identity()]
-        root = Path(cfg.paths.cache_dir) / "attacks" / cache_key(*key)
+        detector = detectors[attacked[name]] if name in attacked else None  # type: ignore[index]
+        root = Path(cfg.paths.cache_dir) / "attacks" / attack_set_key(spec, model_key, files, cfg.seed, detector)
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
         dirs[name] = generate(spec.name, classifier.model, dataset, root, spec.get("params", {}),

@@ -69,7 +69,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from ami_lightning.attacks.registry import ATTACK_SETS, keyword_parameters
+from ami_lightning.attacks.registry import ATTACK_SETS, get_spec, keyword_parameters, known_attack
 from ami_lightning.cli import config_dir
 from ami_lightning.data import benign
 from ami_lightning.data.datasets import OnError
@@ -453,10 +453,19 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
         if kind is _BROKEN:
             continue
         registered = registered_detectors()
-        if kind not in registered:
+        if isinstance(kind, str) and ":" in kind:
+            try:
+                factory = get_detector_factory(kind)
+            except KeyError as err:
+                problems.add(f"{key}.type={_show(kind)}: {err.args[0]}")
+                continue
+        elif kind not in registered:
             problems.add(f"{key}.type={_show(None if kind is _ABSENT else kind)}: not a registered detector"
-                         f"{_did_you_mean(str(kind), registered)}; registered: {', '.join(registered)}")
+                         f"{_did_you_mean(str(kind), registered)}; registered: {', '.join(registered)}, or "
+                         "'package.module:Name' for a detector of your own")
             continue
+        else:
+            factory = get_detector_factory(kind)
         params = problems.get(f"{key}.params")
         if params is _ABSENT or params is None:
             continue
@@ -464,7 +473,6 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
             if params is not _BROKEN:
                 problems.add(f"{key}.params={_show(params)}: expected a mapping of parameter -> value")
             continue
-        factory = get_detector_factory(kind)
         accepted = {n: p for n, p in keyword_parameters(factory).items() if n != "model"}
         raw = OmegaConf.to_container(params, resolve=False)
         source = problems.source(f"{key}.params")
@@ -486,7 +494,7 @@ def _attack_of(set_name: str, node: DictConfig, files: ConfigFiles) -> str | Non
         candidates = [node.get("name")]
     else:
         candidates = [found.get("name") for found in files.nodes.get(("attacks", set_name), ())] + [set_name]
-    return next((str(c) for c in candidates if isinstance(c, str) and c in ATTACK_SETS), None)
+    return next((str(c) for c in candidates if isinstance(c, str) and known_attack(c)), None)
 
 
 def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
@@ -508,11 +516,17 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
         named = name is not _ABSENT and name is not _BROKEN and name is not None
         if attack is None:
             shown = f"{key}.name={_show(name)}" if named else key
+            if named and ":" in str(name):
+                try:
+                    get_spec(str(name))
+                except KeyError as err:
+                    problems.add(f"{shown}: {err.args[0]}")
+                    continue
             problems.add(f"{shown}: unknown attack set{_did_you_mean(str(name) if named else set_name, ATTACK_SETS)}; "
-                         f"registered: {registered}")
+                         f"registered: {registered}, or 'package.module:Name' for an attack of your own")
             continue
         if named:
-            _check_attacked_detector(key, ATTACK_SETS[attack].needs_detector, detector_names, problems)
+            _check_attacked_detector(key, get_spec(attack).needs_detector, detector_names, problems)
         params = problems.get(f"{key}.params")
         if params is _ABSENT or params is _BROKEN:
             continue
@@ -541,7 +555,7 @@ def _check_attacked_detector(key: str, needs_detector: bool, detector_names: lis
 
 
 def _check_attack_params(set_name: str, attack: str, params: DictConfig, selected: bool, problems: _Problems) -> None:
-    spec = ATTACK_SETS[attack]
+    spec = get_spec(attack)
     constructor = spec.constructor()
     accepted = spec.parameters()
     open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
