@@ -404,7 +404,7 @@ def generate(
     batches = batch_shares(len(dataset), batch_size, rank, world_size)
     mine = [i for batch in batches for i in batch]
     identities = {i: identity_from_filename(dataset.paths[i]) for i in mine}  # ValueError naming a bad file name
-    folder = Path(out_dir) / spec.name
+    folder = Path(out_dir) / spec.folder
     manifest = folder / (MANIFEST if world_size == 1 else shard_manifest(rank))
     share = Share(folder, manifest, [names[i] for i in mine])
     run = Run(attack, model, dataset, names, identities, folder, file_format, target_mode, jpeg_quality, num_classes,

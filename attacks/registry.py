@@ -56,6 +56,11 @@ class AttackSpec:
             raise ValueError(f"attack set {self.name!r}: unknown file format {self.file_format!r}; "
                              f"expected one of {FILE_FORMATS}")
 
+    @property
+    def folder(self) -> str:
+        """The name of the folder its samples are written to: :attr:`name`, a dotted path's ``:`` as ``.``."""
+        return self.name.replace(":", ".")
+
     def constructor(self) -> Callable[..., Attack]:
         """What :attr:`factory` calls: the attack class itself for a :class:`Deferred` factory (its module is
         imported, nothing is built), else the factory."""

@@ -119,8 +119,8 @@ def test_ami_eval_runs_a_detector_and_an_attack_of_an_outside_package(
         assert rows[(detector, "benign")]["n"] == 16  # 4 faces x 4 variants
     assert results["detectors"]["msp"]["type"] == "mylab.msp:MaxSoftmax"
     assert results["detectors"]["msp"]["params"] == {"threshold": 0.5}
-    manifest = next((tmp_path / "cache" / "attacks").glob("*/manifest.jsonl"), None)
-    assert manifest is not None
+    (manifest,) = (tmp_path / "cache" / "attacks").glob("*/mylab.noise.UniformNoise/manifest.jsonl")
+    assert len(manifest.read_text().splitlines()) == 2
 
 
 def test_an_outside_components_own_checks_and_import_errors_are_reported_in_seconds(
