@@ -13,7 +13,7 @@ sets, e.g. ``adaptive_gradient`` against AmI and ``adaptive_gradient_fs`` agains
 of a config may set), without building an attack;
 ``ATTACK_SETS[name].target_mode`` says which targets the set uses (:func:`ami_lightning.attacks.base.make_targets`) and
 ``file_format`` how the published samples are stored (``npy``: float32 (3, 224, 224) RGB 0-255; ``png``: 8-bit
-image; the release used JPEG, which :func:`ami_lightning.attacks.generate.generate` offers as an option).
+image; the release used JPEG, which :func:`ami_lightning.pipeline.generation.generate` offers as an option).
 
 The C&W classes are imported when a C&W attack is built, not when this module is, so the other sets do not depend
 on :mod:`ami_lightning.attacks.cw`.

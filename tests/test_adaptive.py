@@ -21,13 +21,14 @@ from ami_lightning.attacks.adaptive import (
     random_start,
 )
 from ami_lightning.attacks.base import face_seed
-from ami_lightning.attacks.generate import generate, merge_manifests
 from ami_lightning.attacks.gradient import BIM
 from ami_lightning.attacks.registry import create_attack
 from ami_lightning.data.datasets import FaceFiles
+from ami_lightning.data.manifest import merge_manifests
 from ami_lightning.data.shipped import face_files
 from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.models.layers import forward_hooks
+from ami_lightning.pipeline.generation import generate
 from tests.toy import NUM_CLASSES, toy_detector, toy_faces
 
 BUDGET = {"eps": 32.0, "steps": 10, "rel_stepsize": 0.2}  # the toy needs Linf ~32-48 pixel units to be fooled

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ami_lightning.attacks.generate as gen
+import ami_lightning.data.manifest as manifests
 from ami_lightning.detectors.ami import ami as ami_factory
 from ami_lightning.detectors.base import SetupContext
 from ami_lightning.models.base import Normalize, PixelModel
@@ -131,8 +131,8 @@ def test_a_full_disk_names_the_file_and_the_free_space(tmp_path: Path, monkeypat
         patch.setattr(builtins, "open", full)
         with pytest.raises(OSError) as caught:
             files.write_text(target, "{}")
-        with pytest.raises(OSError) as appended, gen.open_log(manifest) as log:
-            gen.append_row(log, {"file": "x.npy", "label": 0})
+        with pytest.raises(OSError) as appended, manifests.open_log(manifest) as log:
+            manifests.append_row(log, {"file": "x.npy", "label": 0})
     for error, path in ((caught.value, target), (appended.value, manifest)):
         assert error.errno == errno.ENOSPC and error.filename == str(path)
         assert f"No space left on device while writing {path} (" in str(error)

@@ -20,15 +20,15 @@ import pytest
 import torch
 from PIL import Image
 
-import ami_lightning.attacks.generate as gen
+import ami_lightning.pipeline.generation as gen
 from ami_lightning.attacks.base import face_seed
-from ami_lightning.attacks.generate import generate, merge_manifests, read_manifest
 from ami_lightning.attacks.masked import patch_mask
 from ami_lightning.attacks.registry import get_spec
 from ami_lightning.data.datasets import FaceFiles, load_pixels
 from ami_lightning.data.images import load_image
-from ami_lightning.data.manifest import ManifestError, TornManifestWarning
+from ami_lightning.data.manifest import ManifestError, TornManifestWarning, merge_manifests, read_manifest
 from ami_lightning.pipeline import files
+from ami_lightning.pipeline.generation import generate
 from tests.toy import toy_classifier, toy_faces
 
 IDENTITIES = [f"Person_{chr(65 + i)}" for i in range(10)]  # the toy's class names, e.g. Person_A

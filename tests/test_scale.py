@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from ami_lightning.attacks.generate import batch_shares
 from ami_lightning.data.datamodule import PADDING, EvalDataModule
 from ami_lightning.evaluation.module import DetectorEvalModule
+from ami_lightning.pipeline.generation import batch_shares
 from tests.test_bad_inputs import _untrained_detector
 from tests.toy import PixelSet
 

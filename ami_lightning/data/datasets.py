@@ -254,7 +254,7 @@ class FaceFiles(Dataset):
 
     @classmethod
     def from_manifest(cls, manifest: Path, on_error: OnError = "raise", size: Size | None = None) -> FaceFiles:
-        """An attack set written by ``ami_lightning.attacks.generate``: its ``manifest.jsonl`` (file, true label,
+        """An attack set written by ``ami_lightning.pipeline.generation``: its ``manifest.jsonl`` (file, true label,
         ...) beside the files, read by :func:`ami_lightning.data.manifest.read_manifest` (the generator's reader: a
         torn last line is ignored, any other bad line is an error naming it; the last row of a file wins)."""
         manifest = Path(manifest)

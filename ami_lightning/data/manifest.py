@@ -1,6 +1,8 @@
 """The JSON-lines manifest of a generated attack set (``manifest.jsonl``): the one reader, shared by the generator
-(:mod:`ami_lightning.attacks.generate`, which resumes from it) and the datasets
-(:meth:`ami_lightning.data.datasets.FaceFiles.from_manifest`, which evaluates from it).
+(:mod:`ami_lightning.pipeline.generation`, which resumes from it) and the datasets
+(:meth:`ami_lightning.data.datasets.FaceFiles.from_manifest`, which evaluates from it), and its writers: rows appended
+durably (:func:`append_row` through :func:`open_log`), per-process shards (:func:`shard_manifest`) merged into one
+(:func:`merge_manifests`), the whole file replaced atomically (:func:`write_manifest`).
 
 One JSON object per line, each with at least ``file`` (the sample's file, relative to the manifest's folder and
 inside it, a string) and ``label`` (its true class, an integer). The generator appends one line per sample and
@@ -13,10 +15,14 @@ through ``..`` or a link) is a :class:`ManifestError` naming the manifest, the l
 from __future__ import annotations
 
 import json
+import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from ami_lightning.pipeline.files import exclusive, naming_full_disk, write_text
 
 MANIFEST = "manifest.jsonl"
 REQUIRED_KEYS: tuple[str, ...] = ("file", "label")
@@ -95,3 +101,71 @@ def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> 
 def manifest_text(rows: Mapping[str, Row]) -> str:
     """The canonical text of a manifest: one line per row, sorted by file name."""
     return "".join(json.dumps(rows[name]) + "\n" for name in sorted(rows))
+
+
+# ---- writers ------------------------------------------------------------------------------------------------------
+def write_manifest(path: Path, rows: Mapping[str, Row]) -> None:
+    """Atomically replace ``path`` with ``rows``, one line each, sorted by file name (synced)."""
+    write_text(path, manifest_text(rows), durable=True)
+
+
+def drop_torn_line(path: Path) -> None:
+    """Cut a manifest back to its last complete line (a kill mid-append leaves a line without its newline)."""
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def append_row(handle: IO[str], row: Row) -> None:
+    """Append ``row`` to an open manifest and make it durable (flush + fsync); a full disk raises
+    :class:`~ami_lightning.pipeline.files.DiskFullError` naming the manifest."""
+    with naming_full_disk(handle.name):
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def shard_manifest(rank: int | str) -> str:
+    """The file name of rank ``rank``'s manifest shard."""
+    return f"manifest.rank{rank}.jsonl"
+
+
+def share_lock(folder: Path, manifest: Path) -> Path:
+    """The path whose lock (:func:`ami_lightning.pipeline.files.exclusive`, ``<path>.lock``) guards the share of set
+    folder
+    ``folder`` logged to ``manifest``: the folder itself for an unsharded run, ``<folder>.<shard manifest>`` beside it
+    for a shard (lock files stay out of the set folder)."""
+    return folder if manifest.name == MANIFEST else folder.with_name(f"{folder.name}.{manifest.name}")
+
+
+def merge_manifests(folder: str | Path) -> Path:
+    """Join the shards ``manifest.rank*.jsonl`` of ``folder`` (and any ``manifest.jsonl`` already there) into one
+    ``manifest.jsonl`` sorted by file, one entry per file that exists; the shards are then removed. Holds the set's
+    lock and each shard's (as :func:`generate` does), so it waits for runs still writing to them."""
+    folder = Path(folder)
+    with exclusive(folder):
+        return merge_shards(folder)
+
+
+def merge_shards(folder: Path) -> Path:
+    """:func:`merge_manifests` for a caller that holds the set's lock already (each shard's is taken here)."""
+    with ExitStack() as locks:
+        shards = sorted(folder.glob(shard_manifest("*")))
+        for shard in shards:
+            locks.enter_context(exclusive(share_lock(folder, shard)))
+        rows = read_manifest(folder / MANIFEST)
+        for shard in shards:
+            rows.update(read_manifest(shard))
+        write_manifest(folder / MANIFEST, {name: row for name, row in rows.items() if (folder / name).is_file()})
+        for shard in shards:
+            shard.unlink()
+    return folder / MANIFEST
+
+
+@contextmanager
+def open_log(manifest: Path) -> Iterator[IO[str]]:
+    """``manifest`` opened for appending rows (:func:`append_row`), its torn last line cut off first."""
+    drop_torn_line(manifest)
+    with open(manifest, "a", encoding="utf-8") as log:
+        yield log

@@ -30,9 +30,10 @@ from ami_lightning.pipeline.files import write_text
 
 STAGE_VERSIONS: dict[str, int] = {
     "witnesses": 2,  # 2: key with content digests of the weights and the landmark models
-    "attacks": 4,  # the writer of the sets (attacks/generate.py, its files and manifest rows); the attacks' and
+    # the writer of the sets (pipeline/generation.py, data/sample_files.py, data/manifest.py); the attacks' and the
     # detectors' own code is in each set's key by digest (stages.attack_set_key). 2: key with content digests, without
     # batch size; 3: rows carry the face seed; 4: orthogonal PGD's projection fix (now covered by the digest)
+    "attacks": 4,
     "benign": 1,  # a detector's records on the benign set (ami_lightning/pipeline/benign.py)
 }
 """Version of each cached stage's code: bump in the commit that changes what the stage writes."""

@@ -1,14 +1,15 @@
 """Attack generation through a Lightning trainer's strategy: the attack stage on 1..N devices and nodes.
 
-:class:`LightningRunner` is the :class:`~ami_lightning.attacks.generate.Runner` of the pipeline: for each attack set,
+:class:`LightningRunner` is the :class:`~ami_lightning.pipeline.generation.Runner` of the pipeline: for each attack set,
 every process of the trainer (``trainer=ddp trainer.devices=N``, several nodes under SLURM, or ``trainer=ddp_sim`` on
-the CPU) runs one ``trainer.predict`` pass over its own batches (:func:`~ami_lightning.attacks.generate.batch_shares`; a
-process without any, e.g. of a set with fewer faces than processes, runs an empty pass: it still takes part in every
-collective call). :class:`AttackSetModule`'s ``predict_step`` attacks a batch on the process's device and its
-``on_predict_batch_end`` stores the files and appends the rows to the process's manifest shard, so a kill loses at most
-the batch in flight. The first pass launches the other processes (Lightning's launcher re-runs the command; each
-re-prepares its detectors from the cache) and creates the process group that
-:func:`~ami_lightning.attacks.generate.generate` then uses to wait for every rank before rank 0 merges the shards.
+the CPU) runs one ``trainer.predict`` pass over its own batches
+(:func:`~ami_lightning.pipeline.generation.batch_shares`; a process without any, e.g. of a set with fewer faces than
+processes, runs an empty pass: it still takes part in every collective call). :class:`AttackSetModule`'s
+``predict_step`` attacks a batch on the process's device and its ``on_predict_batch_end`` stores the files and appends
+the rows to the process's manifest shard, so a kill loses at most the batch in flight. The first pass launches the
+other processes (Lightning's launcher re-runs the command; each re-prepares its detectors from the cache) and creates
+the process group that :func:`~ami_lightning.pipeline.generation.generate` then uses to wait for every rank before
+rank 0 merges the shards.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from hydra.utils import instantiate
 from torch import nn
 from tqdm import tqdm
 
-from ami_lightning.attacks.generate import Output, Run, open_log
+from ami_lightning.data.manifest import open_log
+from ami_lightning.pipeline.generation import Output, Run
 
 
 class AttackSetModule(pl.LightningModule):
     """One attack set's share as a predict pass: ``predict_step`` attacks a batch (pixels (B, 3, H, W) in
     [0, 255], labels (B,), dataset indices (B,)) and returns per sample its file name, bytes and manifest row
-    (:meth:`~ami_lightning.attacks.generate.Run.attack_batch`); ``on_predict_batch_end`` writes them to ``log`` (the
+    (:meth:`~ami_lightning.pipeline.generation.Run.attack_batch`); ``on_predict_batch_end`` writes them to ``log`` (the
     open manifest shard) and advances ``bar``. The classifier (and the detector an adaptive attack attacks) are
     submodules, so the trainer puts them on its device. A process's share may be empty (fewer batches than
     processes, or all of its faces done): its pass then attacks nothing."""

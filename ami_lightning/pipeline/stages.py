@@ -347,8 +347,8 @@ def attack_stage(cfg: DictConfig, classifier: Classifier, detectors: dict[str, D
     generation is resumable, so an interrupted run (a killed process of any rank) picks up where it stopped. An
     adaptive set needs its prepared detector in ``detectors`` (``ValueError`` without).
     """
-    from ami_lightning.attacks.generate import generate
     from ami_lightning.attacks.registry import get_spec
+    from ami_lightning.pipeline.generation import generate
 
     files = face_files()[: cfg.data.attack_faces]  # paths only: the dataset reads the pixels batch by batch
     index = {name: i for i, name in enumerate(classifier.identities)}

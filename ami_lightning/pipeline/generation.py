@@ -9,9 +9,9 @@ then what the float results depend on (:func:`numerics_record`). Predictions, su
 distortions describe the file as stored: what an 8-bit PNG or a JPEG decodes to, not the float pixels the attack
 ended with.
 
-Formats: ``npy`` float32 (3, H, W), RGB, pixels 0-255, no mean subtracted (the published C&W / FGSM / BIM format);
-``png`` 8-bit RGB, lossless (the default for patch and eyeglasses); ``jpg`` 8-bit RGB JPEG, lossy, as the release
-stored its patch and eyeglass samples.
+Formats (:mod:`ami_lightning.data.sample_files`): ``npy`` float32 (3, H, W), RGB, pixels 0-255 (the published C&W /
+FGSM / BIM format); ``png`` 8-bit RGB, lossless (patch and eyeglasses); ``jpg`` 8-bit JPEG, as the release stored its
+patch and eyeglass samples. Manifests are read and written by :mod:`ami_lightning.data.manifest`.
 
 Resuming: a sample is done when it has a manifest entry and its file exists and looks whole (:func:`damage`: the
 header and length of a ``.npy``, the first and last bytes of a PNG or JPEG, no decoding); those are skipped. A
@@ -48,42 +48,41 @@ faces still missing (a single process also merges the shards an earlier run left
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from ami_lightning.attacks.base import TARGET_MODES, distortions, face_seed, is_success, make_targets
 from ami_lightning.attacks.registry import FILE_FORMATS, AttackSpec, create_attack, get_spec
 from ami_lightning.data.datasets import FaceFileError
 from ami_lightning.data.identities import identity_from_filename
-from ami_lightning.data.manifest import MANIFEST, Row, manifest_text, read_manifest
+from ami_lightning.data.manifest import (
+    MANIFEST,
+    Row,
+    append_row,
+    manifest_text,
+    merge_manifests,
+    merge_shards,
+    open_log,
+    read_manifest,
+    shard_manifest,
+    share_lock,
+    write_manifest,
+)
+from ami_lightning.data.sample_files import DamagedSampleWarning, damage, decode, encode, output_name
 from ami_lightning.detectors.base import Detector
-from ami_lightning.pipeline.files import exclusive, naming_full_disk, remove_stale_temporaries, write_bytes, write_text
+from ami_lightning.pipeline.files import exclusive, remove_stale_temporaries, write_bytes
 
 Item = tuple[torch.Tensor, int, int]
-_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-class DamagedSampleWarning(UserWarning):
-    """A logged sample file of a set that does not look whole (:func:`damage`); it is made again."""
 
 
 class FaceDataset(Protocol):
@@ -95,123 +94,6 @@ class FaceDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Item: ...
-
-
-# ---- files --------------------------------------------------------------------------------------------------------
-def output_name(source: str | Path, file_format: str) -> str:
-    """The file name of ``source``'s adversarial version: its name with the extension of ``file_format``."""
-    return f"{Path(source).stem}.{file_format}"
-
-
-def encode(pixels: torch.Tensor, file_format: str, jpeg_quality: int = 95) -> bytes:
-    """The bytes of a file holding float pixels (3, H, W) RGB in [0, 255]: ``npy`` float32 as they are, ``png``
-    and ``jpg`` rounded to 8 bits."""
-    array = pixels.detach().cpu()
-    buffer = io.BytesIO()
-    if file_format == "npy":
-        np.save(buffer, array.numpy().astype(np.float32), allow_pickle=False)
-    else:
-        image = Image.fromarray(array.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
-        image.save(buffer, "PNG" if file_format == "png" else "JPEG", quality=jpeg_quality)
-    return buffer.getvalue()
-
-
-def damage(path: Path) -> str | None:
-    """Why the sample file ``path`` (written by :func:`encode`; format from its suffix) is damaged, or None when it
-    looks whole. Cheap, no decoding: a ``.npy`` whose header cannot be read or whose length is not the header's
-    shape and dtype; a PNG without its signature or its closing ``IEND`` chunk; a JPEG without its start or end
-    marker."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            if path.suffix == ".npy":
-                try:
-                    read_header = _NPY_HEADERS[np.lib.format.read_magic(handle)]
-                    shape, _, dtype = read_header(handle)
-                except (KeyError, ValueError, OSError, EOFError, SyntaxError) as err:
-                    return f"unreadable .npy header ({type(err).__name__}: {err})"
-                expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
-                return None if size == expected else f"{size} bytes where its header says {expected}"
-            marks = {".png": (_PNG_START, _PNG_END), ".jpg": (_JPEG_START, _JPEG_END)}.get(path.suffix)
-            if marks is None:
-                return None  # not a format the generator writes: nothing to judge by
-            start, end = marks
-            head = handle.read(len(start))
-            handle.seek(max(size - len(end), 0))
-            tail = handle.read()
-    except OSError as err:
-        return f"cannot be read: {err}"
-    if head != start:
-        return f"not a {path.suffix[1:].upper()} file (its first bytes are {head!r})"
-    return None if tail == end else f"cut short ({size} bytes, no {path.suffix[1:].upper()} end marker)"
-
-
-def decode(data: bytes, file_format: str) -> torch.Tensor:
-    """Float pixels (3, H, W) RGB in [0, 255] of the bytes of a file written by :func:`encode`."""
-    if file_format == "npy":
-        return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
-    with Image.open(io.BytesIO(data)) as image:
-        return pil_to_tensor(image.convert("RGB")).float()
-
-
-# ---- manifests (read by ami_lightning.data.manifest.read_manifest) ---------------------------------------------------
-def write_manifest(path: Path, rows: Mapping[str, Row]) -> None:
-    """Atomically replace ``path`` with ``rows``, one line each, sorted by file name (synced)."""
-    write_text(path, manifest_text(rows), durable=True)
-
-
-def drop_torn_line(path: Path) -> None:
-    """Cut a manifest back to its last complete line (a kill mid-append leaves a line without its newline)."""
-    data = path.read_bytes() if path.is_file() else b""
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-
-
-def append_row(handle: IO[str], row: Row) -> None:
-    """Append ``row`` to an open manifest and make it durable (flush + fsync); a full disk raises
-    :class:`~ami_lightning.pipeline.files.DiskFullError` naming the manifest."""
-    with naming_full_disk(handle.name):
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def shard_manifest(rank: int | str) -> str:
-    """The file name of rank ``rank``'s manifest shard."""
-    return f"manifest.rank{rank}.jsonl"
-
-
-def share_lock(folder: Path, manifest: Path) -> Path:
-    """The path whose lock (:func:`ami_lightning.pipeline.files.exclusive`, ``<path>.lock``) guards the share of set
-    folder
-    ``folder`` logged to ``manifest``: the folder itself for an unsharded run, ``<folder>.<shard manifest>`` beside it
-    for a shard (lock files stay out of the set folder)."""
-    return folder if manifest.name == MANIFEST else folder.with_name(f"{folder.name}.{manifest.name}")
-
-
-def merge_manifests(folder: str | Path) -> Path:
-    """Join the shards ``manifest.rank*.jsonl`` of ``folder`` (and any ``manifest.jsonl`` already there) into one
-    ``manifest.jsonl`` sorted by file, one entry per file that exists; the shards are then removed. Holds the set's
-    lock and each shard's (as :func:`generate` does), so it waits for runs still writing to them."""
-    folder = Path(folder)
-    with exclusive(folder):
-        return merge_shards(folder)
-
-
-def merge_shards(folder: Path) -> Path:
-    """:func:`merge_manifests` for a caller that holds the set's lock already (each shard's is taken here)."""
-    with ExitStack() as locks:
-        shards = sorted(folder.glob(shard_manifest("*")))
-        for shard in shards:
-            locks.enter_context(exclusive(share_lock(folder, shard)))
-        rows = read_manifest(folder / MANIFEST)
-        for shard in shards:
-            rows.update(read_manifest(shard))
-        write_manifest(folder / MANIFEST, {name: row for name, row in rows.items() if (folder / name).is_file()})
-        for shard in shards:
-            shard.unlink()
-    return folder / MANIFEST
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -295,14 +177,6 @@ class InProcess:
             for pixels, labels, index in run.loader(batches, self.num_workers):
                 run.write(log, run.attack_batch(pixels.to(self.device), labels.to(self.device), index))
                 bar.update(len(index))
-
-
-@contextmanager
-def open_log(manifest: Path) -> Iterator[IO[str]]:
-    """``manifest`` opened for appending rows (:func:`append_row`), its torn last line cut off first."""
-    drop_torn_line(manifest)
-    with open(manifest, "a", encoding="utf-8") as log:
-        yield log
 
 
 BATCH_MULTIPLE = 8
