@@ -11,14 +11,15 @@ treated as constants in the backward pass (straight-through, BPDA); ``exact`` di
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ami_lightning.checks import existing, expect, is_positive
 from ami_lightning.detectors.base import Detector, SetupContext, register_detector
 from ami_lightning.detectors.steering import SteeringParams, detection_score, steer
 from ami_lightning.models.layers import find_layer, forward_hooks
@@ -142,6 +143,26 @@ class AmIDetector(Detector):
                 "crop_layers": list(self.crop_layers), "witnesses": witnesses}
 
 
+def check_ami_params(params: Mapping[str, Any]) -> list[str]:
+    """Problems with the values of AmI's parameters (the keys of the ``ami`` group, resolved), one line each: the
+    steering strengths finite and > 0, ``crop_layers`` a list of names (checked against the model's layers once it is
+    built: :func:`ami_lightning.pipeline.validation.check_model_layers`), ``caffe_median`` a boolean,
+    ``witness_format`` a known format, ``attributes`` distinct known attributes, ``witnesses`` an existing folder."""
+    formats = get_args(Format)
+    return [
+        *(line for key in ("weaken", "strengthen0", "strengthen1")
+          for line in expect(params, key, is_positive, "a finite number > 0")),
+        *expect(params, "crop_layers", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                "a list of layer names, like [pool3] or []"),
+        *expect(params, "caffe_median", lambda v: isinstance(v, bool), "true or false"),
+        *expect(params, "witness_format", lambda v: v in formats, f"one of {', '.join(formats)}"),
+        *expect(params, "attributes", lambda v: isinstance(v, list) and 0 < len(v) == len(set(v))
+                and all(a in ATTRIBUTES for a in v),
+                f"a non-empty list of distinct attributes among {', '.join(ATTRIBUTES)}, like [leye,reye,mouth]"),
+        *existing(params, "witnesses", "folder", "the witness files to use (null: extract them)"),
+    ]
+
+
 @register_detector("ami")
 def ami(
     model: nn.Module,
@@ -159,3 +180,6 @@ def ami(
     attributes whose witnesses it steers with."""
     return AmIDetector(model, None, weaken, (strengthen0, strengthen1), crop_layers, caffe_median=caffe_median,
                        witness_source=witnesses, witness_format=witness_format, attributes=attributes)
+
+
+ami.check_params = check_ami_params  # type: ignore[attr-defined]  # what the config check calls

@@ -6,10 +6,14 @@ it) or failing minutes later without the key (``ami.weaken=abc``).
 
 * :func:`check_config`: called by every entry point right after Hydra composes ``cfg``. Unknown keys (top level,
   ``ami``, ``data``, ``paths``; the keyword arguments of every ``_target_`` node), unknown attack sets and attack
-  parameters, values (AmI factors, FPR targets, batch size, workers, faces to attack, seed, formats, the trainer's
-  device), and the files and folders the run needs. It collects every problem and raises one :class:`ConfigError`
-  listing them, one per line. Pure and fast: no model, no data read beyond ``is_file`` / ``is_dir``, the count of
-  the shipped faces and the YAML files of the config sources.
+  parameters, the values of the run's own keys (FPR targets, batch size, workers, faces to attack, seed, formats, the
+  trainer's device), the values of each detector's and attack's parameters by that component's own
+  ``check_params`` (AmI's factors, witness rule and witness folder:
+  :func:`ami_lightning.detectors.ami.check_ami_params`; a detector whose parameters come from a group by
+  interpolation, as AmI's from ``ami``, is reported under the group's keys), and the files and folders the run
+  needs. It collects every problem and raises one :class:`ConfigError` listing them, one per line. Pure and fast:
+  no model, no data read beyond ``is_file`` / ``is_dir``, the count of the shipped faces and the YAML files of the
+  config sources (and the modules of the components named by dotted path, which are imported).
 * :func:`check_model_layers`: called once the model is built, before the witnesses: every ``ami.crop_layers`` entry
   must be one of the model's hookable layers.
 
@@ -32,12 +36,14 @@ at the root). Then
   (``inspect.signature``), as ``instantiate`` would call it; not checked when the target takes ``**kwargs``. The
   logger is left to :func:`ami_lightning.pipeline.loggers.check_logger`, Hydra's own node to Hydra;
 * ``attacks.<set>``: keys ``name`` (a registered attack of
-  :data:`ami_lightning.attacks.registry.ATTACK_SETS`; a budget-only entry without one takes the name its
-  ``attack/<set>.yaml`` file gives, else the set's own), ``detector`` (for an adaptive attack: which of the run's
-  detectors it attacks; no other attack takes one) and ``params``, the parameters of the attack's constructor
-  (:meth:`~ami_lightning.attacks.registry.AttackSpec.parameters`; ``detector`` is the pipeline's);
-* ``detectors.<name>``: keys ``type`` (a registered detector, :func:`ami_lightning.detectors.base.registered_detectors`)
-  and ``params`` (the keyword parameters of its factory, checked by its ``check_params`` where it has one); a run
+  :data:`ami_lightning.attacks.registry.ATTACK_SETS`, or ``package.module:Name`` of an ``Attack``; a budget-only
+  entry without one takes the name its ``attack/<set>.yaml`` file gives, else the set's own), ``detector`` (for an
+  adaptive attack: which of the run's detectors it attacks; no other attack takes one) and ``params``, the
+  parameters of the attack's constructor (:meth:`~ami_lightning.attacks.registry.AttackSpec.parameters`;
+  ``detector`` is the pipeline's), whose values its ``check_params`` checks;
+* ``detectors.<name>``: keys ``type`` (a registered detector, :func:`ami_lightning.detectors.base.registered_detectors`,
+  or ``package.module:Name``) and ``params`` (the keyword parameters of its factory, whose values its
+  ``check_params`` checks); a run
   that evaluates (``ami-eval``, ``ami-run``) needs at least one.
 * the names of attack sets and detectors: letters, digits, ``_`` and ``-`` (:data:`PLAIN_NAME`): a set's name is a
   folder under ``data.attacks_dir`` (an absolute name or ``..`` would read files outside it), and both are parts of
@@ -53,7 +59,6 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.resources
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +75,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from ami_lightning.attacks.registry import ATTACK_SETS, get_spec, keyword_parameters, known_attack
+from ami_lightning.checks import is_int, is_number, show
 from ami_lightning.cli import config_dir
 from ami_lightning.data import benign
 from ami_lightning.data.datasets import OnError
@@ -77,7 +83,6 @@ from ami_lightning.data.probes import VARIANTS
 from ami_lightning.data.shipped import face_files
 from ami_lightning.detectors.base import get_detector_factory, registered_detectors
 from ami_lightning.models import classifiers
-from ami_lightning.witnesses.witness_set import ATTRIBUTES, Format
 
 CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
 """Groups whose keys must be among those their config files define."""
@@ -86,7 +91,6 @@ UNCHECKED_TARGETS: tuple[str, ...] = ("hydra", "logger")
 ATTACK_KEYS: tuple[str, ...] = ("name", "detector", "params")
 DETECTOR_KEYS: tuple[str, ...] = ("type", "params")
 EVALUATING_TASKS: tuple[str, ...] = ("eval", "run")
-WITNESS_FORMATS: tuple[str, ...] = tuple(get_args(Format))
 ON_ERROR: tuple[str, ...] = tuple(get_args(OnError))
 CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
 
@@ -243,33 +247,14 @@ def shipped_face_count() -> int:
         return 0
 
 
-def _show(value: Any) -> str:
-    """A value as the problem lines show it: YAML words for null and booleans, ``repr`` otherwise."""
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value, resolve=False)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
 def _item(key: str, value: Any) -> str:
     """``key=value`` for a scalar, ``key`` alone for a mapping."""
-    return key if isinstance(value, DictConfig | Mapping) else f"{key}={_show(value)}"
+    return key if isinstance(value, DictConfig | Mapping) else f"{key}={show(value)}"
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _Problems:
@@ -319,7 +304,7 @@ class _Problems:
             if required:
                 self.add(f"{key}: missing; expected {expected}")
         elif value is not _BROKEN and not ok(value):
-            self.add(f"{key}={_show(value)}: expected {expected}")
+            self.add(f"{key}={show(value)}: expected {expected}")
         return value
 
 
@@ -423,7 +408,7 @@ def _entries(
         node = problems.get(key)
         if not isinstance(node, DictConfig):
             if node is not _BROKEN:
-                problems.add(f"{key}={_show(node)}: expected a mapping with keys {', '.join(keys)}")
+                problems.add(f"{key}={show(node)}: expected a mapping with keys {', '.join(keys)}")
             continue
         for extra in (str(k) for k in node.keys() if k not in keys):
             problems.add(f"{key}.{extra}: unknown key of {what}{_did_you_mean(extra, keys)}; "
@@ -445,7 +430,7 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
                          f"(registered: {', '.join(registered_detectors())})")
         return
     if not isinstance(detectors, DictConfig):
-        problems.add(f"detectors={_show(detectors)}: expected a mapping of detector name -> {{type, params}}")
+        problems.add(f"detectors={show(detectors)}: expected a mapping of detector name -> {{type, params}}")
         return
     for key, _node in _entries(problems, "detectors", detectors, DETECTOR_KEYS, "a detector",
                                "a detector's name is a part of metric names (<detector>/<set>/<metric>)"):
@@ -457,10 +442,10 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
             try:
                 factory = get_detector_factory(kind)
             except KeyError as err:
-                problems.add(f"{key}.type={_show(kind)}: {err.args[0]}")
+                problems.add(f"{key}.type={show(kind)}: {err.args[0]}")
                 continue
         elif kind not in registered:
-            problems.add(f"{key}.type={_show(None if kind is _ABSENT else kind)}: not a registered detector"
+            problems.add(f"{key}.type={show(None if kind is _ABSENT else kind)}: not a registered detector"
                          f"{_did_you_mean(str(kind), registered)}; registered: {', '.join(registered)}, or "
                          "'package.module:Name' for a detector of your own")
             continue
@@ -471,7 +456,7 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
             continue
         if not isinstance(params, DictConfig):
             if params is not _BROKEN:
-                problems.add(f"{key}.params={_show(params)}: expected a mapping of parameter -> value")
+                problems.add(f"{key}.params={show(params)}: expected a mapping of parameter -> value")
             continue
         accepted = {n: p for n, p in keyword_parameters(factory).items() if n != "model"}
         raw = OmegaConf.to_container(params, resolve=False)
@@ -482,9 +467,12 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
                 problems.add(f"{_item(f'{source}.{param}', raw[param])}: not a parameter of detector {kind!r}"
                              f"{_did_you_mean(param, accepted)}; allowed: {', '.join(accepted)}")
         check = getattr(factory, "check_params", None)
-        if check is not None:
-            for line in check(OmegaConf.to_container(params, resolve=True)):
-                problems.add(f"{key}.params.{line}")
+        if check is not None:  # on the values that resolve (each one that does not is a problem of its own)
+            values = {param: problems.get(f"{source}.{param}") for param in map(str, params.keys())}
+            resolved = {param: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig)
+                        else v for param, v in values.items() if v is not _BROKEN and v is not _ABSENT}
+            for line in check(resolved):
+                problems.add(f"{source}.{line}")
 
 
 def _attack_of(set_name: str, node: DictConfig, files: ConfigFiles) -> str | None:
@@ -502,7 +490,7 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
     if attacks is _ABSENT or attacks is _BROKEN or attacks is None:
         return
     if not isinstance(attacks, DictConfig):
-        problems.add(f"attacks={_show(attacks)}: expected a mapping of attack set -> {{name, detector, params}}")
+        problems.add(f"attacks={show(attacks)}: expected a mapping of attack set -> {{name, detector, params}}")
         return
     registered = ", ".join(sorted(ATTACK_SETS))
     detectors = problems.get("detectors")
@@ -515,7 +503,7 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
         name = problems.get(f"{key}.name")
         named = name is not _ABSENT and name is not _BROKEN and name is not None
         if attack is None:
-            shown = f"{key}.name={_show(name)}" if named else key
+            shown = f"{key}.name={show(name)}" if named else key
             if named and ":" in str(name):
                 try:
                     get_spec(str(name))
@@ -531,7 +519,7 @@ def _check_attacks(problems: _Problems, files: ConfigFiles) -> None:
         if params is _ABSENT or params is _BROKEN:
             continue
         if not isinstance(params, DictConfig):
-            problems.add(f"{key}.params={_show(params)}: expected a mapping of parameter -> value")
+            problems.add(f"{key}.params={show(params)}: expected a mapping of parameter -> value")
             continue
         _check_attack_params(set_name, attack, params, selected=named, problems=problems)
 
@@ -544,13 +532,13 @@ def _check_attacked_detector(key: str, needs_detector: bool, detector_names: lis
     given = detector is not _ABSENT and detector is not None
     if not needs_detector:
         if given:
-            problems.add(f"{key}.detector={_show(detector)}: this attack does not attack a detector; remove the key")
+            problems.add(f"{key}.detector={show(detector)}: this attack does not attack a detector; remove the key")
         return
     if not given:
         problems.add(f"{key}.detector: missing; name the detector this adaptive set attacks, one of the run's "
                      f"detectors ({', '.join(detector_names) or 'none selected'})")
     elif str(detector) not in detector_names:
-        problems.add(f"{key}.detector={_show(detector)}: not among the run's detectors "
+        problems.add(f"{key}.detector={show(detector)}: not among the run's detectors "
                      f"({', '.join(detector_names) or 'none selected'}); add it with detector=[...]")
 
 
@@ -582,45 +570,34 @@ def _check_attack_params(set_name: str, attack: str, params: DictConfig, selecte
 
 
 def _check_values(problems: _Problems) -> None:
-    positive = "a finite number > 0"
-    for key in ("ami.weaken", "ami.strengthen0", "ami.strengthen1"):
-        problems.value(key, lambda v: _is_number(v) and math.isfinite(v) and v > 0, positive)
-    problems.value("ami.crop_layers", lambda v: isinstance(v, ListConfig) and all(isinstance(x, str) for x in v),
-                   "a list of layer names, like [pool3] or []")
-    problems.value("ami.caffe_median", lambda v: isinstance(v, bool), "true or false")
-    problems.value("ami.witness_format", lambda v: v in WITNESS_FORMATS, f"one of {', '.join(WITNESS_FORMATS)}")
-    problems.value("ami.attributes", lambda v: isinstance(v, ListConfig) and 0 < len(v) == len(set(v))
-                   and all(a in ATTRIBUTES for a in v),
-                   f"a non-empty list of distinct attributes among {', '.join(ATTRIBUTES)}, like [leye,reye,mouth]",
-                   required=False)
     problems.value("fpr_targets", lambda v: isinstance(v, ListConfig) and len(v) > 0
-                   and all(_is_number(t) and 0 < t < 1 for t in v),
+                   and all(is_number(t) and 0 < t < 1 for t in v),
                    "a non-empty list of numbers in (0, 1), like [0.05]", required=False)
-    problems.value("auroc_bootstrap.resamples", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=False)
-    problems.value("auroc_bootstrap.seed", _is_int, "an integer", required=False)
+    problems.value("auroc_bootstrap.resamples", lambda v: is_int(v) and v >= 1, "an integer >= 1", required=False)
+    problems.value("auroc_bootstrap.seed", is_int, "an integer", required=False)
     problems.value("optimized_metric", lambda v: v is None or (isinstance(v, str) and "/" in v),
                    "null or a logged metric name, like objective/fpr_gap or ami/fgsm/auroc", required=False)
-    problems.value("objective.target_fpr", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
+    problems.value("objective.target_fpr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
                    required=False)
-    problems.value("seed", _is_int, "an integer")
-    problems.value("data.batch_size", lambda v: _is_int(v) and v > 0, "an integer > 0")
-    problems.value("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    problems.value("seed", is_int, "an integer")
+    problems.value("data.batch_size", lambda v: is_int(v) and v > 0, "an integer > 0")
+    problems.value("data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     faces = shipped_face_count()
-    problems.value("data.attack_faces", lambda v: v is None or (_is_int(v) and 0 <= v <= faces),
+    problems.value("data.attack_faces", lambda v: v is None or (is_int(v) and 0 <= v <= faces),
                    f"null (all {faces} shipped faces) or an integer in [0, {faces}]")
     problems.value("data.on_error", lambda v: v in ON_ERROR, f"one of {', '.join(ON_ERROR)}")
     problems.value("data.npy_legacy", lambda v: isinstance(v, bool), "true or false")
 
 
 def _check_trainer(problems: _Problems) -> None:
-    devices = problems.value("trainer.devices", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=False)
+    devices = problems.value("trainer.devices", lambda v: is_int(v) and v >= 1, "an integer >= 1", required=False)
     accelerator = problems.get("trainer.accelerator")
     if not isinstance(accelerator, str) or accelerator.lower() not in CUDA_ACCELERATORS:
         return
     if not torch.cuda.is_available():
-        problems.add(f"trainer.accelerator={_show(accelerator)}: no CUDA GPU is available here; use trainer=cpu "
+        problems.add(f"trainer.accelerator={show(accelerator)}: no CUDA GPU is available here; use trainer=cpu "
                      f"(trainer=ddp_sim: DDP on the CPU)")
-    elif _is_int(devices) and devices > (count := torch.cuda.device_count()):
+    elif is_int(devices) and devices > (count := torch.cuda.device_count()):
         problems.add(f"trainer.devices={devices}: expected an integer in [1, {count}] (the CUDA GPUs here)")
 
 
@@ -641,12 +618,11 @@ def _check_paths(problems: _Problems) -> None:
         _need_path(problems, "data.benign.benign_list", "file", "the list of benign file names to use", False)
     elif benign == SHIPPED_PROBES_TARGET:
         faces = shipped_face_count()
-        problems.value("data.benign.limit", lambda v: v is None or (_is_int(v) and 1 <= v <= faces),
+        problems.value("data.benign.limit", lambda v: v is None or (is_int(v) and 1 <= v <= faces),
                        f"null (all {faces} shipped faces) or an integer in [1, {faces}]", required=False)
         problems.value("data.benign.variants", lambda v: isinstance(v, ListConfig) and len(v) > 0
                        and all(x in VARIANTS for x in v),
                        f"a non-empty list of {', '.join(VARIANTS)}", required=False)
-    _need_path(problems, "ami.witnesses", "folder", "the witness files to use (null: extract them)", False)
     _check_attacks_dir(problems)
 
 
@@ -681,7 +657,7 @@ def _need_path(problems: _Problems, key: str, kind: str, what: str, required: bo
         return
     path = Path(str(value))
     if not (path.is_file() if kind == "file" else path.is_dir()):
-        problems.add(f"{source}={_show(str(value))}: no such {kind}; the run needs {what} there")
+        problems.add(f"{source}={show(str(value))}: no such {kind}; the run needs {what} there")
 
 
 def _check_attacks_dir(problems: _Problems) -> None:
@@ -702,10 +678,10 @@ def _check_attacks_dir(problems: _Problems) -> None:
     elif root is not _ABSENT and root is not _BROKEN:
         folder = Path(str(root))
         if not folder.is_dir():
-            problems.add(f"{key}={_show(str(root))}: no such folder; the run reads the attack sets "
+            problems.add(f"{key}={show(str(root))}: no such folder; the run reads the attack sets "
                          f"({', '.join(selected)}) there, one sub-folder each")
         elif missing := [name for name in selected if not (folder / name).is_dir()]:
-            problems.add(f"{key}={_show(str(root))}: no sub-folder for the attack sets {', '.join(missing)}")
+            problems.add(f"{key}={show(str(root))}: no sub-folder for the attack sets {', '.join(missing)}")
 
 
 def selected_attacks(cfg: DictConfig) -> dict[str, DictConfig]:
@@ -725,7 +701,7 @@ def check_model_layers(cfg: DictConfig, layer_names: Sequence[str]) -> None:
     names = list(crop_layers) if isinstance(crop_layers, ListConfig | list | tuple) else []
     unknown = [name for name in names if name not in layer_names]
     if unknown:
-        raise ConfigError([f"ami.crop_layers={_show(crop_layers)}: {', '.join(map(str, unknown))} "
+        raise ConfigError([f"ami.crop_layers={show(crop_layers)}: {', '.join(map(str, unknown))} "
                            f"{'is' if len(unknown) == 1 else 'are'} not among the model's hookable layers; "
                            f"expected some of: {', '.join(layer_names)} (or [] to crop none)"])
 
