@@ -46,12 +46,13 @@ def expect(params: Mapping[str, Any], key: str, ok: Callable[[Any], bool], expec
     return [f"{key}={show(params[key])}: expected {expected}"]
 
 
-def existing(params: Mapping[str, Any], key: str, kind: str, what: str) -> list[str]:
+def existing(params: Mapping[str, Any], key: str, kind: str, what: str, required: bool = False) -> list[str]:
     """``["<key>=<path>: no such <kind>; the run needs <what> there"]`` when ``params[key]`` is a path that is not
-    an existing ``kind`` (``"file"`` or ``"folder"``); [] when it is, or when it is null / absent."""
+    an existing ``kind`` (``"file"`` or ``"folder"``); when it is null, ``["<key>=null: not given; the run needs
+    <what>"]`` if ``required``; [] when it exists, is absent, or is null and not required."""
     value = params.get(key)
     if value is None or value == "":
-        return []
+        return [f"{key}=null: not given; the run needs {what}"] if required and key in params else []
     path = Path(str(value))
     if path.is_file() if kind == "file" else path.is_dir():
         return []

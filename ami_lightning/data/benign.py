@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
+from ami_lightning.checks import existing, expect, is_int
 from ami_lightning.data.datasets import FaceFiles
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.probes import VARIANTS, benign_variants
-from ami_lightning.data.shipped import shipped_faces
+from ami_lightning.data.shipped import face_files, shipped_faces
 
 if TYPE_CHECKING:
     from ami_lightning.models.classifiers import Classifier
@@ -38,6 +40,20 @@ def shipped_probes(classifier: Classifier, limit: int | None = None, variants: t
     return ProbeSet(faces, torch.tensor([index[identity_from_filename(f)] for f in files]), tuple(variants))
 
 
+def _shipped_probes_problems(params: Mapping[str, Any]) -> list[str]:
+    try:
+        faces = len(face_files())
+    except FileNotFoundError:
+        faces = 0
+    return [*expect(params, "limit", lambda v: v is None or (is_int(v) and 1 <= v <= faces),
+                    f"null (all {faces} shipped faces) or an integer in [1, {faces}]"),
+            *expect(params, "variants", lambda v: isinstance(v, list) and len(v) > 0 and all(x in VARIANTS for x in v),
+                    f"a non-empty list of {', '.join(VARIANTS)}")]
+
+
+shipped_probes.check_params = _shipped_probes_problems  # type: ignore[attr-defined]  # what the config check calls
+
+
 def benign_folder(classifier: Classifier, benign_dir: str | None, benign_list: str | None = None,
                   on_error: str = "raise") -> FaceFiles:
     """Benign faces of a folder (optionally only the files named in ``benign_list``, one per line)."""
@@ -47,3 +63,11 @@ def benign_folder(classifier: Classifier, benign_dir: str | None, benign_list: s
         names = [n.strip() for n in Path(benign_list).read_text().splitlines() if n.strip()]
         return FaceFiles.from_list(Path(benign_dir), names, classifier.identities, on_error)  # type: ignore[arg-type]
     return FaceFiles.from_folder(Path(benign_dir), classifier.identities, on_error=on_error)  # type: ignore[arg-type]
+
+
+def _benign_folder_problems(params: Mapping[str, Any]) -> list[str]:
+    return [*existing(params, "benign_dir", "folder", "the benign images", required=True),
+            *existing(params, "benign_list", "file", "the list of benign file names to use")]
+
+
+benign_folder.check_params = _benign_folder_problems  # type: ignore[attr-defined]

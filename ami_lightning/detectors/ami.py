@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_lightning.checks import existing, expect, is_positive
+from ami_lightning.checks import existing, expect, is_positive, show
 from ami_lightning.detectors.base import Detector, SetupContext, register_detector
 from ami_lightning.detectors.steering import SteeringParams, detection_score, steer
 from ami_lightning.models.layers import find_layer, forward_hooks
@@ -146,7 +146,7 @@ class AmIDetector(Detector):
 def check_ami_params(params: Mapping[str, Any]) -> list[str]:
     """Problems with the values of AmI's parameters (the keys of the ``ami`` group, resolved), one line each: the
     steering strengths finite and > 0, ``crop_layers`` a list of names (checked against the model's layers once it is
-    built: :func:`ami_lightning.pipeline.validation.check_model_layers`), ``caffe_median`` a boolean,
+    built: :func:`check_ami_layers`), ``caffe_median`` a boolean,
     ``witness_format`` a known format, ``attributes`` distinct known attributes, ``witnesses`` an existing folder."""
     formats = get_args(Format)
     return [
@@ -182,4 +182,16 @@ def ami(
                        witness_source=witnesses, witness_format=witness_format, attributes=attributes)
 
 
+def check_ami_layers(params: Mapping[str, Any], layer_names: Sequence[str]) -> list[str]:
+    """Once the model is built: every ``crop_layers`` entry must be one of its hookable layers ``layer_names``."""
+    crop_layers = params.get("crop_layers")
+    unknown = [name for name in crop_layers or () if name not in layer_names] if isinstance(crop_layers, list) else []
+    if not unknown:
+        return []
+    return [f"crop_layers={show(crop_layers)}: {', '.join(map(str, unknown))} "
+            f"{'is' if len(unknown) == 1 else 'are'} not among the model's hookable layers; "
+            f"expected some of: {', '.join(layer_names)} (or [] to crop none)"]
+
+
 ami.check_params = check_ami_params  # type: ignore[attr-defined]  # what the config check calls
+ami.check_layers = check_ami_layers  # type: ignore[attr-defined]  # and, once the model is built, this

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from ami_lightning.checks import existing
 from ami_lightning.data.identities import identity_from_filename, load_names
 from ami_lightning.data.images import load_image
 from ami_lightning.data.shipped import shipped_faces
@@ -74,6 +75,14 @@ def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64, weights: st
     return gallery_classifier("dlib_resnet", create_model("dlib_resnet", weights), faces_dir, batch_size)
 
 
+def _dlib_gallery_problems(params: Mapping[str, Any]) -> list[str]:
+    return [*existing(params, "faces_dir", "folder", "the gallery's faces, one photo per identity"),
+            *existing(params, "weights", "file", "a dlib ResNet .dat file")]
+
+
+dlib_gallery.check_params = _dlib_gallery_problems  # type: ignore[attr-defined]  # what the config check calls
+
+
 def vgg_face_classifier(weights: str | None, names: str | None) -> Classifier:
     """VGG-Face from ``vgg_face_dag.pth`` with its 2622-name ``names.txt``; a clear error naming each missing path."""
     missing = [f"{key} ({value})" for key, value in (("paths.vgg_face_weights", weights), ("paths.vgg_names", names))
@@ -82,6 +91,14 @@ def vgg_face_classifier(weights: str | None, names: str | None) -> Classifier:
         raise FileNotFoundError(f"VGG-Face needs these files, which are missing: {', '.join(missing)}")
     return Classifier("vgg_face", create_model("vgg_face", weights), load_names(names))
 
+
+
+def _vgg_face_problems(params: Mapping[str, Any]) -> list[str]:
+    return [*existing(params, "weights", "file", "VGG-Face's weights (vgg_face_dag.pth)", required=True),
+            *existing(params, "names", "file", "VGG-Face's 2622 identity names (names.txt)", required=True)]
+
+
+vgg_face_classifier.check_params = _vgg_face_problems  # type: ignore[attr-defined]
 
 # ---- a user's own network: model=torch, model=onnx ------------------------------------------------------------------
 Output = Literal["embedding", "logits"]
@@ -119,6 +136,19 @@ def own_model_problems(params: Mapping[str, Any]) -> list[str]:
     if not isinstance(params.get("normalize", True), bool):
         problems.append(f"normalize={params['normalize']!r}: expected true or false")
     return problems
+
+
+def _own_model_files(params: Mapping[str, Any]) -> list[str]:
+    """The files and folders of a user's network (``model=torch`` / ``model=onnx``) that do not exist."""
+    return [*existing(params, "path", "file", "the ONNX file of the face network", required=True),
+            *existing(params, "weights", "file", "the network's state dict (torch.save(net.state_dict()))"),
+            *existing(params, "faces_dir", "folder", "the gallery's faces, one photo per identity"),
+            *existing(params, "names", "file", "the identity names, one per line")]
+
+
+def _own_model_check(params: Mapping[str, Any]) -> list[str]:
+    """What the config check calls for ``model=torch`` / ``model=onnx``: its files, then its values."""
+    return [*_own_model_files(params), *own_model_problems(params)]
 
 
 def _own_classifier(
@@ -233,3 +263,7 @@ def onnx_classifier(
     preprocess = Preprocess(loaded.size if input_size is None else input_size, channel_order, pixel_scale, mean, std)
     return _own_classifier(Path(path).name, loaded.wrap(preprocess, hook_layers), output, faces_dir, names, scale,
                            normalize, batch_size)
+
+
+torch_classifier.check_params = _own_model_check  # type: ignore[attr-defined]
+onnx_classifier.check_params = _own_model_check  # type: ignore[attr-defined]

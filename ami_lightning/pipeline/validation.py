@@ -14,8 +14,8 @@ it) or failing minutes later without the key (``ami.weaken=abc``).
   needs. It collects every problem and raises one :class:`ConfigError` listing them, one per line. Pure and fast:
   no model, no data read beyond ``is_file`` / ``is_dir``, the count of the shipped faces and the YAML files of the
   config sources (and the modules of the components named by dotted path, which are imported).
-* :func:`check_model_layers`: called once the model is built, before the witnesses: every ``ami.crop_layers`` entry
-  must be one of the model's hookable layers.
+* :func:`check_model_layers`: called once the model is built, before the witnesses: each detector that checks its
+  parameters against the model's layers does so (AmI: every ``ami.crop_layers`` entry must be a hookable layer).
 
 Where the allowed keys come from
 --------------------------------
@@ -77,12 +77,9 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from ami_lightning.attacks.registry import ATTACK_SETS, get_spec, keyword_parameters, known_attack
 from ami_lightning.checks import is_int, is_number, show
 from ami_lightning.cli import config_dir
-from ami_lightning.data import benign
 from ami_lightning.data.datasets import OnError
-from ami_lightning.data.probes import VARIANTS
 from ami_lightning.data.shipped import face_files
 from ami_lightning.detectors.base import get_detector_factory, registered_detectors
-from ami_lightning.models import classifiers
 
 CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
 """Groups whose keys must be among those their config files define."""
@@ -94,17 +91,6 @@ EVALUATING_TASKS: tuple[str, ...] = ("eval", "run")
 ON_ERROR: tuple[str, ...] = tuple(get_args(OnError))
 CUDA_ACCELERATORS: tuple[str, ...] = ("gpu", "cuda")
 
-
-def _target(function: Callable[..., Any]) -> str:
-    return f"{function.__module__}.{function.__qualname__}"
-
-
-VGG_FACE_TARGET = _target(classifiers.vgg_face_classifier)
-DLIB_TARGET = _target(classifiers.dlib_gallery)
-TORCH_TARGET = _target(classifiers.torch_classifier)
-ONNX_TARGET = _target(classifiers.onnx_classifier)
-BENIGN_FOLDER_TARGET = _target(benign.benign_folder)
-SHIPPED_PROBES_TARGET = _target(benign.shipped_probes)
 
 _ABSENT: Any = object()  # no such key
 _BROKEN: Any = object()  # a value that cannot be resolved (reported once, where it is read)
@@ -380,17 +366,35 @@ def _check_targets(cfg: DictConfig, problems: _Problems) -> None:
 
 
 def _check_target_keys(node: Mapping[str, Any], where: str, target: str, problems: _Problems) -> None:
+    """The keys of a ``_target_`` node against the target's keyword parameters, then their values by the target's
+    own ``check_params`` where it has one (:func:`_component_problems`)."""
     try:
-        parameters = keyword_parameters(get_object(target))
+        function = get_object(target)
+        parameters = keyword_parameters(function)
     except Exception as err:  # any failure to import the target is the config's problem here
         problems.add(f"{where}._target_={target!r}: cannot be imported: {err}")
         return
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return
-    for key, value in node.items():
-        if not (key.startswith("_") and key.endswith("_")) and key not in parameters:
-            problems.add(f"{_item(f'{where}.{key}', value)}: not a parameter of {target}"
-                         f"{_did_you_mean(key, parameters)}; it takes: {', '.join(parameters)}")
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        for key, value in node.items():
+            if not (key.startswith("_") and key.endswith("_")) and key not in parameters:
+                problems.add(f"{_item(f'{where}.{key}', value)}: not a parameter of {target}"
+                             f"{_did_you_mean(key, parameters)}; it takes: {', '.join(parameters)}")
+    if (check := getattr(function, "check_params", None)) is not None:
+        _component_problems(problems, where, check, [k for k in map(str, node) if not k.startswith("_")])
+
+
+def _component_problems(problems: _Problems, where: str, check: Callable[[dict[str, Any]], list[str]],
+                        names: Iterable[str]) -> None:
+    """A component's own check (``check``: its ``check_params``) on the parameters ``names`` of the node ``where``,
+    each resolved (one that does not resolve is a problem of its own and is left out); each line it returns,
+    ``<param>=<value>: ...``, is reported under the key the value comes from (``model.weights`` ->
+    ``paths.vgg_face_weights``; AmI's ``detectors.ami.params`` -> ``ami``)."""
+    values = {name: problems.get(f"{where}.{name}") for name in names}
+    resolved = {name: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
+                for name, v in values.items() if v is not _BROKEN and v is not _ABSENT}
+    for line in check(resolved):
+        param = re.match(r"\w+", line)
+        problems.add(problems.source(f"{where}.{param.group(0)}") + line[param.end():] if param else f"{where}: {line}")
 
 
 def _entries(
@@ -466,13 +470,8 @@ def _check_detectors(problems: _Problems, files: ConfigFiles) -> None:
             if param not in accepted and (group_keys is None or param in group_keys):
                 problems.add(f"{_item(f'{source}.{param}', raw[param])}: not a parameter of detector {kind!r}"
                              f"{_did_you_mean(param, accepted)}; allowed: {', '.join(accepted)}")
-        check = getattr(factory, "check_params", None)
-        if check is not None:  # on the values that resolve (each one that does not is a problem of its own)
-            values = {param: problems.get(f"{source}.{param}") for param in map(str, params.keys())}
-            resolved = {param: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig)
-                        else v for param, v in values.items() if v is not _BROKEN and v is not _ABSENT}
-            for line in check(resolved):
-                problems.add(f"{source}.{line}")
+        if (check := getattr(factory, "check_params", None)) is not None:
+            _component_problems(problems, source, check, map(str, params.keys()))
 
 
 def _attack_of(set_name: str, node: DictConfig, files: ConfigFiles) -> str | None:
@@ -563,10 +562,8 @@ def _check_attack_params(set_name: str, attack: str, params: DictConfig, selecte
         for name, p in configurable.items():
             if p.default is p.empty and name not in params.keys():
                 problems.add(f"attacks.{set_name}.params.{name}: missing; {label} needs it")
-    check = getattr(constructor, "check_params", None)
-    if check is not None:
-        for line in check(OmegaConf.to_container(params, resolve=True)):
-            problems.add(f"attacks.{set_name}.params.{line}")
+    if (check := getattr(constructor, "check_params", None)) is not None:
+        _component_problems(problems, f"attacks.{set_name}.params", check, map(str, params.keys()))
 
 
 def _check_values(problems: _Problems) -> None:
@@ -602,62 +599,9 @@ def _check_trainer(problems: _Problems) -> None:
 
 
 def _check_paths(problems: _Problems) -> None:
-    """The files and folders the run reads: all missing ones are reported together."""
-    model = problems.get("model._target_")
-    if model == VGG_FACE_TARGET:
-        _need_path(problems, "model.weights", "file", "VGG-Face's weights (vgg_face_dag.pth)")
-        _need_path(problems, "model.names", "file", "VGG-Face's 2622 identity names (names.txt)")
-    elif model == DLIB_TARGET:
-        _need_path(problems, "model.faces_dir", "folder", "the gallery's faces, one photo per identity", False)
-        _need_path(problems, "model.weights", "file", "a dlib ResNet .dat file", False)
-    elif model in (TORCH_TARGET, ONNX_TARGET):
-        _check_own_model(problems, model)
-    benign = problems.get("data.benign._target_")
-    if benign == BENIGN_FOLDER_TARGET:
-        _need_path(problems, "data.benign.benign_dir", "folder", "the benign images")
-        _need_path(problems, "data.benign.benign_list", "file", "the list of benign file names to use", False)
-    elif benign == SHIPPED_PROBES_TARGET:
-        faces = shipped_face_count()
-        problems.value("data.benign.limit", lambda v: v is None or (is_int(v) and 1 <= v <= faces),
-                       f"null (all {faces} shipped faces) or an integer in [1, {faces}]", required=False)
-        problems.value("data.benign.variants", lambda v: isinstance(v, ListConfig) and len(v) > 0
-                       and all(x in VARIANTS for x in v),
-                       f"a non-empty list of {', '.join(VARIANTS)}", required=False)
+    """The attack sets' folder; the files and folders of the model and the benign set are checked by their builders'
+    ``check_params`` (:func:`_check_target_keys`). All missing ones are reported together."""
     _check_attacks_dir(problems)
-
-
-def _check_own_model(problems: _Problems, target: str) -> None:
-    """A user's network (``model=onnx``, ``model=torch``): its files and the values
-    :func:`~ami_lightning.models.classifiers.own_model_problems` checks."""
-    if target == ONNX_TARGET:
-        _need_path(problems, "model.path", "file", "the ONNX file of the face network")
-    else:
-        _need_path(problems, "model.weights", "file", "the network's state dict (torch.save(net.state_dict()))", False)
-    _need_path(problems, "model.faces_dir", "folder", "the gallery's faces, one photo per identity", False)
-    _need_path(problems, "model.names", "file", "the identity names, one per line", False)
-    params = {}
-    for key in classifiers.OWN_MODEL_KEYS:
-        value = problems.get(f"model.{key}")
-        if value is not _ABSENT and value is not _BROKEN:
-            params[key] = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
-    for line in classifiers.own_model_problems(params):
-        problems.add(f"model.{line}")
-
-
-def _need_path(problems: _Problems, key: str, kind: str, what: str, required: bool = True) -> None:
-    """A problem naming the key the path comes from unless ``key`` holds an existing ``kind`` (file or folder);
-    null is a problem only if ``required``."""
-    value = problems.get(key)
-    if value is _ABSENT or value is _BROKEN:
-        return
-    source = problems.source(key)
-    if value is None or value == "":
-        if required:
-            problems.add(f"{source}=null: not given; the run needs {what}")
-        return
-    path = Path(str(value))
-    if not (path.is_file() if kind == "file" else path.is_dir()):
-        problems.add(f"{source}={show(str(value))}: no such {kind}; the run needs {what} there")
 
 
 def _check_attacks_dir(problems: _Problems) -> None:
@@ -694,16 +638,24 @@ def selected_attacks(cfg: DictConfig) -> dict[str, DictConfig]:
 
 # ---- check_model_layers --------------------------------------------------------------------------------------------
 def check_model_layers(cfg: DictConfig, layer_names: Sequence[str]) -> None:
-    """Once the model is built (before the witnesses): every ``ami.crop_layers`` entry must be one of the model's
-    hookable layers ``layer_names`` (:func:`ami_lightning.models.layers.hook_layer_names`); else :class:`ConfigError`
-    listing them."""
-    crop_layers = OmegaConf.select(cfg, "ami.crop_layers", default=None)
-    names = list(crop_layers) if isinstance(crop_layers, ListConfig | list | tuple) else []
-    unknown = [name for name in names if name not in layer_names]
-    if unknown:
-        raise ConfigError([f"ami.crop_layers={show(crop_layers)}: {', '.join(map(str, unknown))} "
-                           f"{'is' if len(unknown) == 1 else 'are'} not among the model's hookable layers; "
-                           f"expected some of: {', '.join(layer_names)} (or [] to crop none)"])
+    """Once the model is built (before the witnesses): each configured detector whose factory has a
+    ``check_layers(params, layer_names)`` (AmI: its crop layers must be hookable layers of the model) checks its
+    resolved parameters against the model's hookable layers ``layer_names``
+    (:func:`ami_lightning.models.layers.hook_layer_names`); :class:`ConfigError` listing the problems, each under
+    the key its value comes from."""
+    problems = _Problems(cfg)
+    detectors = cfg.get("detectors") or {}
+    for name in map(str, detectors.keys()):
+        kind = OmegaConf.select(cfg, f"detectors.{name}.type", default=None)
+        params = OmegaConf.select(cfg, f"detectors.{name}.params", default=None)
+        if not isinstance(kind, str) or not isinstance(params, DictConfig):
+            continue
+        check = getattr(get_detector_factory(kind), "check_layers", None)
+        if check is not None:
+            _component_problems(problems, problems.source(f"detectors.{name}.params"),
+                                lambda resolved, check=check: check(resolved, layer_names), map(str, params.keys()))
+    if problems.lines:
+        raise ConfigError(problems.lines)
 
 
 # ---- Hydra's error for an unknown option ----------------------------------------------------------------------------
