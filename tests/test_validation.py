@@ -240,6 +240,9 @@ def test_allowed_keys_come_from_the_config_files_including_the_users(tmp_path: P
     files = config_files(config_sources(compose_config("eval")))
     assert files.keys_at(("ami",)) >= {"weaken", "crop_layers", "witness_format"}
     assert "fpr_targets" in files.top_level("eval") and "fpr_targets" not in files.top_level("witness")
+    # the primaries share conf/common.yaml (seed) and run.yaml includes eval.yaml: their keys count as the includer's
+    assert files.own_keys("run") == files.own_keys("eval") | {"task_name"} >= {"seed", "fpr_targets", "objective"}
+    assert files.own_keys("witness") == files.own_keys("attack") == {"task_name", "seed"}
     assert "attacks" in files.top_level("witness")  # the attack group's package
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.yaml").write_text("defaults:\n  - shipped\n  - _self_\nmy_option: 3\n")

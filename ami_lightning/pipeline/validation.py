@@ -61,7 +61,7 @@ import functools
 import importlib.resources
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -124,11 +124,21 @@ class ConfigFiles:
     primaries: Mapping[str, frozenset[str]]
     packages: frozenset[str]
     nodes: Mapping[tuple[str, ...], tuple[Mapping[str, Any], ...]]
+    includes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def own_keys(self, primary: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The top-level keys ``primary`` sets itself or through the root configs its defaults list includes
+        (``run`` includes ``eval``, which includes ``common``), transitively."""
+        keys = self.primaries.get(primary, frozenset())
+        for included in self.includes.get(primary, ()):
+            if included not in seen:
+                keys |= self.own_keys(included, seen | {primary})
+        return keys
 
     def top_level(self, primary: str | None) -> frozenset[str]:
         """Top-level keys allowed in a config composed from ``primary`` (all primaries' keys if it is unknown)."""
         if primary in self.primaries:
-            return self.primaries[primary] | self.packages
+            return self.own_keys(primary) | self.packages
         return frozenset().union(*self.primaries.values()) | self.packages
 
     def keys_at(self, place: tuple[str, ...]) -> frozenset[str] | None:
@@ -171,6 +181,7 @@ def _record(nodes: dict[tuple[str, ...], list[Mapping[str, Any]]], place: tuple[
 def config_files(sources: tuple[str, ...]) -> ConfigFiles:
     """Read every ``*.yaml`` under the config folders ``sources`` (module docstring); cached."""
     primaries: dict[str, frozenset[str]] = {}
+    includes: dict[str, tuple[str, ...]] = {}
     packages = {"hydra"}
     nodes: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for root in map(Path, sources):
@@ -179,16 +190,18 @@ def config_files(sources: tuple[str, ...]) -> ConfigFiles:
             content = OmegaConf.to_container(OmegaConf.create(text), resolve=False) if text.strip() else {}
             if not isinstance(content, dict):
                 continue
-            content.pop("defaults", None)
+            defaults = content.pop("defaults", None) or []
             group = path.relative_to(root).parent.parts
             if not group:
                 primaries[path.stem] = primaries.get(path.stem, frozenset()) | frozenset(map(str, content))
+                includes[path.stem] = tuple(d for d in defaults if isinstance(d, str) and d != "_self_")
                 place: tuple[str, ...] = ()
             else:
                 place = _package_place(_package_header(text), group)
                 packages.update([place[0]] if place else map(str, content))
             _record(nodes, place, content)
-    return ConfigFiles(primaries, frozenset(packages), {place: tuple(found) for place, found in nodes.items()})
+    return ConfigFiles(primaries, frozenset(packages), {place: tuple(found) for place, found in nodes.items()},
+                       includes)
 
 
 def _hydra_node(cfg: DictConfig) -> Any:
