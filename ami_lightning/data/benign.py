@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -15,8 +15,12 @@ from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.probes import VARIANTS, benign_variants
 from ami_lightning.data.shipped import face_files, shipped_faces
 
-if TYPE_CHECKING:
-    from ami_lightning.models.classifiers import Classifier
+
+class HasIdentities(Protocol):
+    """What a benign set needs of the run's classifier (:class:`ami_lightning.models.classifiers.Classifier`): its
+    identity names, in the order of its logits (the labels of the benign images)."""
+
+    identities: list[str]
 
 
 class ProbeSet(Dataset):
@@ -33,7 +37,9 @@ class ProbeSet(Dataset):
         return self.probes[index].float(), int(self.labels[index]), index
 
 
-def shipped_probes(classifier: Classifier, limit: int | None = None, variants: tuple[str, ...] = VARIANTS) -> ProbeSet:
+def shipped_probes(
+    classifier: HasIdentities, limit: int | None = None, variants: tuple[str, ...] = VARIANTS
+) -> ProbeSet:
     """Probes of the shipped faces (the first ``limit``), labelled by the classifier's identity list."""
     faces, files = shipped_faces(limit)
     index = {name: i for i, name in enumerate(classifier.identities)}
@@ -54,7 +60,7 @@ def _shipped_probes_problems(params: Mapping[str, Any]) -> list[str]:
 shipped_probes.check_params = _shipped_probes_problems  # type: ignore[attr-defined]  # what the config check calls
 
 
-def benign_folder(classifier: Classifier, benign_dir: str | None, benign_list: str | None = None,
+def benign_folder(classifier: HasIdentities, benign_dir: str | None, benign_list: str | None = None,
                   on_error: str = "raise") -> FaceFiles:
     """Benign faces of a folder (optionally only the files named in ``benign_list``, one per line)."""
     if benign_dir is None or not Path(benign_dir).is_dir():

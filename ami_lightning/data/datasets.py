@@ -27,9 +27,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from ami_lightning.data.identities import identity_from_filename
-from ami_lightning.data.images import BadImageError, Truncated, load_image
+from ami_lightning.data.images import VGG_FACE_MEAN, BadImageError, Truncated, load_image
 from ami_lightning.data.manifest import read_manifest
-from ami_lightning.models.vgg_face import VGG_FACE_MEAN
 
 SKIPPED = -1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from ami_lightning.models.vgg_face import NUM_IDENTITIES
-
+NUM_IDENTITIES = 2622
+"""The identities of VGG-Face (its names.txt has one per line, in the order of its logits)."""
 _FILE_SUFFIXES = {".jpg", ".jpeg", ".png", ".npy", ".bmp"}
 
 

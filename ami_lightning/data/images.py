@@ -26,6 +26,9 @@ from torchvision.transforms.functional import pil_to_tensor
 
 Truncated = Literal["error", "warn"]
 GREY16_MODES: tuple[str, ...] = ("I;16", "I;16L", "I;16B", "I;16N")
+VGG_FACE_MEAN: tuple[float, float, float] = (129.186279296875, 104.76238250732422, 93.59396362304688)
+"""VGG-Face's per-channel pixel mean (RGB, 0-255): its input normalisation, and what the release's legacy ``.npy``
+samples had subtracted (:func:`ami_lightning.data.datasets.load_pixels` with ``npy_legacy``)."""
 ALPHA_MODES: tuple[str, ...] = ("RGBA", "LA", "PA", "La", "RGBa")
 CONVERTED_MODES: tuple[str, ...] = ("P", "CMYK", "YCbCr", "RGBX")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ami_lightning.data.identities import NUM_IDENTITIES
+from ami_lightning.data.images import VGG_FACE_MEAN
 from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_, load_state_dict_file
 from ami_lightning.models.registry import register_model
 
-VGG_FACE_MEAN: tuple[float, float, float] = (129.186279296875, 104.76238250732422, 93.59396362304688)
-NUM_IDENTITIES = 2622
 # (block, number of convolutions, channels)
 _BLOCKS: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 

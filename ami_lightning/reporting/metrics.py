@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ami_lightning.evaluation.thresholds import fpr_suffix, point_metrics
 
 if TYPE_CHECKING:
-    from ami_lightning.reporting.results import RunResults, SetResult
+    from ami_lightning.reporting.records import RunResults, SetResult
 
 
 def _flatten_numbers(values: dict[str, Any], prefix: str) -> dict[str, float | int]:

@@ -29,7 +29,7 @@ from ami_lightning.pipeline.files import atomic_path
 from ami_lightning.reporting.formatting import is_missing, short_percent
 
 if TYPE_CHECKING:
-    from ami_lightning.reporting.results import RunResults, SetResult
+    from ami_lightning.reporting.records import RunResults, SetResult
 
 RULE = "published rule"  # the label of a detector's own flag rule (AmI: top-1 disagreement)
 ROC_COLUMNS = 3  # at most this many ROC panels side by side

@@ -13,18 +13,14 @@ import math
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from ami_lightning.reporting.plots import save_figure
-
-if TYPE_CHECKING:
-    from ami_lightning.reporting.results import RunResults
+from ami_lightning.reporting.records import RunResults, SampleBatch, check_sample_batch
 
 DIFF_GAIN = 10.0  # |adversarial - original| is multiplied by this (then clipped to 255) in the sample figures
 THUMBNAIL = 112  # px: the longer side of a sample thumbnail (larger images are area-downsampled to it)
@@ -44,47 +40,6 @@ _CAPTION_PT = 7.0
 _LINE = _CAPTION_PT * 1.25 / 72 * _SAMPLE_DPI  # px per caption line (line spacing 1.25)
 _CAPTION_PAD = 16  # px of the caption area besides its lines: above the first (4) and below the last
 _IDENTITY_LINES = 2 * _CAPTION_LINES  # the caption's lines for the true and the model's identity
-
-
-@dataclass
-class SampleBatch:
-    """k samples of one attack set: pixels float (k, 3, H, W) RGB in [0, 255], the true identity and the identity
-    the model gives the adversarial image (k names each), and ``flagged``: detector name -> whether it flags each
-    adversarial image (k bools each), in the run's order of detectors."""
-
-    original: torch.Tensor
-    adversarial: torch.Tensor
-    true_identity: list[str]
-    adversarial_identity: list[str]
-    flagged: dict[str, list[bool]]
-
-    def __post_init__(self) -> None:
-        check_sample_batch(self)
-
-    def __len__(self) -> int:
-        """``k``, the number of samples."""
-        return len(self.original)
-
-
-def check_sample_batch(batch: SampleBatch, name: str = "samples") -> None:
-    """ValueError unless ``original`` and ``adversarial`` are both (k, 3, H, W) of one shape with k >= 1, and the
-    identity lists and each detector's list of ``flagged`` have k entries; TypeError unless ``flagged`` is a mapping
-    (``name`` prefixes the messages)."""
-    original, adversarial = batch.original, batch.adversarial
-    if original.dim() != 4 or original.shape[1] != 3 or len(original) == 0:
-        raise ValueError(f"{name}: original pixels must be (k, 3, H, W) RGB with k >= 1, got {tuple(original.shape)}")
-    if original.shape != adversarial.shape:
-        raise ValueError(f"{name}: original {tuple(original.shape)} and adversarial {tuple(adversarial.shape)} "
-                         "pixels differ in shape")
-    if not isinstance(batch.flagged, Mapping):
-        raise TypeError(f"{name}: flagged must map each detector's name to its k flags, got "
-                        f"{type(batch.flagged).__name__}")
-    k = len(original)
-    lengths = {"true_identity": len(batch.true_identity), "adversarial_identity": len(batch.adversarial_identity),
-               **{f"flagged[{detector}]": len(flags) for detector, flags in batch.flagged.items()}}
-    wrong = {key: length for key, length in lengths.items() if length != k}
-    if wrong:
-        raise ValueError(f"{name}: {k} samples but {wrong} entries")
 
 
 def verdict(detector: str, flagged: bool) -> str:

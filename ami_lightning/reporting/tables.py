@@ -17,7 +17,7 @@ from ami_lightning.pipeline.provenance import describe
 from ami_lightning.reporting.formatting import json_safe, short_percent
 
 if TYPE_CHECKING:
-    from ami_lightning.reporting.results import RunResults, SetResult
+    from ami_lightning.reporting.records import RunResults, SetResult
 
 COLUMNS = ("detector", "set", "metric", "n", "eligible", "flagged", "rate", "AUROC")  # then those of table_columns
 LEFT = 3  # the first columns, left-aligned (names); the others are right-aligned (numbers)

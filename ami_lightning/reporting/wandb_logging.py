@@ -15,7 +15,7 @@ from ami_lightning.reporting.metrics import scalar_metrics
 from ami_lightning.reporting.samples import sample_figure_caption
 
 if TYPE_CHECKING:
-    from ami_lightning.reporting.results import RunResults
+    from ami_lightning.reporting.records import RunResults
 
 
 def _import_wandb() -> Any:
