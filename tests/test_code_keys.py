@@ -78,9 +78,11 @@ def test_the_digest_follows_imports_not_folders(tmp_path: Path, monkeypatch: pyt
     not import; Feature Squeezing's and AmI's digests differ (one folder, two digests)."""
     package = tmp_path / "mydetectors"
     package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "detector.py").write_text("from mydetectors.helper import SCALE\n\ndef score():\n    return SCALE\n")
+    (package / "__init__.py").write_text("from mydetectors.limits import LIMIT\n")  # a re-exported constant
+    (package / "detector.py").write_text("from mydetectors import LIMIT\nfrom mydetectors.helper import SCALE\n\n"
+                                         "def score():\n    return SCALE * LIMIT\n")
     (package / "helper.py").write_text("SCALE = 1\n")
+    (package / "limits.py").write_text("LIMIT = (1, 2)\n")
     (package / "other.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import mydetectors.detector as module
@@ -89,6 +91,9 @@ def test_the_digest_follows_imports_not_folders(tmp_path: Path, monkeypatch: pyt
     (package / "other.py").write_text("X = 2\n")
     assert code_digest(module.score) == before
     (package / "helper.py").write_text("SCALE = 2\n")
+    assert code_digest(module.score) != before
+    before = code_digest(module.score)
+    (package / "limits.py").write_text("LIMIT = (1, 3)\n")  # the constant's module, reached through the package
     assert code_digest(module.score) != before
     assert code_digest(FeatureSqueezing) != code_digest(type(toy_detector(32)))
     with pytest.raises(ValueError, match="no source file"):

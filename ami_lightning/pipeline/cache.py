@@ -91,14 +91,18 @@ def _imported(module: ModuleType, roots: frozenset[str]) -> set[str]:
             if not hasattr(parent, "__path__"):  # a plain module: the names are its own
                 found.add(base)
                 continue
-            for alias in node.names:  # a package: each name's submodule, or the module defining the object
+            for alias in node.names:  # a package: each name's submodule, or the module(s) holding the object
                 value = getattr(parent, alias.name, None)
                 if isinstance(value, ModuleType):
                     found.add(value.__name__)
-                elif getattr(value, "__module__", None):
+                elif isinstance(getattr(value, "__module__", None), str):  # a class or function: where it is defined
                     found.add(value.__module__)
                 elif _module_of(f"{base}.{alias.name}") is not None:
                     found.add(f"{base}.{alias.name}")
+                else:  # a constant re-exported by the package: every submodule that holds that very object
+                    holders = {name for name, held in list(sys.modules.items()) if name.startswith(f"{base}.")
+                               and getattr(held, alias.name, None) is value}
+                    found |= holders or {base}
     return {name for name in found if name.split(".")[0] in roots}
 
 
