@@ -61,6 +61,7 @@ def test_eval_with_generated_sets_writes_results(tmp_path: Path, capsys: pytest.
         capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_reads_the_published_layout(tmp_path: Path) -> None:
     adversarial = reference_data("adversarial")  # the release's samples
     cfg = _small(cpu_config(compose_config("eval", ["attack=[patch_first,cw_l2_first]",

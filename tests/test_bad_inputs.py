@@ -367,6 +367,7 @@ def test_torn_last_line_warns_naming_the_manifest_and_line(tmp_path: Path) -> No
 
 
 # ---- 8: pixel values of .npy files ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_npy_pixels_outside_0_255_are_refused_or_skipped(tmp_path: Path) -> None:
     folder = tmp_path / "fgsm"
     folder.mkdir()

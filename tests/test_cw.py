@@ -161,6 +161,7 @@ def test_untargeted_l2(toy) -> None:
     assert bool((predicted[result.success] != labels[result.success]).all())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_batch_independence(toy, name: str) -> None:
     model, images, labels, targets = toy
@@ -192,6 +193,7 @@ def test_l2_no_worse_than_foolbox(toy, bench) -> None:
     assert figures["median_l2_ours"] <= 1.1 * figures["median_l2_foolbox"]
 
 
+@pytest.mark.slow
 def test_l2_matches_foolbox_run_per_sample(toy, bench) -> None:
     """With per-sample abort-early, ours is foolbox run one sample at a time (targets "first": most samples share a
     target, where foolbox batched differs most, its abort-early looking at the batch's summed loss)."""

@@ -36,6 +36,7 @@ def test_faces_without_a_face_are_left_out(tmp_path: Path) -> None:
     assert kept == [base] and len(images) == 1 and landmarks[0].shape == (68, 2)
 
 
+@pytest.mark.slow
 def test_witnesses_of_the_dlib_resnet_from_the_release_faces(tmp_path: Path) -> None:
     model = create_model("dlib_resnet")
     base, others = witness_face_files()

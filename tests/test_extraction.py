@@ -73,6 +73,7 @@ def shipped_leye() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return base, substitution, preservation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("caffe", [False, True])
 @pytest.mark.parametrize("source", ["published_leye", "shipped_leye"])
 def test_matches_per_image_reference_on_leye_mutations(random_vgg, request, source: str, caffe: bool) -> None:
@@ -102,6 +103,7 @@ def test_median_is_numpys_midpoint() -> None:
         select_witnesses(sub[:0], pres[:0])
 
 
+@pytest.mark.slow
 def test_witness_set_over_attributes(random_vgg, shipped_leye) -> None:
     base, substitution, preservation = shipped_leye
     layers = ("pool3", "relu6")

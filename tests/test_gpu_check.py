@@ -27,6 +27,7 @@ def test_gpu_check_dry_run_resolves_every_command(tmp_path: Path) -> None:
     assert "attack_faces: null" in (tmp_path / "adaptive-config.log").read_text()  # all 238 faces
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_to_run_without_cuda_and_says_what_to_do(tmp_path: Path) -> None:
     import torch
 

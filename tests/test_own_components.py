@@ -123,6 +123,7 @@ def test_ami_eval_runs_a_detector_and_an_attack_of_an_outside_package(
     assert len(manifest.read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_an_outside_components_own_checks_and_import_errors_are_reported_in_seconds(
     own_package: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ from tests.conftest import compose_config, cpu_config
 
 
 # ---- run folders ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_runs_started_in_the_same_second_get_their_own_folders() -> None:
     """Each process names its run folder once (timestamp + random suffix): two processes started together differ."""
     code = "from ami_lightning.cli import run_stamp; print(run_stamp())"
@@ -235,6 +236,7 @@ def test_a_logger_that_fails_to_start_is_not_started_again_by_the_clean_up(tmp_p
     assert FailingWandbLogger.starts == 1 and isinstance(caught.value.__cause__, TimeoutError)
 
 
+@pytest.mark.slow
 def test_wandb_against_a_silent_server_starts_once_and_reports_its_first_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,6 +314,7 @@ class BrokenLogger:
         raise ConnectionError("logger service unavailable")
 
 
+@pytest.mark.slow
 def test_results_are_written_before_the_logger_starts(tmp_path: Path) -> None:
     """A logger that fails loses nothing: results.json and the plots are already on disk."""
     cfg = cpu_config(compose_config("eval", ["attack=[]"]), tmp_path)
@@ -397,6 +400,7 @@ def _witnesses_in_child(cfg: DictConfig, out: Path, counter: Path, queue: mp.Que
     queue.put(detector.witnesses.count())
 
 
+@pytest.mark.slow
 def test_concurrent_runs_extract_witnesses_once(tmp_path: Path) -> None:
     """Two runs on a cold cache: one extracts under the lock, the other waits and reads its entry; no temporary
     folder is left and both get the same witnesses. (Spawned, not forked: a fork after torch's OpenMP pool has

@@ -50,6 +50,7 @@ def test_load_round_trip_and_preprocessing(saved: tuple[Path, dict[str, torch.Te
     assert isinstance(find_layer(model, "pool3"), torch.nn.MaxPool2d)
 
 
+@pytest.mark.slow
 def test_load_errors(tmp_path: Path, saved: tuple[Path, dict[str, torch.Tensor]]) -> None:
     path, state = saved
     with pytest.raises(FileNotFoundError, match="nope.pth"):
