@@ -13,7 +13,7 @@ from ami_lightning.checks import existing, expect, is_int
 from ami_lightning.data.datasets import FaceFiles
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.probes import VARIANTS, benign_variants
-from ami_lightning.data.shipped import face_files, shipped_faces
+from ami_lightning.data.shipped import shipped_face_count, shipped_faces
 
 
 class HasIdentities(Protocol):
@@ -47,10 +47,7 @@ def shipped_probes(
 
 
 def _shipped_probes_problems(params: Mapping[str, Any]) -> list[str]:
-    try:
-        faces = len(face_files())
-    except FileNotFoundError:
-        faces = 0
+    faces = shipped_face_count()
     return [*expect(params, "limit", lambda v: v is None or (is_int(v) and 1 <= v <= faces),
                     f"null (all {faces} shipped faces) or an integer in [1, {faces}]"),
             *expect(params, "variants", lambda v: isinstance(v, list) and len(v) > 0 and all(x in VARIANTS for x in v),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -20,6 +21,16 @@ def face_files() -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no shipped faces under {FACES}; reinstall ami-lightning")
     return files
+
+
+@functools.cache
+def shipped_face_count() -> int:
+    """How many faces ship with the package (0 when they are missing): what ``data.attack_faces`` and
+    ``data.benign.limit`` can take."""
+    try:
+        return len(face_files())
+    except FileNotFoundError:
+        return 0
 
 
 def shipped_faces(limit: int | None = None) -> tuple[torch.Tensor, list[Path]]:

@@ -78,7 +78,7 @@ from ami_lightning.attacks.registry import ATTACK_SETS, get_spec, keyword_parame
 from ami_lightning.checks import is_int, is_number, show
 from ami_lightning.cli import config_dir
 from ami_lightning.data.datasets import OnError
-from ami_lightning.data.shipped import face_files
+from ami_lightning.data.shipped import shipped_face_count
 from ami_lightning.detectors.base import get_detector_factory, registered_detectors
 
 CHECKED_GROUPS: tuple[str, ...] = ("ami", "data", "paths")
@@ -237,15 +237,6 @@ def _primary_name(cfg: DictConfig) -> str | None:
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
-@functools.cache
-def shipped_face_count() -> int:
-    """How many faces ship with the package (what ``data.attack_faces`` can take)."""
-    try:
-        return len(face_files())
-    except FileNotFoundError:
-        return 0
-
-
 def _item(key: str, value: Any) -> str:
     """``key=value`` for a scalar, ``key`` alone for a mapping."""
     return key if isinstance(value, DictConfig | Mapping) else f"{key}={show(value)}"
