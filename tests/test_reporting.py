@@ -866,6 +866,7 @@ def _records(wandb_file: Path) -> list[Any]:
 def test_write_all_logs_offline_to_a_wandb_logger(
     results: RunResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -877,10 +878,14 @@ def test_write_all_logs_offline_to_a_wandb_logger(
         write_all(results, tmp_path / "out", logger)
     finally:
         logger.experiment.finish()
+        wandb.teardown()  # wandb's service may still hold the end of the .wandb file after finish(); this closes it
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (wandb_file,) = run_dir.glob("*.wandb")
+    records = _records(wandb_file)
+    kinds = [record.WhichOneof("record_type") for record in records]
+    assert kinds[-1] == "exit" and "history" in kinds, kinds
     logged: dict[str, Any] = {}  # history items, nested again (a wandb.Table or Image is logged one field per item)
-    for record in _records(wandb_file):
+    for record in records:
         for item in record.history.item:
             *parents, leaf = [item.key] if item.key else item.nested_key
             node = logged
