@@ -12,6 +12,10 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.transforms.v2.functional import center_crop, horizontal_flip, resize
 
 VARIANTS: tuple[str, ...] = ("flip", "shift", "scale", "jpeg")
+"""The variants of the evaluated benign probes."""
+FIT_VARIANTS: tuple[str, ...] = ("brighter", "darker", "shift_back", "jpeg_50")
+"""The variants of the benign fit set of detectors that need fitting: none of them is an evaluated probe's variant
+(:data:`VARIANTS`), and none is the unaltered face that attacks start from."""
 
 
 def shift(images: torch.Tensor, dx: int = 6, dy: int = -4) -> torch.Tensor:
@@ -40,7 +44,14 @@ def jpeg(images: torch.Tensor, quality: int = 75) -> torch.Tensor:
     return torch.stack(out)
 
 
-_MAKERS = {"flip": horizontal_flip, "shift": shift, "scale": zoom, "jpeg": jpeg}
+def brightness(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale the pixel values of uint8 (N, 3, H, W) by ``factor``, rounded and clipped to [0, 255]."""
+    return (images.float() * factor).round().clamp(0, 255).to(images.dtype)
+
+
+_MAKERS = {"flip": horizontal_flip, "shift": shift, "scale": zoom, "jpeg": jpeg,
+           "brighter": lambda x: brightness(x, 1.12), "darker": lambda x: brightness(x, 0.88),
+           "shift_back": lambda x: shift(x, dx=-5, dy=5), "jpeg_50": lambda x: jpeg(x, quality=50)}
 
 
 def benign_variants(images: torch.Tensor, variants: Sequence[str] = VARIANTS) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,11 +49,14 @@ class DetectorOutput:
 class SetupContext:
     """What a detector's :meth:`~Detector.setup` may use: ``out_dir``, the run's folder (a copy of what was prepared
     goes there); ``cache_dir``, where expensive preparation is cached; ``model_key``, the model's identity for cache
-    keys (:func:`ami_lightning.pipeline.cache.model_identity`: config and file digests)."""
+    keys (:func:`ami_lightning.pipeline.cache.model_identity`: config and file digests); ``fit``, the benign fit
+    set (:class:`~ami_lightning.detectors.fitting.FitSet`, never evaluated) when a detector of the run
+    :attr:`~Detector.needs_fit`, else None."""
 
     out_dir: Path
     cache_dir: Path
     model_key: Any
+    fit: Any = None
 
 
 class Detector(nn.Module, ABC):
@@ -62,8 +65,9 @@ class Detector(nn.Module, ABC):
 
     Class attributes: ``score_unit`` (what the score measures, in words with its unit and range), ``rule`` (the
     published flag rule, in words), ``gradient`` (``"exact"``, ``"straight-through"`` (BPDA) or ``"none"``: how the
-    score is differentiated with respect to the pixels) and ``needs_calibration`` (the rule needs :meth:`calibrate`
-    before use). ``name``: the run's name of this detector (the key under ``detectors.``; :func:`create_detector`
+    score is differentiated with respect to the pixels), ``needs_calibration`` (the rule needs :meth:`calibrate`
+    before use) and ``needs_fit`` (its :meth:`setup` fits it on the context's benign fit set). ``name``: the run's
+    name of this detector (the key under ``detectors.``; :func:`create_detector`
     sets it, default the registered type).
     """
 
@@ -72,6 +76,7 @@ class Detector(nn.Module, ABC):
     rule: ClassVar[str] = ""
     gradient: ClassVar[str] = "exact"
     needs_calibration: ClassVar[bool] = False
+    needs_fit: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -43,12 +43,11 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_lightning.detectors.base import Detector, register_detector
+from ami_lightning.detectors.base import register_detector
 from ami_lightning.detectors.nlm import (
     BACKENDS,
     CHANNEL_ORDERS,
@@ -58,7 +57,7 @@ from ami_lightning.detectors.nlm import (
     check_int,
     non_local_means,
 )
-from ami_lightning.evaluation.thresholds import above, threshold_at_fpr
+from ami_lightning.detectors.thresholded import ThresholdDetector, fpr_problems
 
 __all__ = [
     "SQUEEZER_FORMS",
@@ -228,7 +227,7 @@ def _straight_through(x: torch.Tensor, squeezer: Callable[[torch.Tensor], torch.
 
 
 @register_detector("feature_squeezing")
-class FeatureSqueezing(Detector):
+class FeatureSqueezing(ThresholdDetector):
     """Feature Squeezing (Xu et al., NDSS 2018) on ``model`` (pixels (B, 3, H, W) in [0, 255] -> logits (B, K)).
 
     ``squeezers``: names (:data:`SQUEEZER_FORMS`, distinct, at least one); the published ImageNet detector's are the
@@ -250,7 +249,6 @@ class FeatureSqueezing(Detector):
         "classifies correctly (calibrated on the evaluated benign set, as the paper does)"
     )
     gradient = "straight-through"
-    needs_calibration = True
 
     def __init__(
         self,
@@ -264,14 +262,12 @@ class FeatureSqueezing(Detector):
                                       "nlm_backend": nlm_backend})
         if problems:
             raise ValueError(f"feature_squeezing: bad parameters: {'; '.join(problems)}")
-        super().__init__(model)
+        super().__init__(model, fpr)
         self.squeezers: tuple[str, ...] = tuple(squeezers)
         self.channel_order: ChannelOrder = channel_order
         self.nlm_backend = nlm_backend
         self._squeeze = [_with_nlm_options(parse_squeezer(name), channel_order, nlm_backend)
                          for name in self.squeezers]
-        self.fpr = float(fpr)
-        self.threshold: float | None = None
 
     @staticmethod
     def check_params(params: Mapping[str, Any]) -> list[str]:
@@ -310,12 +306,7 @@ class FeatureSqueezing(Detector):
                 if duplicates:
                     repeated = ", ".join(duplicates)
                     problems.append(f"squeezers={shown!r}: duplicate squeezers {repeated}; each at most once")
-        if "fpr" in params:
-            fpr = params["fpr"]
-            number = isinstance(fpr, int | float | np.integer | np.floating) and not isinstance(fpr, bool)
-            if not number or not 0.0 < float(fpr) < 1.0:  # also rejects nan
-                problems.append(f"fpr={fpr!r}: expected a fraction in (0, 1), e.g. 0.05 for 5 % benign FPR")
-        return problems
+        return [*problems, *fpr_problems(params)]
 
     def _squeezed_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The straight-through squeezed copies of x, one per squeezer."""
@@ -329,43 +320,6 @@ class FeatureSqueezing(Detector):
             logits = self.model(x)
         probs = logits.softmax(dim=1)
         return max_l1_score(probs, [self.model(s).softmax(dim=1) for s in self._squeezed_inputs(x)])
-
-    def evaluate(self, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(score (B,), flagged (B,) bool): flagged when the score is above the calibrated threshold (compared in
-        float64). RuntimeError before :meth:`calibrate`."""
-        if self.threshold is None:
-            raise self._not_calibrated()
-        score = self.score(x, logits)
-        return score, self.flags_from_scores(score)
-
-    def flags_from_scores(self, score: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: ``score`` (B,) above the calibrated threshold (compared in float64). RuntimeError before
-        :meth:`calibrate`."""
-        if self.threshold is None:
-            raise self._not_calibrated()
-        return above(score, self.threshold)
-
-    def score_identity(self) -> dict[str, Any]:
-        """The squeezers and the channel order (the scores depend on neither ``fpr`` nor the threshold)."""
-        return {"squeezers": list(self.squeezers), "channel_order": self.channel_order}
-
-    def _not_calibrated(self) -> RuntimeError:
-        return RuntimeError(f"{self.name} is not calibrated: its rule needs a threshold at {self.fpr:g} benign FPR; "
-                            "call calibrate(benign_scores) first")
-
-    def calibrate(self, benign_scores: torch.Tensor) -> None:
-        """Set the threshold so that at most ``fpr`` of ``benign_scores`` (N,) (the scores of the benign images the
-        model gets right) are above it (:func:`~ami_lightning.evaluation.thresholds.threshold_at_fpr`). ValueError
-        for no scores or a nan score."""
-        scores = torch.as_tensor(benign_scores).detach()
-        if scores.numel() == 0:
-            raise ValueError(
-                f"{self.name}: cannot calibrate on an empty set of benign scores: the model gets no benign image "
-                "right (top-1 accuracy 0 on the benign set), or the set has none: nothing to calibrate on. Check "
-                "that the model's weights and identity names or gallery match the benign set (model.weights, "
-                "model.names, model.faces_dir, model.path) and data.benign"
-            )
-        self.threshold = threshold_at_fpr(scores, self.fpr)
 
     def evasion_loss(self, x: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """(B,) mean over the squeezers of the model's cross-entropy on the squeezed x towards ``targets`` (B,) long,
