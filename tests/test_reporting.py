@@ -246,8 +246,8 @@ def test_json_round_trips_the_numbers(results: RunResults, tmp_path: Path) -> No
     assert (sets["benign"]["eligible"], sets["benign"]["flagged"], sets["benign"]["n"]) == (343, 33, 400)
     assert sets["patch_first"]["auroc"] == 0.9321 and sets["patch_first"]["roc_tpr"] == [0.0, 0.7, 0.95, 1.0]
     assert sets["fgsm"]["rate"] is None and sets["fgsm"]["metric"] == "detection"
-    assert list(data) == ["model", "detectors", "attack_sets", "intervals", "bootstrap", "sets", "worst_case", "extra",
-                          "provenance"]
+    assert list(data) == ["model", "detectors", "attack_sets", "intervals", "bootstrap", "sets", "worst_case",
+                          "comparisons", "extra", "provenance"]
     assert data["worst_case"] == {}  # no worst-case row in these results
     assert data["model"] == "dlib_resnet" and data["detectors"] == {"ami": AMI} and data["attack_sets"] == ATTACK_SETS
     assert [list(s)[:2] for s in data["sets"]] == [["detector", "name"]] * 4

@@ -82,6 +82,7 @@ class Detector(nn.Module, ABC):
         super().__init__()
         self.model = model
         self.name = self.kind
+        self.fit_record: dict[str, Any] | None = None  # what a fitted detector was fitted on (set by its setup)
 
     def forward(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> DetectorOutput:
         """The verdict on pixels x (B, 3, H, W) in [0, 255]; ``logits``: ``model(x)`` when already computed."""
@@ -126,9 +127,12 @@ class Detector(nn.Module, ABC):
 
     def description(self) -> dict[str, Any]:
         """What the results say about this detector: ``type``, ``params`` (:meth:`parameters_dict`), ``score``,
-        ``rule``, ``gradient``."""
-        return {"type": self.kind, "params": self.parameters_dict(), "score": self.score_unit, "rule": self.rule,
-                "gradient": self.gradient}
+        ``rule``, ``gradient``, and ``fit_set`` (its record: rule, seed, files) for a detector fitted on one."""
+        described = {"type": self.kind, "params": self.parameters_dict(), "score": self.score_unit,
+                     "rule": self.rule, "gradient": self.gradient}
+        if self.fit_record is not None:
+            described["fit_set"] = self.fit_record
+        return described
 
     @abstractmethod
     def parameters_dict(self) -> dict[str, Any]:

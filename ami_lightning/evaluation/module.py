@@ -25,8 +25,9 @@ from ami_lightning.evaluation.intervals import (
     wilson_interval,
 )
 from ami_lightning.evaluation.metrics import FlagRate
+from ami_lightning.evaluation.paired import PairedComparison, compare_pairs
 from ami_lightning.evaluation.rates import eligible_mask
-from ami_lightning.evaluation.success import WorstCase, attack_success, worst_case
+from ami_lightning.evaluation.success import WorstCase, attack_success, face_verdicts, worst_case
 from ami_lightning.evaluation.thresholds import (
     OperatingPoint,
     above,
@@ -65,6 +66,10 @@ class DetectorEvalModule(pl.LightningModule):
     the detector's rule, ``operating_points`` the same at each calibrated threshold (``detected`` faces caught,
     ``evaded`` faces some version got through), and ``sets``, the sets it covers (None when fewer than one set has
     faces).
+
+    :attr:`comparisons` holds every pair of detectors compared on each attack set (on the samples that fool the
+    model) and on the worst case (on the faces some set fooled): :func:`~ami_lightning.evaluation.paired.compare_pairs`,
+    exact McNemar tests with Holm's correction per set.
 
     Logged per detector and set: ``<detector>/<set>/rate`` with its 95 % Wilson interval ``.../rate_ci_low`` /
     ``.../rate_ci_high`` (nan when nothing is eligible), ``.../auroc`` with ``.../auroc_ci_low`` /
@@ -129,6 +134,7 @@ class DetectorEvalModule(pl.LightningModule):
         self.known = {name: _by_index(rows) for name, rows in (benign_records or {}).items()}
         self.results: dict[str, dict[str, dict[str, object]]] = {}
         self.worst_case: dict[str, dict[str, object]] = {}
+        self.comparisons: list[PairedComparison] = []
         self.benign_rows: dict[str, torch.Tensor] = {}
 
     @property
@@ -167,11 +173,13 @@ class DetectorEvalModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         seen = [int(_compute(m)) for m in self.seen]
         skipped = [int(_compute(m)) for m in self.skipped]
+        every: dict[str, list[_Records]] = {}
         for j, name in enumerate(self.detectors):
-            records = [_records(m) for m in self.records[j]]
+            records = every[name] = [_records(m) for m in self.records[j]]
             self.benign_rows[name] = records[0].rows
             self.results[name] = self._detector_results(name, self.rates[j], records, seen, skipped)
             self.worst_case[name] = self._worst_case(name, records, self.results[name]["benign"]["operating_points"])
+        self.comparisons = self._comparisons(every)
         for metric in (*self.seen, *self.skipped, *(m for per in (*self.rates, *self.records) for m in per)):
             metric.reset()
 
@@ -212,6 +220,30 @@ class DetectorEvalModule(pl.LightningModule):
             results[name] = row
             self._log_row(f"{detector}/{name}", row, adversarial=i > 0)
         return results
+
+    def _comparisons(self, every: dict[str, list[_Records]]) -> list[PairedComparison]:
+        """Every pair of detectors on each attack set (the samples that fool the model, matched by index) and on the
+        worst case (the faces some covered set fooled, matched by name); none with fewer than two detectors."""
+        if len(every) < 2:
+            return []
+        out: list[PairedComparison] = []
+        for i, set_name in enumerate(self.set_names[1:], start=1):
+            caught = {}
+            for name, records in every.items():
+                r = records[i]
+                order = torch.argsort(r.index)
+                caught[name] = r.flagged[order][r.eligible(adversarial=True)[order]]
+            out += compare_pairs(set_name, caught)
+        covered = [i for i, name in enumerate(self.set_names) if i > 0 and name in self.faces]
+        if covered:
+            verdicts = {}
+            for name, records in every.items():
+                faces = [[self.faces[self.set_names[i]][k] for k in records[i].index.tolist()] for i in covered]
+                _, per_face = face_verdicts(faces, [records[i].eligible(adversarial=True) for i in covered],
+                                            [records[i].flagged for i in covered])
+                verdicts[name] = torch.tensor(list(per_face.values()), dtype=torch.bool)
+            out += compare_pairs(WORST_CASE, verdicts)
+        return out
 
     def _worst_case(
         self, detector: str, records: list[_Records], benign_points: list[OperatingPoint]

@@ -42,24 +42,29 @@ class WorstCase:
         return self.fooled - self.caught
 
 
-def worst_case(faces: Sequence[Sequence[str]], fooled: Sequence[torch.Tensor], flagged: Sequence[torch.Tensor]
-               ) -> WorstCase:
-    """The :class:`WorstCase` over attack sets: per set ``i``, ``faces[i]`` names the face of each of its evaluated
-    samples (N_i,), ``fooled[i]`` (N_i,) bool whether the sample fools the plain model, ``flagged[i]`` (N_i,) bool
-    whether the detector flags it (by its rule or at a threshold). A face's samples in several sets (or twice in one)
-    all count."""
+def face_verdicts(faces: Sequence[Sequence[str]], fooled: Sequence[torch.Tensor], flagged: Sequence[torch.Tensor]
+                  ) -> tuple[set[str], dict[str, bool]]:
+    """(the attacked faces, {face fooled by at least one sample: whether the detector catches every such sample}),
+    per set ``i``: ``faces[i]`` names the face of each of its evaluated samples (N_i,), ``fooled[i]`` (N_i,) bool
+    whether the sample fools the plain model, ``flagged[i]`` (N_i,) bool whether the detector flags it (by its rule or
+    at a threshold). A face's samples in several sets (or twice in one) all count; faces sorted by name."""
     if not len(faces) == len(fooled) == len(flagged):
         raise ValueError(f"{len(faces)} face lists, {len(fooled)} fooled and {len(flagged)} flagged masks")
     attacked: set[str] = set()
-    got_through: set[str] = set()
-    was_fooled: set[str] = set()
+    caught: dict[str, bool] = {}
     for names, fool, flag in zip(faces, fooled, flagged, strict=True):
         if not len(names) == len(fool) == len(flag):
             raise ValueError(f"{len(names)} faces but {len(fool)} fooled and {len(flag)} flagged values")
         for name, f, g in zip(names, fool.tolist(), flag.tolist(), strict=True):
             attacked.add(name)
             if f:
-                was_fooled.add(name)
-                if not g:
-                    got_through.add(name)
-    return WorstCase(faces=len(attacked), fooled=len(was_fooled), caught=len(was_fooled - got_through))
+                caught[name] = caught.get(name, True) and bool(g)
+    return attacked, dict(sorted(caught.items()))
+
+
+def worst_case(faces: Sequence[Sequence[str]], fooled: Sequence[torch.Tensor], flagged: Sequence[torch.Tensor]
+               ) -> WorstCase:
+    """The :class:`WorstCase` over attack sets of :func:`face_verdicts`: faces attacked, faces fooled, and faces
+    fooled whose every fooling sample the detector flags."""
+    attacked, caught = face_verdicts(faces, fooled, flagged)
+    return WorstCase(faces=len(attacked), fooled=len(caught), caught=sum(caught.values()))

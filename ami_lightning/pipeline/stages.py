@@ -22,12 +22,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from ami_lightning.data.benign import FIT_RECORD
 from ami_lightning.data.datamodule import EvalDataModule
 from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set
 from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.images import load_image
 from ami_lightning.data.shipped import face_files
 from ami_lightning.detectors.base import Detector, SetupContext, create_detector
+from ami_lightning.detectors.fitting import FitSet
 from ami_lightning.evaluation.module import WORST_CASE, DetectorEvalModule
 from ami_lightning.evaluation.rates import eligible_mask
 from ami_lightning.models.classifiers import Classifier
@@ -94,16 +96,32 @@ def build_detectors(cfg: DictConfig, classifier: Classifier, names: Iterable[str
     return detectors
 
 
-def setup_context(cfg: DictConfig) -> SetupContext:
-    """What detectors are set up with: the run's folder, ``paths.cache_dir`` and the model's identity."""
+def fit_set(cfg: DictConfig, classifier: Classifier, dataset: Dataset | None = None) -> FitSet:
+    """The benign fit set of the detectors that need fitting: ``dataset`` or ``cfg.data.fit`` instantiated with the
+    classifier (its ``fit_record`` says what it holds), run with ``data.batch_size`` on the run's device. ValueError
+    when the data config has none."""
+    if dataset is None:
+        if cfg.data.get("fit") is None:
+            raise ValueError("a detector of the run needs a benign fit set and data.fit is not set: give data.fit "
+                             "(e.g. ami_lightning.data.benign.shipped_fit_set or benign_folder_fit)")
+        dataset = instantiate(cfg.data.fit, classifier=classifier)
+    record = getattr(dataset, FIT_RECORD, None) or {"rule": f"given dataset {type(dataset).__name__}",
+                                                    "items": len(dataset)}  # type: ignore[arg-type]
+    return FitSet(dataset, record, int(cfg.data.batch_size), stage_device(cfg))
+
+
+def setup_context(cfg: DictConfig, fit: FitSet | None = None) -> SetupContext:
+    """What detectors are set up with: the run's folder, ``paths.cache_dir``, the model's identity and the fit set."""
     return SetupContext(Path(cfg.paths.output_dir), Path(cfg.paths.cache_dir),
-                        model_identity(cfg.model, cfg.paths.cache_dir))
+                        model_identity(cfg.model, cfg.paths.cache_dir), fit)
 
 
 def prepare_detectors(
-    cfg: DictConfig, classifier: Classifier, benign: Dataset | None = None, names: Iterable[str] | None = None
+    cfg: DictConfig, classifier: Classifier, benign: Dataset | None = None, names: Iterable[str] | None = None,
+    fit: Dataset | None = None,
 ) -> dict[str, Detector]:
-    """:func:`build_detectors`, each set up (:func:`setup_context`) and, when it needs calibration, calibrated on
+    """:func:`build_detectors`, each set up (:func:`setup_context`, with the benign fit set of :func:`fit_set` from
+    ``fit`` or ``data.fit`` when one :attr:`~Detector.needs_fit`) and, when it needs calibration, calibrated on
     the eligible scores of its records on ``benign`` (default: :func:`benign_set`; records computed once and cached:
     :func:`detector_benign_records`, which the evaluation reads again instead of scoring the benign set twice). When
     there is a benign set (given, or needed for calibration), :func:`check_benign_accuracy` first, before any
@@ -114,7 +132,8 @@ def prepare_detectors(
         benign = benign_set(cfg, classifier)
     if benign is not None:
         check_benign_accuracy(cfg, classifier, benign)
-    context = setup_context(cfg)
+    fitting = any(d.needs_fit for d in detectors.values())
+    context = setup_context(cfg, fit_set(cfg, classifier, fit) if fitting else None)
     for detector in detectors.values():
         detector.setup(context)
     if needing:
@@ -284,6 +303,7 @@ def run_results(
                                  for name, files in datamodule.skipped.items() if files}},
         provenance=provenance(device=module.device),
         bootstrap=module.bootstrap,
+        comparisons=list(module.comparisons),
         samples=sample_batches(datamodule, detectors, classifier.identities, k=4),
     )
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ami_lightning.evaluation.intervals import CONFIDENCE, NAN_INTERVAL, Interval, wilson_interval
+from ami_lightning.evaluation.paired import PairedComparison
 from ami_lightning.evaluation.thresholds import OperatingPoint, ratio, undetected_rate
 from ami_lightning.reporting.formatting import fraction_text, has_interval, interval_text, is_missing
 
@@ -189,6 +190,7 @@ class RunResults:
     samples: dict[str, SampleBatch] = field(default_factory=dict)
     bootstrap: dict[str, int] | None = None
     provenance: dict[str, Any] | None = None
+    comparisons: list[PairedComparison] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         seen = set()

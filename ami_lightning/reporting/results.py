@@ -45,6 +45,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from ami_lightning.evaluation.paired import PairedComparison
 from ami_lightning.evaluation.thresholds import OperatingPoint
 from ami_lightning.pipeline.files import write_text
 from ami_lightning.reporting.formatting import has_interval, json_safe
@@ -116,7 +117,8 @@ def results_dict(results: RunResults) -> dict[str, Any]:
     its derived rates and intervals: :func:`_set_dict`; the worst-case rows too), ``worst_case`` (detector -> its
     worst case in faces: ``faces``, ``fooled``, ``caught``, ``detection`` and ``undetected`` with their intervals, and
     per operating point ``caught``, ``detection`` and ``undetected`` (some attack got through) with theirs),
-    ``extra`` and ``provenance``."""
+    ``comparisons`` (every pair of detectors per attack set and on the worst case:
+    :class:`~ami_lightning.evaluation.paired.PairedComparison` fields), ``extra`` and ``provenance``."""
     return json_safe({
         "model": results.model,
         "detectors": results.detectors,
@@ -125,6 +127,7 @@ def results_dict(results: RunResults) -> dict[str, Any]:
         "bootstrap": results.bootstrap,
         "sets": [_set_dict(s) for s in results.sets],
         "worst_case": {s.detector: _worst_case_dict(s) for s in results.sets if s.worst_case},
+        "comparisons": [c.to_dict() for c in results.comparisons],
         "extra": results.extra,
         "provenance": results.provenance,
     })
@@ -197,6 +200,7 @@ def read_results(path: str | Path) -> RunResults:
         extra=data["extra"],
         bootstrap=data.get("bootstrap"),
         provenance=data.get("provenance"),
+        comparisons=[PairedComparison(**c) for c in data.get("comparisons", [])],
     )
 
 
