@@ -391,7 +391,14 @@ def _md_tables(text: str) -> list[list[list[str]]]:
 def test_markdown_has_one_row_per_set_and_the_parameters(results: RunResults, tmp_path: Path) -> None:
     text = write_results(results, tmp_path)["md"].read_text()
     assert text.startswith("# ami on dlib_resnet\n")
-    run, ami, attack_sets, table = _md_tables(text)
+    run, ami, attack_sets, matrix, table = _md_tables(text)
+    low, high = _wilson(9, 100)
+    assert matrix == [["detector", "patch_first", "cw_l2_next", "fgsm"],
+                      ["ami", f"9/100 9 % [{100 * low:.0f}, {100 * high:.0f}]; SR@5 15/100", matrix[1][2],
+                       matrix[1][3]]]
+    assert matrix[1][2].startswith("36/50 72 % [") and "SR@5" not in matrix[1][2]  # no SR without evaded counts
+    assert matrix[1][3].startswith("0/20 0 % [0, ")  # nothing fools the model: nothing gets through
+    assert text.index("## Detector x attack matrix") < text.index("## Results")
     assert run == [["parameter", "value"], ["model", "dlib_resnet"], ["accuracy", "0.9575"],
                    ["skipped", '{"benign": 0, "patch_first": 2}']]
     assert ami == [["parameter", "value"], ["name", "ami"], ["type", "ami"], ["params.weaken", "60.0"],

@@ -49,6 +49,7 @@ from ami_lightning.evaluation.paired import PairedComparison
 from ami_lightning.evaluation.thresholds import OperatingPoint
 from ami_lightning.pipeline.files import write_text
 from ami_lightning.reporting.formatting import has_interval, json_safe
+from ami_lightning.reporting.matrix import plot_matrix
 from ami_lightning.reporting.metrics import scalar_metrics
 from ami_lightning.reporting.plots import plot_detection_rates, plot_roc, plot_undetected
 from ami_lightning.reporting.records import (
@@ -214,6 +215,7 @@ def write_all(results: RunResults, out_dir: str | Path, logger: Any = None) -> d
         "detection_rates": plot_detection_rates(results, out_dir / "detection_rates.png"),
         "roc": plot_roc(results, out_dir / "roc.png"),
         "undetected": plot_undetected(results, out_dir / "undetected.png"),
+        **({"matrix": plot_matrix(results, out_dir / "matrix.png")} if results.set_names else {}),
         **save_sample_figures(results, out_dir),
     }
     if is_wandb_logger(logger):

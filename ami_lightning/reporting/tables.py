@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ami_lightning.pipeline.provenance import describe
 from ami_lightning.reporting.formatting import json_safe, short_percent
+from ami_lightning.reporting.matrix import matrix_markdown, print_matrix
 
 if TYPE_CHECKING:
     from ami_lightning.reporting.records import RunResults, SetResult
@@ -64,12 +65,14 @@ def results_table(results: RunResults) -> Table:
 
 
 def print_results(results: RunResults, console: Console | None = None) -> None:
-    """Print :func:`results_table` (to a new stdout console unless one is given; one that is not a terminal, a log
-    file say, is 360 characters wide so that the table's columns are not cut short)."""
+    """Print the detector x attack matrix (:func:`~ami_lightning.reporting.matrix.print_matrix`), then
+    :func:`results_table` (to a new stdout console unless one is given; one that is not a terminal, a log file say,
+    is 360 characters wide so that the table's columns are not cut short)."""
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=360)
+    print_matrix(results, console)
     console.print(results_table(results))
 
 
@@ -105,7 +108,8 @@ def attack_set_rows(results: RunResults) -> list[tuple[str, str, str]]:
 
 def results_markdown(results: RunResults) -> str:
     """Markdown: the title, the run's parameters (model, then ``extra``), a parameter table per detector
-    (:func:`detector_rows`), the attack sets (:func:`attack_set_rows`), the results table (rows grouped by
+    (:func:`detector_rows`), the attack sets (:func:`attack_set_rows`), the detector x attack matrix with its paired
+    comparisons (:func:`~ami_lightning.reporting.matrix.matrix_markdown`), the results table (rows grouped by
     detector), :func:`intervals_note` and the run's provenance."""
     lines = [f"# {results.title()}", "",
              *_md_table(("parameter", "value"), [("model", results.model), *results.extra.items()], left=2), ""]
@@ -115,6 +119,8 @@ def results_markdown(results: RunResults) -> str:
     if results.set_names:
         lines += ["## Attack sets", "",
                   *_md_table(("set", "attack", "attacked detector"), attack_set_rows(results), left=3), ""]
+    if results.set_names:
+        lines += ["## Detector x attack matrix", "", *matrix_markdown(results), ""]
     lines += ["## Results", ""]
     lines += _md_table(table_columns(results.fpr_targets), [row for group in _grouped_rows(results) for row in group],
                        left=LEFT)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ami_lightning.evaluation.intervals import NAN_INTERVAL
 from ami_lightning.evaluation.thresholds import fpr_suffix
 from ami_lightning.reporting.formatting import json_safe
+from ami_lightning.reporting.matrix import matrix_rows
 from ami_lightning.reporting.metrics import scalar_metrics
 from ami_lightning.reporting.samples import sample_figure_caption
 
@@ -61,7 +62,9 @@ def wandb_table_rows(results: RunResults) -> tuple[list[str], list[list[Any]]]:
 
 def log_to_wandb(results: RunResults, logger_or_run: Any, figures: dict[str, Path]) -> None:
     """Log to W&B in one ``run.log`` call: :func:`~ami_lightning.reporting.metrics.scalar_metrics`, the table as
-    ``results`` (a ``wandb.Table``, :func:`wandb_table_rows`) and each figure as ``figures/<name>`` (a
+    ``results`` (a ``wandb.Table``, :func:`wandb_table_rows`), the detector x attack matrix as ``matrix`` (a
+    ``wandb.Table`` of :func:`~ami_lightning.reporting.matrix.matrix_rows`; its heatmap is the figure ``matrix``)
+    and each figure as ``figures/<name>`` (a
     ``wandb.Image``; a sample figure, named ``samples/<set>``, captioned with
     :func:`~ami_lightning.reporting.samples.sample_figure_caption`).
 
@@ -76,4 +79,8 @@ def log_to_wandb(results: RunResults, logger_or_run: Any, figures: dict[str, Pat
         set_name = name.removeprefix("samples/") if name.startswith("samples/") else None
         caption = sample_figure_caption(set_name) if set_name is not None else None
         images[f"figures/{name}"] = wandb.Image(str(path), caption=caption)
-    run.log({**scalar_metrics(results), "results": wandb.Table(columns=columns, data=rows), **images})
+    header, matrix = matrix_rows(results)
+    tables = {"results": wandb.Table(columns=columns, data=rows)}
+    if results.set_names:
+        tables["matrix"] = wandb.Table(columns=header, data=matrix)
+    run.log({**scalar_metrics(results), **tables, **images})
