@@ -20,6 +20,7 @@ from scipy.stats import binomtest
 
 from ami_lightning.evaluation.thresholds import OperatingPoint
 from ami_lightning.reporting.plots import error_bars, plot_detection_rates, plot_roc, plot_undetected
+from ami_lightning.reporting.matrix import matrix_rows
 from ami_lightning.reporting.results import (
     LEGACY_DETECTOR,
     RunResults,
@@ -439,7 +440,10 @@ def test_two_detectors_rows_are_grouped_and_named(two: RunResults, tmp_path: Pat
     # results.md: a parameter table per detector, the attack sets with the attacked detector, the grouped results
     text = results_markdown(two)
     assert "## Detector `ami`" in text and "## Detector `feature_squeezing`" in text
-    run, ami, fs, attack_sets, results = _md_tables(text)
+    run, ami, fs, attack_sets, matrix, results = _md_tables(text)
+    assert matrix[0] == ["detector", "patch_first", "cw_l2_next", "fgsm", "adaptive_fs (vs feature_squeezing)"]
+    assert [row[0] for row in matrix[1:]] == ["ami", "feature_squeezing"] and matrix[1][4] == "-"
+    assert matrix[2][4].startswith("7/10 70 % [")
     assert ami[1:4] == [["name", "ami"], ["type", "ami"], ["params.weaken", "60.0"]]
     assert fs[1:] == [["name", "feature_squeezing"], ["type", "feature_squeezing"],
                       ["params.squeezers", '["bit_depth_5", "median_2x2"]'], ["params.target_fpr", "0.05"],
@@ -780,7 +784,7 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
     import wandb
 
     files = write_all(results, tmp_path)  # no logger: files only
-    assert set(files) == {"json", "md", "detection_rates", "roc", "undetected", "samples/patch_first",
+    assert set(files) == {"json", "md", "detection_rates", "roc", "undetected", "matrix", "samples/patch_first",
                           "samples/cw_l2_next"}
     assert (tmp_path / "undetected.png").is_file() and not (tmp_path / "wandb").exists()
     assert not (tmp_path / "samples.png").exists() and files["samples/cw_l2_next"].parent == tmp_path / "samples"
@@ -792,7 +796,8 @@ def test_log_to_wandb_logs_every_metric_table_and_figure(results: RunResults, tm
     assert "ami/benign/auroc" not in logged and logged["ami/patch_first/auroc"] == 0.9321
     assert logged["extra/accuracy"] == 0.9575 and logged["extra/skipped/patch_first"] == 2
     assert isinstance(logged["results"], wandb.Table) and len(logged["results"].data) == 4
-    figures = ("detection_rates", "roc", "undetected", "samples/patch_first", "samples/cw_l2_next")
+    figures = ("detection_rates", "roc", "undetected", "matrix", "samples/patch_first", "samples/cw_l2_next")
+    assert isinstance(logged["matrix"], wandb.Table) and logged["matrix"].columns == matrix_rows(results)[0]
     assert all(isinstance(logged[f"figures/{k}"], wandb.Image) for k in figures)
     assert logged["figures/samples/cw_l2_next"]._caption == sample_figure_caption("cw_l2_next")
     assert logged["figures/roc"]._caption is None
@@ -918,4 +923,5 @@ def test_write_all_logs_offline_to_a_wandb_logger(
     assert (rows["patch_first"]["auroc_ci_low"], rows["patch_first"]["auroc_ci_high"]) == PATCH_AUROC_CI
     assert logged["ami/patch_first/undetected_at_fpr_0.05"] == pytest.approx(0.19)
     assert logged["ami/patch_first/auroc_ci_high"] == PATCH_AUROC_CI[1]
-    assert len(list((run_dir / "files" / "media" / "images" / "figures").rglob("*.png"))) == 5
+    assert len(list((run_dir / "files" / "media" / "images" / "figures").rglob("*.png"))) == 6
+    assert logged["matrix"]["_type"] == "table-file"
