@@ -54,3 +54,41 @@ def test_compare_pairs_counts_discordant_samples_and_names_the_better_detector()
     assert close[0].better is None and (close[0].only_first, close[0].only_second) == (1, 1)
     with pytest.raises(ValueError, match="different numbers of samples"):
         compare_pairs("x", {"a": strong, "b": weak[:5]})
+
+
+def test_the_evaluation_compares_every_pair_on_each_set_and_the_worst_case() -> None:
+    """On the toy: the module's comparisons equal compare_pairs of the detectors' own verdicts on the samples that
+    fool the model (per set) and on the faces (worst case), and they reach results.json."""
+    import lightning.pytorch as pl
+
+    from ami_lightning.data.datamodule import EvalDataModule
+    from ami_lightning.detectors.ami import AmIDetector
+    from ami_lightning.evaluation.module import WORST_CASE, DetectorEvalModule
+    from ami_lightning.evaluation.success import face_verdicts
+    from tests.toy import PixelSet, toy_eval_sets
+
+    first, sets = toy_eval_sets(32)
+    second = AmIDetector(first.model, first.witnesses, 1.0, (1.5, 2.0))
+    (x, y), (noisy, _), (_, wrong) = sets["benign"], sets["noise"], sets["shifted"]
+    faces = [f"face_{i}" for i in range(len(y))]
+    attacks = {"noise": PixelSet(noisy, y), "shifted": PixelSet(x, wrong)}
+    datamodule = EvalDataModule(PixelSet(x, y), attacks, 4)
+    detectors = {"strong": first, "weak": second}
+    module = DetectorEvalModule(detectors, datamodule.set_names, faces={name: faces for name in attacks})
+    pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               use_distributed_sampler=False).test(module, datamodule=datamodule, verbose=False)
+    pixels, labels = {"noise": noisy, "shifted": x}, {"noise": y, "shifted": wrong}
+    expected, fooled, flagged = [], {}, {}
+    with torch.no_grad():
+        for name in attacks:
+            out = {d: detector(pixels[name]) for d, detector in detectors.items()}
+            fooled[name] = out["strong"].logits.argmax(1) != labels[name]
+            flagged[name] = {d: o.flagged for d, o in out.items()}
+            expected += compare_pairs(name, {d: o.flagged[fooled[name]] for d, o in out.items()})
+    verdicts = {d: torch.tensor(list(face_verdicts([faces, faces], list(fooled.values()),
+                                                   [flagged[n][d] for n in attacks])[1].values()))
+                for d in detectors}
+    expected += compare_pairs(WORST_CASE, verdicts)
+    assert module.comparisons == expected
+    assert [c.set for c in module.comparisons] == ["noise", "shifted", WORST_CASE]
+    assert any(c.only_first + c.only_second > 0 for c in module.comparisons)  # the two detectors differ somewhere

@@ -19,8 +19,8 @@ from rich.console import Console
 from scipy.stats import binomtest
 
 from ami_lightning.evaluation.thresholds import OperatingPoint
-from ami_lightning.reporting.plots import error_bars, plot_detection_rates, plot_roc, plot_undetected
 from ami_lightning.reporting.matrix import matrix_rows
+from ami_lightning.reporting.plots import error_bars, plot_detection_rates, plot_roc, plot_undetected
 from ami_lightning.reporting.results import (
     LEGACY_DETECTOR,
     RunResults,
