@@ -466,6 +466,39 @@ def test_two_detectors_rows_are_grouped_and_named(two: RunResults, tmp_path: Pat
     assert "## Detector `feature_squeezing`" in results_markdown(undescribed)
 
 
+def test_matrix_heatmap_and_comparisons(two: RunResults, tmp_path: Path, figures: list[Any]) -> None:
+    from matplotlib.patches import Rectangle
+
+    from ami_lightning.evaluation.paired import compare_pairs
+    from ami_lightning.reporting.matrix import comparison_sentences, matrix_columns, plot_matrix
+
+    assert matrix_columns(two) == [("published", "patch_first"), ("published", "cw_l2_next"), ("published", "fgsm"),
+                                   ("vs feature_squeezing", "adaptive_fs")]
+    plot_matrix(two, tmp_path / "matrix.png")
+    (fig,) = figures
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ami", "feature_squeezing"]
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "adaptive_fs\n(vs feature_squeezing)"
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == 7 and "7/10" in texts  # one per existing cell: ami has no adaptive_fs
+    outlined = [p for p in ax.patches if isinstance(p, Rectangle) and not p.get_fill()]
+    assert [(p.get_x(), p.get_y()) for p in outlined] == [pytest.approx((3.04, 1.04))]  # fs's own adaptive column
+    caught = {"ami": torch.ones(30, dtype=torch.bool), "feature_squeezing": torch.zeros(30, dtype=torch.bool)}
+    two.comparisons = compare_pairs("patch_first", caught) + compare_pairs(
+        "fgsm", {"ami": caught["ami"][:2], "feature_squeezing": caught["feature_squeezing"][:2]})
+    (patch, fgsm) = comparison_sentences(two)
+    assert patch.startswith("`patch_first` (30 samples that fool the model): ami > feature_squeezing (Holm p = ")
+    assert fgsm == "`fgsm` (2 samples that fool the model): no pair distinguishable."
+    text = results_markdown(two)
+    assert "; > feature_squeezing |" in text and f"- {patch}" in text
+    data = json.loads(write_results(two, tmp_path)["json"].read_text())
+    assert data["comparisons"][0] == {"set": "patch_first", "first": "ami", "second": "feature_squeezing",
+                                      "total": 30, "only_first": 30, "only_second": 0,
+                                      "p_value": pytest.approx(2 / 2**30), "p_holm": pytest.approx(2 / 2**30),
+                                      "better": "ami"}
+    assert read_results(tmp_path / "results.json").comparisons == two.comparisons
+
+
 def test_two_detectors_round_trip_through_json(two: RunResults, tmp_path: Path) -> None:
     data = json.loads(write_results(two, tmp_path)["json"].read_text())
     assert list(data["detectors"]) == ["ami", "feature_squeezing"] and data["detectors"]["feature_squeezing"] == FS

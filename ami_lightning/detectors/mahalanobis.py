@@ -20,10 +20,14 @@ parameter, never tuned on attacks (default 0: no pre-processing).
 
 Departure from the paper: the paper combines the per-layer scores with a logistic regression trained on adversarial
 examples of the evaluated attack (or, in its attack-agnostic variant, of FGSM). This detector sees no adversarial data:
-each layer's score is standardised by the mean and standard deviation of that layer's scores on the fit set itself
-(in-sample: the fit images also estimated the Gaussians) and the standardised scores are summed. The flag rule is
-then the shared threshold at ``fpr`` benign false positives (:class:`~ami_lightning.detectors.thresholded.
-ThresholdDetector`).
+each layer's score is standardised by the mean and standard deviation of that layer's scores on the fit set and the
+standardised scores are summed. Those fit-set scores are out-of-fold (5 seeded folds, :data:`STANDARDISATION_FOLDS`:
+each image scored against Gaussians fitted on the other folds; the Gaussians used at test time are fitted on the
+whole set): in-sample distances degenerate when the fit set has fewer degrees of freedom (N images - K classes) than
+features (D): every one then equals the covariance's rank, their standard deviation is 0 and the layer would swamp
+the sum (e.g. VGG-Face's 4096-wide ``relu6`` and ``relu7`` on a fit set of 952 images of 238 identities). The flag
+rule is then the shared threshold at ``fpr`` benign false positives
+(:class:`~ami_lightning.detectors.thresholded.ThresholdDetector`).
 
 Classes absent from the fit set: means are estimated for the classes present only, and the score is the minimum over
 those (the reference would take the mean of an empty set, nan). An image of an identity the fit set lacks is scored
@@ -58,7 +62,9 @@ __all__ = [
     "DEFAULT_LAYER_COUNT",
     "MahalanobisDetector",
     "class_gaussians",
+    "STANDARDISATION_FOLDS",
     "default_layers",
+    "fold_assignment",
     "fit_summary",
     "layers_problems",
     "mahalanobis_score",
@@ -69,6 +75,10 @@ __all__ = [
 
 DEFAULT_LAYER_COUNT = 4
 """``layers: null`` means the last this many of the model's hook layers (all of them when it has fewer)."""
+
+STANDARDISATION_FOLDS = 5
+"""The per-layer standardisation of the Mahalanobis detector uses out-of-fold distances: the fit set split into this
+many seeded folds (:func:`fold_assignment`), each fold's images scored against Gaussians fitted on the others."""
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
@@ -191,6 +201,16 @@ def standardiser(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return center, scale
 
 
+def fold_assignment(n: int, folds: int, seed: int = 0) -> torch.Tensor:
+    """(n,) long: the fold (0 .. min(folds, n) - 1) of each of n items, a seeded random split into folds of sizes
+    differing by at most one."""
+    folds = max(1, min(folds, n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    assignment = torch.empty(n, dtype=torch.long)
+    assignment[order] = torch.arange(n) % folds
+    return assignment
+
+
 def _number_in(low: float, high: float) -> Any:
     return lambda v: is_number(v) and math.isfinite(v) and low <= v <= high
 
@@ -278,28 +298,40 @@ class MahalanobisDetector(ThresholdDetector):
         self.fit_record = dict(context.fit.record)
 
     def _fit(self, fit: Any) -> dict[str, torch.Tensor]:
-        """The fitted tensors: ``means_<i>`` (K, C_i), ``precision_<i>`` (C_i, C_i) float64 per layer i, ``center``
-        and ``scale`` (L,) of the per-layer fit-set scores, ``items`` () the number of images."""
+        """The fitted tensors: ``means_<i>`` (K, C_i), ``precision_<i>`` (C_i, C_i) float64 per layer i (on the
+        whole fit set), ``center`` and ``scale`` (L,) of the out-of-fold per-layer fit-set distances
+        (:data:`STANDARDISATION_FOLDS`), ``items`` () the number of images."""
         features, labels, _ = fit_features(self.model, fit, self.layers)
-        state: dict[str, torch.Tensor] = {}
+        device = torch.device(fit.device)
+        features = {name: f.to(device).double() for name, f in features.items()}
+        labels = labels.to(device)
+        n, count = len(labels), len(self.layers)
+        state: dict[str, torch.Tensor] = {"items": torch.tensor(n)}
         for i, name in enumerate(self.layers):
-            state[f"means_{i}"], state[f"precision_{i}"] = class_gaussians(
-                features[name].double(), labels, shrinkage=self.shrinkage)
-        gaussians = [(state[f"means_{i}"], state[f"precision_{i}"]) for i in range(len(self.layers))]
-        if self.eps == 0:
-            scores = torch.stack([mahalanobis_score(features[n].double(), *g) for n, g in zip(self.layers, gaussians,
-                                                                                            strict=True)], dim=1)
-        else:  # the same pre-processed scores as at test time, batch by batch with gradients
-            device = torch.device(fit.device)
-            moved = [(m.to(device), p.to(device)) for m, p in gaussians]
-            parts = []
+            state[f"means_{i}"], state[f"precision_{i}"] = class_gaussians(features[name], labels,
+                                                                           shrinkage=self.shrinkage)
+        folds = fold_assignment(n, STANDARDISATION_FOLDS).to(device)
+        scores = torch.empty(n, count, dtype=torch.float64, device=device)
+        by_fold: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        for f in range(int(folds.max()) + 1):
+            held = folds == f
+            train = ~held if n > 1 else held  # one image: scored in-sample (its scale is then 1)
+            gaussians = [class_gaussians(features[name][train], labels[train], shrinkage=self.shrinkage)
+                         for name in self.layers]
+            by_fold.append(gaussians)
+            if self.eps == 0:
+                for i, name in enumerate(self.layers):
+                    scores[held, i] = mahalanobis_score(features[name][held], *gaussians[i])
+        if self.eps > 0:  # the same pre-processed distances as at test time, batch by batch with gradients
+            offset = 0
             for batch in DataLoader(fit.dataset, batch_size=fit.batch_size):
-                keep = batch[1] >= 0
-                if keep.any():
-                    parts.append(self._layer_scores(batch[0][keep].to(device).float(), moved).detach().cpu())
-            scores = torch.cat(parts)
+                pixels = batch[0][batch[1] >= 0].to(device).float()
+                fold = folds[offset:offset + len(pixels)]
+                for f in fold.unique().tolist():
+                    mask = fold == f
+                    scores[offset:offset + len(pixels)][mask] = self._layer_scores(pixels[mask], by_fold[f]).detach()
+                offset += len(pixels)
         state["center"], state["scale"] = standardiser(scores)
-        state["items"] = torch.tensor(len(labels))
         return state
 
     # ---- scoring

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ami_lightning.evaluation.paired import LEVEL
 from ami_lightning.reporting.formatting import interval_text
-from ami_lightning.reporting.plots import save_figure
+from ami_lightning.reporting import plots
 
 if TYPE_CHECKING:
     from ami_lightning.reporting.records import RunResults, SetResult
@@ -170,4 +170,4 @@ def plot_matrix(results: RunResults, path: str | Path) -> Path:
                   fontsize=7)
     ax.set_yticks([r + 0.5 for r in range(len(detectors))], detectors, fontsize=8)
     ax.set_title("undetected successes (k/n); outlined: the set attacks that detector", fontsize=9)
-    return save_figure(fig, path)
+    return plots.save_figure(fig, path)
