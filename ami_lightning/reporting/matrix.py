@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ami_lightning.evaluation.paired import LEVEL
-from ami_lightning.reporting.formatting import interval_text
 from ami_lightning.reporting import plots
+from ami_lightning.reporting.formatting import interval_text
 
 if TYPE_CHECKING:
     from ami_lightning.reporting.records import RunResults, SetResult
