@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one command: the gpu-marked tests, the detector and attack benchmarks, distributed
-# generation on N GPUs (when there are 2 or more) and the 238-face adaptive experiment; each writes its figures under
+# generation on N GPUs (when there are 2 or more), the 238-face adaptive experiment and the 238-face benchmark (every
+# detector, every attack set); each writes its figures under
 # $OUT and, where the README has a block for them, the block (scripts/readme_tables.py). Planned for at most about
-# 9 minutes on one H100 / H200; each step has its own time limit so that one slow step cannot eat the others.
+# 20 minutes on one H100 / H200 (the benchmark at most 10 of them); each step has its own time limit so that one slow
+# step cannot eat the others.
 #
 #   bash scripts/gpu_check.sh             # on a machine with CUDA; commit what it wrote (README.md, docs/results/)
 #   bash scripts/gpu_check.sh --dry-run   # anywhere: checks that every command resolves, runs nothing heavy
@@ -39,6 +41,7 @@ if [ "$DRY" = 1 ]; then
     step "$script-help" 120 "$PY" -m "scripts.$script" --help
   done
   step adaptive-config 120 "$BIN/ami-run" experiment=adaptive trainer=gpu --cfg job
+  step benchmark-config 120 "$BIN/ami-run" experiment=benchmark data.attack_faces=null trainer=gpu --cfg job
 else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: run with --dry-run here')" \
     || exit 1
@@ -54,6 +57,10 @@ else
     echo "== bench-distributed: skipped, $gpus GPU (needs 2 or more)"
   fi
   step adaptive 300 "$BIN/ami-run" experiment=adaptive trainer=gpu logger=none "paths.log_dir=$OUT/logs"
+  step benchmark 600 "$BIN/ami-run" experiment=benchmark data.attack_faces=null trainer=gpu logger=none \
+    "paths.log_dir=$OUT/benchmark"
+  bench=$(ls -d "$OUT"/benchmark/run/*/ 2>/dev/null | tail -n 1)
+  [ -n "$bench" ] && step table-benchmark 60 "$PY" -m scripts.readme_tables matrix "$bench" --block benchmark-gpu
   [ -f "$OUT/bench_detector/results.json" ] && step table-detector-speed 60 "$PY" -m scripts.readme_tables \
     detector-speed "$OUT/bench_detector" --block detector-speed-gpu
   run=$(ls -d "$OUT"/logs/run/*/ 2>/dev/null | tail -n 1)

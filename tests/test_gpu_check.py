@@ -21,10 +21,13 @@ def test_gpu_check_dry_run_resolves_every_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     logs = {p.name for p in tmp_path.glob("*.log")}
     assert logs == {"pytest-collect.log", "bench_detector-help.log", "bench_attacks-help.log",
-                    "bench_distributed-help.log", "readme_tables-help.log", "adaptive-config.log"}
+                    "bench_distributed-help.log", "readme_tables-help.log", "adaptive-config.log",
+                    "benchmark-config.log"}
     collected = (tmp_path / "pytest-collect.log").read_text()
     assert "test_nlm.py::test_torch_backend_on_cuda_equals_opencv" in collected  # the gpu-marked tests are there
     assert "attack_faces: null" in (tmp_path / "adaptive-config.log").read_text()  # all 238 faces
+    benchmark = (tmp_path / "benchmark-config.log").read_text()
+    assert "attack_faces: null" in benchmark and "selective_nic:" in benchmark and "nic:" in benchmark
 
 
 @pytest.mark.slow
