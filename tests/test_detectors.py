@@ -50,7 +50,16 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Detector]:
                                              f"ami.witnesses={out / 'witnesses'}"]), out)
     check_config(cfg)
     classifier = Classifier("toy", toy_classifier(32), [str(i) for i in range(NUM_CLASSES)])
-    return stages.prepare_detectors(cfg, classifier, PixelSet(*toy_faces(32)))
+    return stages.prepare_detectors(cfg, classifier, PixelSet(*toy_faces(32)), fit=toy_fit_set(32))
+
+
+def toy_fit_set(size: int, copies: int = 6) -> PixelSet:
+    """The benign fit set of the fitted detectors on the toy: ``copies`` noisy copies of each toy face (other noise
+    than the ``noisy`` test images)."""
+    x, y = toy_faces(size)
+    g = torch.Generator().manual_seed(11)
+    copied = torch.cat([(x + 20 * torch.randn(x.shape, generator=g)).clamp(0, 255).round() for _ in range(copies)])
+    return PixelSet(copied, y.repeat(copies))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -328,11 +328,11 @@ def test_a_results_file_from_before_intervals_reads_back(tmp_path: Path) -> None
     path.write_text(OLD_RESULTS_JSON)
     back = read_results(path)
     benign, glasses = back.sets
-    assert back.detectors == {"ami": {
-        "type": "ami", "params": {"weaken": 1000.0, "strengthen": [2.15, 200.0]},
-        "score": "-log p of the original model's top-1 identity under the attribute-steered model (nats, >= 0)",
-        "rule": "flagged when the original and the attribute-steered model disagree on the top-1 identity",
-        "gradient": "exact"}}
+    from ami_lightning.detectors.ami import AmIDetector
+
+    assert back.detectors == {"ami": {  # described as the AmI detector describes itself (straight-through gradients)
+        "type": "ami", "params": {"weaken": 1000.0, "strengthen": [2.15, 200.0]}, "score": AmIDetector.score_unit,
+        "rule": AmIDetector.rule, "gradient": "straight-through"}}
     assert LEGACY_DETECTOR == "ami" and [(s.detector, s.name) for s in back.sets] == [
         ("ami", "benign"), ("ami", "glasses_next")]
     assert back.attack_sets == {} and back.model == "dlib_resnet" and back.title() == "ami on dlib_resnet"

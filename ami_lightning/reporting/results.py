@@ -172,15 +172,18 @@ def _set_result(data: dict[str, Any]) -> SetResult:
 
 def _detectors(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``detectors`` of ``results.json``; for a file written before runs had several detectors (top-level
-    ``weaken`` and ``strengthen``), the one AmI detector that evaluated it, :data:`LEGACY_DETECTOR`."""
+    ``weaken`` and ``strengthen``), the one AmI detector that evaluated it, :data:`LEGACY_DETECTOR`, described by the
+    AmI detector's own class (its score, rule and gradient)."""
     if "detectors" in data:
         return data["detectors"]
+    from ami_lightning.detectors.ami import AmIDetector as ami
+
     return {LEGACY_DETECTOR: {
-        "type": "ami",
+        "type": LEGACY_DETECTOR,
         "params": {"weaken": data["weaken"], "strengthen": list(data["strengthen"])},
-        "score": "-log p of the original model's top-1 identity under the attribute-steered model (nats, >= 0)",
-        "rule": "flagged when the original and the attribute-steered model disagree on the top-1 identity",
-        "gradient": "exact",
+        "score": ami.score_unit,
+        "rule": ami.rule,
+        "gradient": ami.gradient,
     }}
 
 
