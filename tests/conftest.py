@@ -122,3 +122,14 @@ def random_predictions(
     original = torch.where(torch.rand(n, generator=g) < p_correct, labels, torch.randint(0, classes, (n,), generator=g))
     steered = torch.where(torch.rand(n, generator=g) < p_agree, original, torch.randint(0, classes, (n,), generator=g))
     return labels, original, steered
+
+
+def published_sets() -> list[str]:
+    """The attack sets of the ``attack`` config group that attack no detector (the published attacks), read from the
+    group's files: a set added there is found without a list to edit."""
+    from omegaconf import OmegaConf
+
+    from ami_lightning.cli import config_dir
+
+    files = sorted((config_dir() / "attack").glob("*.yaml"))
+    return [f.stem for f in files if OmegaConf.load(f).get("detector") is None]

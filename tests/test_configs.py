@@ -15,13 +15,12 @@ from ami_lightning.data.identities import identity_from_filename
 from ami_lightning.data.shipped import face_files
 from ami_lightning.models.classifiers import Classifier
 from ami_lightning.pipeline.stages import attack_stage, attacked_detectors, selected_attacks, stage_device
-from tests.conftest import compose_config, cpu_config
+from tests.conftest import compose_config, cpu_config, published_sets
 from tests.toy import toy_classifier
 
 CONF = config_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
-PUBLISHED_SETS = ["patch_first", "patch_next", "glasses_first", "glasses_next", "cw_l0_first", "cw_l0_next",
-                  "cw_l2_first", "cw_l2_next", "cw_li_first", "cw_li_next", "fgsm", "bim"]
+PUBLISHED_SETS = published_sets()
 
 
 def _resolve(cfg: DictConfig) -> dict:

@@ -21,13 +21,13 @@ from ami_lightning.pipeline.validation import (
     config_files,
     config_sources,
 )
-from tests.conftest import compose_config
+from tests.conftest import compose_config, published_sets
 
 FACES = len(face_files())
 DLIB_LAYERS = ("relu1", "maxpool", *(f"relu{i}" for i in range(2, 30)), "avgpool")  # create_model("dlib_resnet")
 SHIPPED_SETS = sorted(p.stem for p in (config_dir() / "attack").glob("*.yaml"))  # the attack group's options
-PUBLISHED_SETS = ("patch_first", "patch_next", "glasses_first", "glasses_next", "cw_l0_first", "cw_l0_next",
-                  "cw_l2_first", "cw_l2_next", "cw_li_first", "cw_li_next", "fgsm", "bim")
+DETECTOR_OPTIONS = sorted(p.stem for p in (config_dir() / "detector").glob("*.yaml"))  # the detector group's
+PUBLISHED_SETS = tuple(published_sets())
 
 
 def refused(name: str, overrides: list[str], *messages: str) -> ConfigError:
@@ -53,7 +53,8 @@ def cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
 # ---- what ships is valid -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "overrides"), [
     ("run", []), ("eval", []), ("attack", []), ("witness", []),
-    ("run", ["experiment=adaptive"]), ("eval", [f"attack=[{','.join(SHIPPED_SETS)}]"]),
+    ("run", ["experiment=adaptive"]), (
+        "eval", [f"attack=[{','.join(SHIPPED_SETS)}]", f"detector=[{','.join(DETECTOR_OPTIONS)}]"]),
     ("run", ["attack=[fgsm]"]),  # budgets of the sets left out stay, without a name
     ("eval", ["ami=caffe", "logger=none", "data.attack_faces=null", "fpr_targets=[0.01,0.05]"]),
     ("eval", ["logger=wandb"]), ("eval", ["trainer=ddp_sim"]), ("eval", ["hparams_search=grid"]),
