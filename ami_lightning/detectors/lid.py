@@ -22,9 +22,11 @@ detector is fitted on benign data only and a sample's score never depends on its
   threshold at ``fpr`` benign false positives.
 
 Memory (the dlib ResNet at 150 x 150, its last 4 hook layers flattening to at most ~6400 values, a pool of ~952
-images): the pool is kept as float32 buffers (~25 MB per layer) and cached; a batch of B images materialises (B, M)
-float64 distances per layer. Distances are computed in float64 from the exact expansion
-``|q|^2 + |p|^2 - 2 q.p`` (no (B, M, D) tensor).
+images): the pool is kept as float32 buffers (~25 MB per layer at 6400 values) and cached; a batch of B images
+materialises (B, M) float64 distances per layer, from the expansion ``|q|^2 + |p|^2 - 2 q.p`` (no (B, M, D)
+tensor) on activations centred on the pool's mean (the pool is kept centred, with its mean and squared norms, and
+converted to float64 per batch: a transient (M, D) float64 copy). Float64 keeps a score independent of its batch to
+float32 precision (float32 matrix products round differently with the batch's size).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from ami_lightning.detectors.mahalanobis import (
 )
 from ami_lightning.detectors.thresholded import ThresholdDetector, fpr_problems
 
-__all__ = ["MIN_SQUARED_DISTANCE", "MIN_LOG_SUM", "LIDDetector", "lid_mle"]
+__all__ = ["MIN_LOG_SUM", "MIN_SQUARED_DISTANCE", "LIDDetector", "lid_from_squared", "lid_mle", "squared_distances"]
 
 MIN_SQUARED_DISTANCE = 1e-20
 """Squared distances (feature units squared) below this count as this: a query that coincides with a pool point has
@@ -58,6 +60,31 @@ MIN_LOG_SUM = 1e-12
 LID is at most ``k / MIN_LOG_SUM`` instead of infinite."""
 
 
+def squared_distances(
+    queries: torch.Tensor, pool: torch.Tensor, pool_norms: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, M) squared Euclidean distances between the rows of ``queries`` (N, D) and ``pool`` (M, D), in their
+    promoted dtype, from the expansion ``|q|^2 + |p|^2 - 2 q.p`` (no (N, M, D) tensor), clamped below at
+    :data:`MIN_SQUARED_DISTANCE` (finite logs and gradients where a query is a pool point). ``pool_norms`` (M,):
+    ``|p|^2`` when already known. The expansion loses precision where the norms dwarf the distances: centre both on
+    the pool's mean first and compute in float64 (as :func:`lid_mle` and :class:`LIDDetector` do)."""
+    if pool_norms is None:
+        pool_norms = torch.einsum("md,md->m", pool, pool)
+    query_norms = torch.einsum("nd,nd->n", queries, queries)
+    squared = query_norms[:, None] + pool_norms[None, :].to(query_norms.dtype) - 2 * queries @ pool.T
+    return squared.clamp_min(MIN_SQUARED_DISTANCE)
+
+
+def lid_from_squared(squared: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) float64 maximum-likelihood LID of each row of ``squared`` (N, M) distances (squared, > 0; +inf for a pool
+    point that is not a neighbour) from its ``k`` smallest: ``k / sum_i log(r_k / r_i)``, the sum clamped below at
+    :data:`MIN_LOG_SUM`. ``k`` <= M."""
+    nearest = squared.topk(k, dim=1, largest=False, sorted=True).values.double()  # (N, k) ascending, r_i^2
+    logs = nearest.log()  # 2 log r_i
+    log_sum = (logs[:, -1:] - logs).sum(dim=1) / 2  # sum_i log(r_k / r_i) >= 0
+    return k / log_sum.clamp_min(MIN_LOG_SUM)
+
+
 def lid_mle(queries: torch.Tensor, pool: torch.Tensor, k: int = 20, exclude_self: bool = False) -> torch.Tensor:
     """The maximum-likelihood LID estimate (N,) of each row of ``queries`` (N, D) from its ``k`` nearest rows of
     ``pool`` (M, D) by Euclidean distance: ``-k / sum_{i<=k} log(r_i / r_k)``, r_1 <= ... <= r_k the distances to
@@ -66,10 +93,10 @@ def lid_mle(queries: torch.Tensor, pool: torch.Tensor, k: int = 20, exclude_self
     neighbours there are (``min(k, M)``, or ``M - 1``; with the reference's self-including batch and
     ``exclude_self`` the two agree: its ``[:, 1:k+1]`` skips the point itself).
 
-    Computed in float64 (returned in the promoted floating dtype of the inputs) from squared distances
-    ``|q|^2 + |p|^2 - 2 q.p``, clamped below at :data:`MIN_SQUARED_DISTANCE`; the denominator is clamped at
-    :data:`MIN_LOG_SUM`. Differentiable with finite gradients. Unitless, >= 0. ValueError for bad shapes, k < 1 or
-    no neighbour.
+    Distances: :func:`squared_distances` in float64, after centring both on the pool's mean (the expansion's
+    rounding then relative to the centred norms), clamped at :data:`MIN_SQUARED_DISTANCE`; the denominator clamped
+    at :data:`MIN_LOG_SUM`. Returned in the promoted floating dtype of the inputs. Differentiable with finite
+    gradients. Unitless, >= 0. ValueError for bad shapes, k < 1 or no neighbour.
     """
     if queries.dim() != 2 or pool.dim() != 2 or queries.shape[1] != pool.shape[1]:
         raise ValueError(f"lid_mle: expected queries (N, D) and pool (M, D), got {tuple(queries.shape)} and "
@@ -83,15 +110,12 @@ def lid_mle(queries: torch.Tensor, pool: torch.Tensor, k: int = 20, exclude_self
     if k < 1:
         raise ValueError(f"lid_mle: a pool of {len(pool)} leaves no neighbour")
     dtype = torch.promote_types(queries.dtype, pool.dtype)
-    q, p = queries.double(), pool.double()
-    squared = (q * q).sum(1)[:, None] + (p * p).sum(1)[None, :] - 2 * q @ p.T  # (N, M)
-    squared = squared.clamp_min(MIN_SQUARED_DISTANCE)
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    center = pool.double().mean(dim=0).detach()
+    squared = squared_distances(queries.double() - center, pool.double() - center)
     if exclude_self:
-        squared = squared.masked_fill(torch.eye(len(q), dtype=torch.bool, device=q.device), float("inf"))
-    nearest = squared.topk(k, dim=1, largest=False, sorted=True).values  # (N, k) ascending
-    logs = nearest.log()  # 2 log r_i
-    log_sum = (logs[:, -1:] - logs).sum(dim=1) / 2  # sum_i log(r_k / r_i) >= 0
-    return (k / log_sum.clamp_min(MIN_LOG_SUM)).to(dtype if dtype.is_floating_point else torch.float32)
+        squared = squared.masked_fill(torch.eye(len(queries), dtype=torch.bool, device=squared.device), float("inf"))
+    return lid_from_squared(squared, k).to(dtype)
 
 
 @register_detector("lid")
@@ -175,16 +199,21 @@ class LIDDetector(ThresholdDetector):
         state = fitted_state(context, self.kind, identity, type(self), lambda: self._fit(context.fit))
         device = model_device(self.model)
         for i in range(len(self.layers)):
-            self.register_buffer(f"pool_{i}", state[f"pool_{i}"].to(device), persistent=False)
+            for part in ("pool", "pool_mean", "pool_norms"):
+                self.register_buffer(f"{part}_{i}", state[f"{part}_{i}"].to(device), persistent=False)
         self.register_buffer("center", state["center"].to(device), persistent=False)
         self.register_buffer("scale", state["scale"].to(device), persistent=False)
         self.fit_items = int(state["items"])
         self.fit_record = dict(context.fit.record)
 
     def _fit(self, fit: Any) -> dict[str, torch.Tensor]:
-        """The fitted tensors: ``pool_<i>`` (M, D_i) float32 per layer i, ``center`` and ``scale`` (L,) of the fit
-        set's per-layer LIDs, ``items`` () the number of fit images, ``pool_index`` (M,) their positions."""
+        """The fitted tensors: per layer i the pool's activations centred on their mean, ``pool_<i>`` (M, D_i), the
+        mean ``pool_mean_<i>`` (D_i,) float64 and the centred squared norms ``pool_norms_<i>`` (M,) float64 (of the
+        float32 centred pool); ``center`` and
+        ``scale`` (L,) of the fit set's per-layer LIDs, ``items`` () the number of fit images, ``pool_index`` (M,)
+        the pool's positions among them."""
         features, labels, _ = fit_features(self.model, fit, self.layers, reduce="flatten")
+        device = torch.device(fit.device)  # the pool's own LIDs: (M, M) products, on the fit set's device
         n = len(labels)
         if n <= self.k:
             raise ValueError(f"lid: k={self.k}: the fit set ({fit.record.get('rule', 'benign fit set')}) has {n} "
@@ -199,11 +228,14 @@ class LIDDetector(ThresholdDetector):
         state: dict[str, torch.Tensor] = {"pool_index": index, "items": torch.tensor(n)}
         columns = []
         for i, name in enumerate(self.layers):
-            pool = features[name][index].float().contiguous()
-            state[f"pool_{i}"] = pool
+            pool = features[name][index].to(device).float().contiguous()
+            mean = pool.double().mean(dim=0)
+            centred = (pool.double() - mean).float()
+            state[f"pool_{i}"], state[f"pool_mean_{i}"] = centred, mean
+            state[f"pool_norms_{i}"] = torch.einsum("md,md->m", centred.double(), centred.double())
             lids = [lid_mle(pool, pool, self.k, exclude_self=True)]
             if rest.any():
-                lids.append(lid_mle(features[name][rest], pool, self.k))
+                lids.append(lid_mle(features[name][rest].to(device), pool, self.k))
             columns.append(torch.cat(lids).double())
         state["center"], state["scale"] = standardiser(torch.stack(columns, dim=1))
         return state
@@ -211,14 +243,20 @@ class LIDDetector(ThresholdDetector):
     # ---- scoring
 
     def layer_lids(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L) float64: the LID of each image's flattened activation at each layer against the fixed pool, for
-        pixels x (B, 3, H, W) in [0, 255]. RuntimeError before :meth:`setup`."""
+        """(B, L) float64: the LID of each image's flattened activation at each layer against the fixed pool (as
+        :func:`lid_mle`, with the pool's centring and norms computed once), for pixels x (B, 3, H, W) in [0, 255].
+        RuntimeError before :meth:`setup`."""
         if self.fit_record is None:
             raise RuntimeError(f"{self.name} is not fitted: call setup(context) with a benign fit set (context.fit) "
                                "before scoring")
         found, _ = layer_features(self.model, x, self.layers, reduce="flatten")
-        return torch.stack([lid_mle(found[name], getattr(self, f"pool_{i}"), self.k).double()
-                            for i, name in enumerate(self.layers)], dim=1)
+        columns = []
+        for i, name in enumerate(self.layers):
+            pool = getattr(self, f"pool_{i}")
+            queries = found[name].double() - getattr(self, f"pool_mean_{i}")
+            squared = squared_distances(queries, pool.double(), getattr(self, f"pool_norms_{i}"))
+            columns.append(lid_from_squared(squared, min(self.k, len(pool))))
+        return torch.stack(columns, dim=1)
 
     def score(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) in ``x``'s dtype: the sum over the layers of ``(LID_i - center_i) / scale_i`` of pixels x
