@@ -6,7 +6,7 @@
 # 20 minutes on one H100 / H200 (the benchmark at most 10 of them); each step has its own time limit so that one slow
 # step cannot eat the others.
 #
-#   bash scripts/gpu_check.sh             # on a machine with CUDA; commit what it wrote (README.md, docs/results/)
+#   bash scripts/gpu_check.sh             # on a machine with CUDA; commit what it wrote (README.md, docs/*.md, docs/results/)
 #   bash scripts/gpu_check.sh --dry-run   # anywhere: checks that every command resolves, runs nothing heavy
 #
 # Environment: PYTHON (default .venv/bin/python; its folder must hold the ami-* console scripts), OUT (default
