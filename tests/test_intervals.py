@@ -214,3 +214,46 @@ def test_eval_module_reports_the_bootstrap_interval_of_its_auroc() -> None:
     assert default.bootstrap == {"resamples": 1000, "seed": 0}
     with pytest.raises(ValueError, match="resamples must be an integer >= 1"):
         DetectorEvalModule({"ami": detector}, ["benign"], bootstrap_resamples=0)
+
+
+def test_auroc_and_roc_of_scores_far_outside_0_1_equal_scikit_learns() -> None:
+    """Scores of tens or thousands (AmI's nats, sums of standardised distances) are not squashed by a sigmoid into
+    ties: the module's AUROC and ROC equal scikit-learn's on the raw scores."""
+    import lightning.pytorch as pl
+    from sklearn.metrics import auc, roc_auc_score
+
+    from ami_lightning.data.datamodule import EvalDataModule
+    from ami_lightning.detectors.thresholded import ThresholdDetector
+    from ami_lightning.evaluation.module import DetectorEvalModule
+    from tests.toy import PixelSet, toy_classifier, toy_faces
+
+    class Large(ThresholdDetector):
+        """A score of a few hundred to thousands: 1000 x the mean pixel / 255 + 100."""
+
+        def score(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+            return 100 + 1000 * x.mean(dim=(1, 2, 3)) / 255
+
+        def evasion_loss(self, x: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
+            return self.score(x)
+
+        def parameters_dict(self) -> dict:
+            return {}
+
+    x, y = toy_faces(32)
+    g = torch.Generator().manual_seed(5)
+    noisy = (x + 60 * torch.randn(x.shape, generator=g)).clamp(0, 255)
+    detector = Large(toy_classifier(32))
+    detector.calibrate(detector.score(x))
+    attack_labels = (y + 1) % len(y)  # every sample counts as fooling the model
+    datamodule = EvalDataModule(PixelSet(x, y), {"noise": PixelSet(noisy, attack_labels)}, 4)
+    module = DetectorEvalModule({"large": detector}, datamodule.set_names)
+    pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               use_distributed_sampler=False).test(module, datamodule=datamodule, verbose=False)
+    row = module.results["large"]["noise"]
+    benign_pred = detector.model(x).argmax(1) == y
+    negatives = detector.score(x)[benign_pred].double()
+    positives = detector.score(noisy)[detector.model(noisy).argmax(1) != attack_labels].double()
+    labels = [0] * len(negatives) + [1] * len(positives)
+    expected = roc_auc_score(labels, torch.cat([negatives, positives]).numpy())
+    assert 0 < expected < 1 and row["auroc"] == pytest.approx(expected, abs=1e-12)
+    assert auc(row["roc_fpr"], row["roc_tpr"]) == pytest.approx(expected, abs=1e-6)  # ROC points in float32

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torchmetrics import CatMetric, Metric, SumMetric
-from torchmetrics.functional.classification import binary_auroc, binary_roc
+from torchmetrics.functional.classification import binary_roc
 
 from ami_lightning.data.datamodule import PADDING
 from ami_lightning.data.datasets import SKIPPED
@@ -22,6 +22,7 @@ from ami_lightning.evaluation.intervals import (
     CONFIDENCE,
     bootstrap_auroc_interval,
     check_resamples,
+    mann_whitney_auroc,
     wilson_interval,
 )
 from ami_lightning.evaluation.metrics import FlagRate
@@ -210,13 +211,12 @@ class DetectorEvalModule(pl.LightningModule):
                 "success": None if success is None else int(success.sum()),
             }
             if i > 0 and len(set_scores) and len(benign_scores):
-                preds = torch.cat([benign_scores, set_scores])
                 target = torch.cat([torch.zeros_like(benign_scores), torch.ones_like(set_scores)]).long()
-                fpr, tpr, _ = binary_roc(preds, target)
+                fpr, tpr, _ = binary_roc(_unit_ranks(torch.cat([benign_scores, set_scores])), target)
                 interval = bootstrap_auroc_interval(benign_scores, set_scores, self.bootstrap_resamples,
                                                     self.bootstrap_seed, CONFIDENCE)
-                row.update(auroc=float(binary_auroc(preds, target)), auroc_ci=interval, roc_fpr=fpr.tolist(),
-                           roc_tpr=tpr.tolist())
+                row.update(auroc=mann_whitney_auroc(benign_scores, set_scores), auroc_ci=interval,
+                           roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist())
             results[name] = row
             self._log_row(f"{detector}/{name}", row, adversarial=i > 0)
         return results
@@ -306,6 +306,14 @@ class _Records:
         (all -1 when None)."""
         per_sample = torch.full_like(self.index, -1) if targets is None else targets[self.index]
         return attack_success(self.pred, self.labels, per_sample)
+
+
+def _unit_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Scores (N,) mapped onto [0, 1] by the rank of their distinct values (float64; ties stay tied, order kept), so
+    that torchmetrics' ROC does not squash them through a sigmoid (it does for values outside [0, 1], and a score of
+    a few tens, AmI's nats or a sum of standardised distances, then ties with every larger one in float32)."""
+    values, inverse = torch.unique(scores.double(), return_inverse=True)
+    return inverse.double() / max(len(values) - 1, 1)
 
 
 def _compute(metric: Metric) -> Any:
