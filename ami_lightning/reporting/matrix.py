@@ -148,7 +148,7 @@ def plot_matrix(results: RunResults, path: str | Path) -> Path:
     without samples), each cell's k/n as text, the adaptive columns against a row's own detector outlined."""
     columns = matrix_columns(results)
     detectors = results.detector_names
-    fig = Figure(figsize=(1.2 + 1.1 * max(len(columns), 1), 1.0 + 0.55 * len(detectors)))
+    fig = Figure(figsize=(max(4.5, 1.6 + 1.1 * len(columns)), 1.2 + 0.55 * len(detectors)))
     ax = fig.add_subplot()
     cmap = colormaps["Reds"]
     for r, d in enumerate(detectors):
@@ -169,5 +169,6 @@ def plot_matrix(results: RunResults, path: str | Path) -> Path:
                   [s if not g.startswith("vs ") else f"{s}\n({g})" for g, s in columns], rotation=60, ha="right",
                   fontsize=7)
     ax.set_yticks([r + 0.5 for r in range(len(detectors))], detectors, fontsize=8)
-    ax.set_title("undetected successes (k/n); outlined: the set attacks that detector", fontsize=9)
+    ax.set_title("undetected successes (k/n; darker = more)\noutlined: a set made against that row's detector",
+                 fontsize=8)
     return plots.save_figure(fig, path)
