@@ -61,7 +61,7 @@ def test_default_experiment_has_a_published_set_per_family_and_the_pgd_variants_
                 "orthogonal_feature_squeezing": ("orthogonal_pgd", "feature_squeezing")}
     selected = [name for name, node in cfg.attacks.items() if node.get("name")]
     assert selected == [*published, *adaptive] and set(published) < set(PUBLISHED_SETS)
-    assert list(cfg.detectors) == ["ami", "feature_squeezing"]
+    assert list(cfg.detectors) == ["ami", "feature_squeezing", "mahalanobis", "lid", "nic"]
     assert cfg.model._target_ == "ami_lightning.models.classifiers.dlib_gallery"
     assert all(cfg.attacks[name].name == name for name in published)
     assert {name: (cfg.attacks[name].name, cfg.attacks[name].detector) for name in adaptive} == adaptive
