@@ -186,3 +186,29 @@ def test_one_pass_evaluates_every_detector_and_ami_is_unchanged_by_company(prepa
             assert {k: together[name][set_name][k] for k in keys} == {k: alone[set_name][k] for k in keys}
     assert together["feature_squeezing"]["benign"]["flagged"] <= 0.05 * together["feature_squeezing"]["benign"][
         "eligible"]
+
+
+def test_detectors_reading_hooked_layers_share_one_forward_per_batch(prepared, noisy) -> None:
+    from ami_lightning.detectors.fitting import prime
+
+    fitted = {name: d for name, d in prepared.items() if d.feature_layers()}
+    assert {"mahalanobis", "lid", "nic"} <= set(fitted)
+    model = next(iter(fitted.values())).model
+    x = noisy[0].clone()
+    with torch.enable_grad():  # with autograd every detector runs its own forward: the reference
+        separate = {name: d.score(x).detach() for name, d in fitted.items()}
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            logits = prime(model, x, fitted.values())
+            shared = {name: d.score(x, logits) for name, d in fitted.items()}
+            assert len(calls) == 1  # one forward for the plain logits and every detector's layers
+            x.add_(7.0)  # changed in place: not served from the kept forward
+            changed = {name: d.score(x) for name, d in fitted.items()}
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+    for name in fitted:
+        torch.testing.assert_close(shared[name], separate[name])
+        assert not torch.equal(changed[name], shared[name])

@@ -112,6 +112,11 @@ class Detector(nn.Module, ABC):
         keys it finds itself from the factory's signature). Default: none."""
         return []
 
+    def feature_layers(self) -> tuple[str, ...]:
+        """The hooked layers whose outputs its score reads (default none): whoever runs several detectors on a batch
+        computes them with the plain forward, once for all (:func:`~ami_lightning.detectors.fitting.prime`)."""
+        return ()
+
     def setup(self, context: SetupContext) -> None:  # noqa: B027 - a hook with nothing to do by default
         """One-off preparation before use (default: nothing)."""
 

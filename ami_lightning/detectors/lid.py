@@ -188,6 +188,10 @@ class LIDDetector(ThresholdDetector):
 
     # ---- fitting
 
+    def feature_layers(self) -> tuple[str, ...]:
+        """The chosen layers (their outputs are what the score reads)."""
+        return self.layers
+
     def setup(self, context: SetupContext) -> None:
         """Keep the pool's flattened activations per layer and the per-layer standardisation of the fit set's LIDs,
         computed on ``context.fit`` (:func:`~ami_lightning.detectors.fitting.fit_features`) or read from the cache

@@ -280,6 +280,10 @@ class MahalanobisDetector(ThresholdDetector):
 
     # ---- fitting
 
+    def feature_layers(self) -> tuple[str, ...]:
+        """The chosen layers (their outputs are what the score reads)."""
+        return self.layers
+
     def setup(self, context: SetupContext) -> None:
         """Fit the class means, shared precisions and per-layer standardisation on ``context.fit`` (the features of
         its readable images, :func:`~ami_lightning.detectors.fitting.fit_features`), or read them from the cache

@@ -581,6 +581,10 @@ class NICDetector(ThresholdDetector):
         """What fitting reads besides the model, the fit set and the code: ``layers``, ``components``, ``nu``."""
         return {"layers": list(self.layers), "components": self.components, "nu": self.nu}
 
+    def feature_layers(self) -> tuple[str, ...]:
+        """The chosen layers (their outputs are what the score reads)."""
+        return self.layers
+
     def setup(self, context: SetupContext) -> None:
         """Fit the invariant models on ``context.fit`` (:meth:`fit_state`) or read them from the cache
         (:func:`~ami_lightning.detectors.fitting.fitted_state`, keyed by the model, the fit record,

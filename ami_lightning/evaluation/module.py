@@ -16,6 +16,7 @@ from torchmetrics.functional.classification import binary_roc
 from ami_lightning.data.datamodule import PADDING
 from ami_lightning.data.datasets import SKIPPED
 from ami_lightning.detectors.base import Detector
+from ami_lightning.detectors.fitting import prime
 from ami_lightning.evaluation.intervals import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -158,7 +159,7 @@ class DetectorEvalModule(pl.LightningModule):
             name, table = next(iter(known.items()))
             original_pred = _known_rows(table, index, labels, name)[:, 1].to(labels)
         else:
-            logits = self.model(pixels)
+            logits = prime(self.model, pixels, self.detectors.values())  # with the layers detectors read
             original_pred = logits.argmax(1)
         for j, (name, detector) in enumerate(self.detectors.items()):
             if name in known:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ami_lightning.data.datasets import SKIPPED
 from ami_lightning.detectors.base import Detector
+from ami_lightning.detectors.fitting import prime
 from ami_lightning.pipeline.cache import STAGE_VERSIONS, cache_key, code_digest, content_identity
 from ami_lightning.pipeline.files import exclusive, write_bytes
 
@@ -89,13 +90,14 @@ def save_records(path: Path | None, rows: torch.Tensor) -> None:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def compute_records(
     detectors: Mapping[str, Detector], dataset: Dataset, batch_size: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Per detector, its records (N, 5) on the readable samples of ``dataset`` (items ``(pixels, label, index)``,
-    as the evaluation reads them), the plain forward computed once per batch for all detectors
-    (which share one classifier). A detector that :attr:`~Detector.needs_calibration` gets flag 0 (its flags follow
-    from the scores once calibrated: :func:`final_flags`)."""
+    as the evaluation reads them), the plain forward (with the hooked layers detectors read) computed once per batch
+    for all detectors (which share one classifier). A detector that :attr:`~Detector.needs_calibration` gets flag 0
+    (its flags follow from the scores once calibrated: :func:`final_flags`)."""
     model = next(iter(detectors.values())).model
     found: dict[str, list[torch.Tensor]] = {name: [] for name in detectors}
     for batch in DataLoader(dataset, batch_size=batch_size):
@@ -104,7 +106,7 @@ def compute_records(
         pixels, labels, index = pixels[keep].to(device).float(), labels[keep].to(device), index[keep].to(device)
         if len(labels) == 0:
             continue
-        logits = model(pixels)
+        logits = prime(model, pixels, detectors.values())  # with the layers detectors read, once for all
         pred = logits.argmax(1)
         for name, detector in detectors.items():
             if detector.needs_calibration:
