@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from ami_lightning.attacks.base import Attack, make_targets
 from ami_lightning.attacks.gradient import BIM, FGSM
 from ami_lightning.attacks.masked import Eyeglasses, MaskedAttack, Patch, eyeglasses_mask, patch_mask
-from ami_lightning.attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register
+from ami_lightning.attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register, register_attack
 from ami_lightning.cli import config_dir
 from tests.toy import NUM_CLASSES, toy_classifier, toy_detector, toy_faces
 
@@ -225,6 +225,8 @@ def test_registry_names_and_errors(toy) -> None:
         AttackSpec("mine", FGSM, "last", "npy")
     with pytest.raises(ValueError, match="'bim' is already registered"):
         register(AttackSpec("bim", BIM, "untargeted", "npy"))
+    with pytest.raises(ValueError, match="'fgsm' is already registered"):
+        register_attack("fgsm")(BIM)
     model, x, y = toy
     with pytest.raises(ValueError, match="images must lie in the bounds"):
         FGSM()(model, x * 2, y)
