@@ -178,11 +178,11 @@ def test_masked_attacks_on_dlib_gallery(mode: str) -> None:
     """Published eyeglass geometry, and a patch over the face, on dlib's ResNet gallery of 10 identities."""
     from ami_lightning.data.identities import identity_from_filename
     from ami_lightning.data.shipped import shipped_faces
-    from ami_lightning.models import create_model
+    from ami_lightning.models.dlib_resnet import load_dlib_resnet
     from ami_lightning.models.gallery import FaceGallery
 
     faces, files = shipped_faces(10)
-    model = FaceGallery(create_model("dlib_resnet"), [identity_from_filename(f) for f in files])
+    model = FaceGallery(load_dlib_resnet(), [identity_from_filename(f) for f in files])
     model.enrol(faces.float(), torch.arange(10))
     x, y = faces[:4].float(), torch.arange(4)
     targets = make_targets(y, mode, 10)

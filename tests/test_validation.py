@@ -24,7 +24,7 @@ from ami_lightning.pipeline.validation import (
 from tests.conftest import compose_config, published_sets
 
 FACES = len(face_files())
-DLIB_LAYERS = ("relu1", "maxpool", *(f"relu{i}" for i in range(2, 30)), "avgpool")  # create_model("dlib_resnet")
+DLIB_LAYERS = ("relu1", "maxpool", *(f"relu{i}" for i in range(2, 30)), "avgpool")  # load_dlib_resnet()
 SHIPPED_SETS = sorted(p.stem for p in (config_dir() / "attack").glob("*.yaml"))  # the attack group's options
 DETECTOR_OPTIONS = sorted(p.stem for p in (config_dir() / "detector").glob("*.yaml"))  # the detector group's
 PUBLISHED_SETS = tuple(published_sets())
