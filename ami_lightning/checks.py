@@ -57,3 +57,9 @@ def existing(params: Mapping[str, Any], key: str, kind: str, what: str, required
     if path.is_file() if kind == "file" else path.is_dir():
         return []
     return [f"{key}={show(str(value))}: no such {kind}; the run needs {what} there"]
+
+
+def unknown_keys(params: Mapping[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    """``["unknown parameters [...]; allowed: ..."]`` when ``params`` has keys outside ``allowed``, else []."""
+    unknown = sorted(set(params) - set(allowed))
+    return [f"unknown parameters {unknown}; allowed: {', '.join(allowed)}"] if unknown else []

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ami_lightning.attacks.base import Attack, AttackResult, TargetMode, uniform_noise
+from ami_lightning.attacks.registry import register_attack
 from ami_lightning.detectors.base import Detector
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -199,6 +200,7 @@ class LossPGD(AdaptiveAttack):
         return adversarial, torch.full_like(targets, self.steps)
 
 
+@register_attack("adaptive_transfer")
 class TransferFilter(LossPGD):
     """Carlini's transfer-and-filter attack: PGD on the plain model's cross-entropy towards each candidate target;
     the detector only picks among the results (defaults: eps 2.5 pixel units, 100 steps, 8 targets)."""
@@ -207,6 +209,7 @@ class TransferFilter(LossPGD):
         return F.cross_entropy(self.detector.model(x), targets, reduction="none")
 
 
+@register_attack("adaptive_gradient")
 class DetectorGradient(LossPGD):
     """PGD through the detector: the plain model's cross-entropy towards the target plus the detector's
     :meth:`~ami_lightning.detectors.base.Detector.evasion_loss`, straight-through where the detector has no useful

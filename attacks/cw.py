@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ami_lightning.attacks.registry import register_attack
+
 from .base import Attack, AttackResult
 
 Tensor = torch.Tensor
@@ -333,6 +335,8 @@ def const_values(initial: float, factor: float, largest: float) -> int:
 # --- the attacks ----------------------------------------------------------------------------------------------
 
 
+@register_attack("cw_l2_first", target_mode="first")
+@register_attack("cw_l2_next", target_mode="next")
 class CarliniWagnerL2(CarliniWagnerAttack):
     """C&W L2 with a per-sample binary search over the constant; keeps each sample's smallest-L2 success across
     binary steps. Defaults are Carlini's; ``abort_early`` stops a sample's Adam run when its loss stalls. The
@@ -375,6 +379,8 @@ class CarliniWagnerL2(CarliniWagnerAttack):
         return AttackResult.build(best, images, torch.isfinite(best_score), iterations)
 
 
+@register_attack("cw_li_first", target_mode="first")
+@register_attack("cw_li_next", target_mode="next")
 class CarliniWagnerLinf(CarliniWagnerAttack):
     """C&W Linf: minimise ``const * max(f, 0) + sum(relu(|delta| - tau))`` ([0, 1] units), tau from 1.
 
@@ -426,6 +432,8 @@ class CarliniWagnerLinf(CarliniWagnerAttack):
         return AttackResult.build(state.adversarial, images, state.found, state.iterations)
 
 
+@register_attack("cw_l0_first", target_mode="first")
+@register_attack("cw_l0_next", target_mode="next")
 class CarliniWagnerL0(CarliniWagnerAttack):
     """C&W L0: the L2 problem restricted to a per-sample allowed set of pixel positions (all channels of a pixel
     together). Each round warm-starts from the sample's last success and ends at the first adversarial point, after

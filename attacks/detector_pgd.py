@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ami_lightning.attacks.adaptive import AdaptiveAttack, project_linf
+from ami_lightning.attacks.registry import register_attack
 from ami_lightning.detectors.base import Detector
 
 
@@ -151,6 +152,7 @@ def detector_pgd(
     return x, iterations
 
 
+@register_attack("selective_pgd")
 class SelectivePGD(AdaptiveAttack):
     """Selective PGD (Bryniarski et al. 2022): per sample, descend the plain model's cross-entropy towards the
     target until the model predicts it, then the detector's score (:func:`detector_pgd`; defaults: eps 2.5 pixel
@@ -165,6 +167,7 @@ class SelectivePGD(AdaptiveAttack):
                             self.bounds, start)
 
 
+@register_attack("orthogonal_pgd")
 class OrthogonalPGD(SelectivePGD):
     """Orthogonal PGD (Bryniarski et al. 2022): the switch of :class:`SelectivePGD`, each step along the active
     goal's gradient minus its projection onto the other goal's gradient; ``project`` says which steps are projected

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ami_lightning.attacks.base import Attack, AttackResult, TargetMode
+from ami_lightning.attacks.registry import register_attack
 
 
 class FoolboxLinfAttack(Attack):
@@ -51,6 +52,7 @@ class FoolboxLinfAttack(Attack):
         return AttackResult.build(clipped.detach(), images, success, torch.full_like(labels, self.steps))
 
 
+@register_attack("fgsm")
 class FGSM(FoolboxLinfAttack):
     """Fast gradient sign method (Goodfellow et al. 2015): one signed step of ``eps`` pixel units (default 8).
 
@@ -64,6 +66,7 @@ class FGSM(FoolboxLinfAttack):
         super().__init__(eps, fb.attacks.LinfFastGradientAttack(random_start=False), steps=1, targeted_attack=one_step)
 
 
+@register_attack("bim")
 class BIM(FoolboxLinfAttack):
     """Basic iterative method (Kurakin et al. 2017): ``steps`` signed steps (default 10), each ``abs_stepsize``
     pixel units if given, else ``rel_stepsize * eps`` (default 0.2 x 8 = 1.6), projected onto the ``eps`` ball

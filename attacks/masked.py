@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ami_lightning.attacks.base import Attack, AttackResult, TargetMode, is_success
+from ami_lightning.attacks.registry import register_attack
 
 REFERENCE_SIZE = 224  # the pixel frame in which mask locations are given
 
@@ -159,6 +160,8 @@ class MaskedAttack(Attack):
         return AttackResult.build(torch.where(done.view(-1, 1, 1, 1), best, adv), images, done | last, iterations)
 
 
+@register_attack("patch_first", target_mode="first", file_format="png")
+@register_attack("patch_next", target_mode="next", file_format="png")
 class Patch(MaskedAttack):
     """A square patch, optimised freely within [0, 255] from the image's own pixels; targeted (``first``) by default.
 
@@ -176,6 +179,8 @@ class Patch(MaskedAttack):
         return patch_mask(height, width, self.top, self.left, self.size)
 
 
+@register_attack("glasses_first", target_mode="first", file_format="png")
+@register_attack("glasses_next", target_mode="next", file_format="png")
 class Eyeglasses(MaskedAttack):
     """Eyeglass frames (Sharif et al. 2016 style), :func:`eyeglasses_mask`, starting from solid frames of ``colour``
     (RGB pixel values; default mid-grey); targeted (``first``) by default. ``thickness``: rim width in pixels of a

@@ -1,5 +1,10 @@
 """The attack sets by name (timm-style registry): name -> attack constructor, target mode, file format.
 
+An attack class registers its sets with the decorator ``@register_attack("fgsm")`` (or
+``@register_attack("patch_first", target_mode="first", file_format="png")``, stacked for several sets); every
+module of :mod:`ami_lightning.attacks` is imported with the package (``__init__`` discovers them: a new module is
+found without being listed anywhere), so :data:`ATTACK_SETS` is complete whenever this module is importable.
+
 The 12 published sets, plus the adaptive attacks ``adaptive_transfer`` and ``adaptive_gradient``
 (:mod:`ami_lightning.attacks.adaptive`) and ``selective_pgd`` and ``orthogonal_pgd`` (Bryniarski et al. 2022,
 :mod:`ami_lightning.attacks.detector_pgd`), which attack a detector (any of :mod:`ami_lightning.detectors`) and so
@@ -15,23 +20,17 @@ of a config may set), without building an attack;
 ``file_format`` how the published samples are stored (``npy``: float32 (3, 224, 224) RGB 0-255; ``png``: 8-bit
 image; the release used JPEG, which :func:`ami_lightning.pipeline.generation.generate` offers as an option).
 
-The C&W classes are imported when a C&W attack is built, not when this module is, so the other sets do not depend
-on :mod:`ami_lightning.attacks.cw`.
+This module imports no attack, so the code digest of one attack's sets (the cache key) does not follow the others'.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ami_lightning.attacks.adaptive import DetectorGradient, TransferFilter
 from ami_lightning.attacks.base import TARGET_MODES, Attack
-from ami_lightning.attacks.detector_pgd import OrthogonalPGD, SelectivePGD
-from ami_lightning.attacks.gradient import BIM, FGSM
-from ami_lightning.attacks.masked import Eyeglasses, Patch
 
 FILE_FORMATS: tuple[str, ...] = ("npy", "png", "jpg")
 
@@ -61,15 +60,10 @@ class AttackSpec:
         """The name of the folder its samples are written to: :attr:`name`, a dotted path's ``:`` as ``.``."""
         return self.name.replace(":", ".")
 
-    def constructor(self) -> Callable[..., Attack]:
-        """What :attr:`factory` calls: the attack class itself for a :class:`Deferred` factory (its module is
-        imported, nothing is built), else the factory."""
-        return self.factory.resolve() if isinstance(self.factory, Deferred) else self.factory
-
     def parameters(self) -> dict[str, inspect.Parameter]:
-        """The keyword parameters of :meth:`constructor`, by name (see :func:`keyword_parameters`); for a set that
+        """The keyword parameters of :attr:`factory`, by name (see :func:`keyword_parameters`); for a set that
         :attr:`needs_detector`, ``detector`` is among them (the pipeline passes it, not the config)."""
-        return keyword_parameters(self.constructor())
+        return keyword_parameters(self.factory)
 
 
 ATTACK_SETS: dict[str, AttackSpec] = {}
@@ -81,6 +75,21 @@ def register(spec: AttackSpec) -> AttackSpec:
         raise ValueError(f"attack set {spec.name!r} is already registered")
     ATTACK_SETS[spec.name] = spec
     return spec
+
+
+A = TypeVar("A", bound=type[Attack])
+
+
+def register_attack(name: str, target_mode: str = "untargeted", file_format: str = "npy") -> Callable[[A], A]:
+    """Decorator: register the :class:`~ami_lightning.attacks.base.Attack` class as the set ``name`` with its
+    ``target_mode`` and published ``file_format`` (:class:`AttackSpec`); it attacks a detector when its constructor
+    takes ``detector``. Stack it for several sets of one class. ValueError if the name is taken."""
+
+    def decorate(cls: A) -> A:
+        register(AttackSpec(name, cls, target_mode, file_format, needs_detector="detector" in keyword_parameters(cls)))
+        return cls
+
+    return decorate
 
 
 def keyword_parameters(constructor: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -114,45 +123,6 @@ def keyword_parameters(constructor: Callable[..., Any]) -> dict[str, inspect.Par
     if open_ended is not None:
         found[open_ended.name] = open_ended
     return found
-
-
-class Deferred:
-    """A factory that imports ``module`` and builds its ``class_name`` only when called; :meth:`resolve` gives the
-    class without building anything."""
-
-    def __init__(self, module: str, class_name: str) -> None:
-        self.module, self.class_name = module, class_name
-        self.__name__ = self.__qualname__ = class_name
-
-    def resolve(self) -> type[Attack]:
-        """The class (its module imported)."""
-        cls: type[Attack] = getattr(importlib.import_module(self.module), self.class_name)
-        return cls
-
-    def __call__(self, **params: Any) -> Attack:
-        return self.resolve()(**params)
-
-    def __repr__(self) -> str:
-        return f"Deferred({self.module!r}, {self.class_name!r})"
-
-
-def deferred(module: str, class_name: str) -> Deferred:
-    """A factory that imports ``module`` and builds its ``class_name`` only when called (:class:`Deferred`)."""
-    return Deferred(module, class_name)
-
-
-for _mode in ("first", "next"):
-    register(AttackSpec(f"patch_{_mode}", Patch, _mode, "png"))
-    register(AttackSpec(f"glasses_{_mode}", Eyeglasses, _mode, "png"))
-    register(AttackSpec(f"cw_l0_{_mode}", deferred("ami_lightning.attacks.cw", "CarliniWagnerL0"), _mode, "npy"))
-    register(AttackSpec(f"cw_l2_{_mode}", deferred("ami_lightning.attacks.cw", "CarliniWagnerL2"), _mode, "npy"))
-    register(AttackSpec(f"cw_li_{_mode}", deferred("ami_lightning.attacks.cw", "CarliniWagnerLinf"), _mode, "npy"))
-register(AttackSpec("fgsm", FGSM, "untargeted", "npy"))
-register(AttackSpec("bim", BIM, "untargeted", "npy"))
-register(AttackSpec("adaptive_transfer", TransferFilter, "untargeted", "npy", needs_detector=True))
-register(AttackSpec("adaptive_gradient", DetectorGradient, "untargeted", "npy", needs_detector=True))
-register(AttackSpec("selective_pgd", SelectivePGD, "untargeted", "npy", needs_detector=True))
-register(AttackSpec("orthogonal_pgd", OrthogonalPGD, "untargeted", "npy", needs_detector=True))
 
 
 def get_spec(name: str) -> AttackSpec:

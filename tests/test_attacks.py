@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from ami_lightning.attacks.base import Attack, make_targets
 from ami_lightning.attacks.gradient import BIM, FGSM
 from ami_lightning.attacks.masked import Eyeglasses, MaskedAttack, Patch, eyeglasses_mask, patch_mask
-from ami_lightning.attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register
+from ami_lightning.attacks.registry import ATTACK_SETS, AttackSpec, create_attack, register, register_attack
 from ami_lightning.cli import config_dir
 from tests.toy import NUM_CLASSES, toy_classifier, toy_detector, toy_faces
 
@@ -178,11 +178,11 @@ def test_masked_attacks_on_dlib_gallery(mode: str) -> None:
     """Published eyeglass geometry, and a patch over the face, on dlib's ResNet gallery of 10 identities."""
     from ami_lightning.data.identities import identity_from_filename
     from ami_lightning.data.shipped import shipped_faces
-    from ami_lightning.models import create_model
+    from ami_lightning.models.dlib_resnet import load_dlib_resnet
     from ami_lightning.models.gallery import FaceGallery
 
     faces, files = shipped_faces(10)
-    model = FaceGallery(create_model("dlib_resnet"), [identity_from_filename(f) for f in files])
+    model = FaceGallery(load_dlib_resnet(), [identity_from_filename(f) for f in files])
     model.enrol(faces.float(), torch.arange(10))
     x, y = faces[:4].float(), torch.arange(4)
     targets = make_targets(y, mode, 10)
@@ -225,6 +225,8 @@ def test_registry_names_and_errors(toy) -> None:
         AttackSpec("mine", FGSM, "last", "npy")
     with pytest.raises(ValueError, match="'bim' is already registered"):
         register(AttackSpec("bim", BIM, "untargeted", "npy"))
+    with pytest.raises(ValueError, match="'fgsm' is already registered"):
+        register_attack("fgsm")(BIM)
     model, x, y = toy
     with pytest.raises(ValueError, match="images must lie in the bounds"):
         FGSM()(model, x * 2, y)

@@ -161,9 +161,9 @@ def test_batch_independence_on_dlib_with_a_thrice_listed_channel(faces) -> None:
     """dlib's ResNet with one channel listed by three attributes at relu2 (as extracted from the release's faces):
     the witness sums are equal, so std is 0; a float std of ~1e-7 (reduction order depends on the batch) once made
     a sample's steered output depend on its batch size."""
-    from ami_lightning.models import create_model
+    from ami_lightning.models.dlib_resnet import load_dlib_resnet
 
-    model = create_model("dlib_resnet")
+    model = load_dlib_resnet()
     witnesses = WitnessSet.from_mapping({"leye": {"relu2": [10], "relu1": [4, 30]}, "nose": {"relu2": [10]},
                                          "mouth": {"relu2": [10], "relu1": [4, 30]}}, model.hook_layers)
     detector = AmIDetector(model, witnesses, 1000.0, (2.15, 200.0))

@@ -11,7 +11,7 @@ from ami_lightning.cli import calibrate
 from ami_lightning.data.shipped import face_files, witness_face_files
 from ami_lightning.evaluation.intervals import wilson_interval
 from ami_lightning.faces.landmarks import LandmarkDetector
-from ami_lightning.models import create_model
+from ami_lightning.models.dlib_resnet import load_dlib_resnet
 from ami_lightning.models.layers import layer_channels
 from ami_lightning.witnesses import ATTRIBUTES, WitnessSet
 from ami_lightning.witnesses.from_faces import faces_with_landmarks, save_mutation_grid, witnesses_from_faces
@@ -38,7 +38,7 @@ def test_faces_without_a_face_are_left_out(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_witnesses_of_the_dlib_resnet_from_the_release_faces(tmp_path: Path) -> None:
-    model = create_model("dlib_resnet")
+    model = load_dlib_resnet()
     base, others = witness_face_files()
     with pytest.warns(UserWarning, match="Wentworth_Miller"):
         found, mutations = witnesses_from_faces(model, model.hook_layers, base, others)

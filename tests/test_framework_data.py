@@ -16,11 +16,9 @@ from ami_lightning.data.datamodule import EvalDataModule, ShardSampler
 from ami_lightning.data.datasets import SKIPPED, FaceFiles, attack_set, load_pixels
 from ami_lightning.detectors.ami import AmIDetector
 from ami_lightning.detectors.steering import detection_score
-from ami_lightning.evaluation.metrics import FlagRate
 from ami_lightning.evaluation.module import DetectorEvalModule
 from ami_lightning.evaluation.rates import eligible_mask, flag_rate
 from ami_lightning.models.vgg_face import VGG_FACE_MEAN
-from tests.conftest import random_predictions
 from tests.toy import PixelSet, toy_eval_sets
 
 NAMES = ["Aaron_Tveit", "Cher", "Ed_Begley_Jr."]
@@ -90,21 +88,6 @@ def test_shard_sampler_covers_each_index_once(length: int, world: int) -> None:
     assert [len(ShardSampler(length, r, world)) for r in range(world)] == [len(s) for s in shards]
 
 
-def test_flag_rate_metric_matches_kernel() -> None:
-    labels, original, steered = random_predictions(60, 5, seed=1, p_correct=0.6, p_agree=0.7)
-    flagged = steered != original
-    for adversarial in (False, True):
-        metric = FlagRate(adversarial)
-        for chunk in range(0, 60, 7):
-            sl = slice(chunk, chunk + 7)
-            metric.update(flagged[sl], original[sl], labels[sl])
-        out, expected = metric.compute(), flag_rate(flagged, original, labels, adversarial)
-        assert (int(out["flagged"]), int(out["eligible"])) == (expected.flagged, expected.eligible)
-        assert float(out["rate"]) == pytest.approx(expected.value)
-    empty = FlagRate(True)
-    assert torch.isnan(empty.compute()["rate"])
-
-
 def test_eval_module_matches_direct_computation() -> None:
     detector, sets = toy_eval_sets(32)
     (x, y), (noisy, _), (_, wrong_labels) = sets["benign"], sets["noise"], sets["shifted"]
@@ -133,25 +116,13 @@ def test_eval_module_matches_direct_computation() -> None:
         for point, k in zip(row["operating_points"], (1, 3), strict=True):  # 10 % and 30 % of 10 benign scores
             threshold = benign.sort(descending=True).values[k].item()
             assert point.threshold == threshold and point.benign_fpr == k / 10
-            assert point.detected == int((set_scores > threshold).sum())
-            if name != "benign":
-                metrics = trainer.callback_metrics
-                assert float(metrics[f"ami/{name}/detection_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
-                    point.detected / eligible)
-                assert float(metrics[f"ami/{name}/undetected_at_fpr_{point.target_fpr:g}"]) == pytest.approx(
-                    (eligible - point.detected) / 10)
-        if name != "benign":
-            assert float(trainer.callback_metrics[f"ami/{name}/undetected"]) == pytest.approx(
-                (row["eligible"] - row["flagged"]) / row["n"])
-    assert float(trainer.callback_metrics["ami/benign/threshold_at_fpr_0.3"]) == pytest.approx(
-        module.results["ami"]["benign"]["operating_points"][1].threshold)
+            assert point.detected == int((set_scores > threshold).sum()) <= eligible
     shifted = module.results["ami"]["shifted"]
     assert shifted["eligible"] == 10 and shifted["auroc"] is not None
     # 'shifted' holds the benign pixels again, as positives: the same scores as the negatives, so AUROC is 0.5 and
     # exactly the benign fraction is detected at each calibrated threshold
     assert shifted["auroc"] == pytest.approx(0.5)
     assert [p.detected for p in shifted["operating_points"]] == [1, 3]
-    assert trainer.callback_metrics["ami/shifted/undetected"] == pytest.approx((10 - shifted["flagged"]) / 10)
     with pytest.raises(ValueError, match="first set must be 'benign'"):
         DetectorEvalModule({"ami": detector}, ["noise"])
     with pytest.raises(ValueError, match=r"a target FPR is a fraction in \[0, 1\], got 5"):

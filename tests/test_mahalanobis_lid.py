@@ -26,11 +26,11 @@ from ami_lightning.detectors import lid as lid_module
 from ami_lightning.detectors import mahalanobis as maha_module
 from ami_lightning.detectors.base import SetupContext, create_detector
 from ami_lightning.detectors.fitting import FitSet, fit_features, layer_features
+from ami_lightning.detectors.layered import default_layers
 from ami_lightning.detectors.lid import LIDDetector, lid_mle
 from ami_lightning.detectors.mahalanobis import (
     MahalanobisDetector,
     class_gaussians,
-    default_layers,
     fold_assignment,
     mahalanobis_score,
 )

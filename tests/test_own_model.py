@@ -20,9 +20,9 @@ from torch import nn
 from ami_lightning.cli import apps
 from ami_lightning.data.shipped import shipped_faces
 from ami_lightning.detectors.base import registered_detectors
-from ami_lightning.models import create_model
 from ami_lightning.models.base import PixelModel, Preprocess, kaiming_init_
 from ami_lightning.models.classifiers import onnx_classifier, torch_classifier
+from ami_lightning.models.dlib_resnet import load_dlib_resnet
 from ami_lightning.models.gallery import FaceGallery
 from ami_lightning.models.layers import find_layer, forward_hooks, layer_channels
 from ami_lightning.models.wrapped import OneImageAtATime, load_onnx, wrap_network
@@ -188,7 +188,7 @@ def test_own_model_configs_name_missing_paths_and_bad_values(tmp_path: Path) -> 
 @pytest.fixture(scope="module")
 def dlib_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """dlib's network with its normalisation (not its resize), exported to ONNX at a fixed 150x150 input."""
-    port = create_model("dlib_resnet")
+    port = load_dlib_resnet()
     path = tmp_path_factory.mktemp("onnx") / "dlib_resnet.onnx"
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
         warnings.simplefilter("ignore")
@@ -199,7 +199,7 @@ def dlib_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dlib_exported_to_onnx_gives_the_same_descriptors_and_hook_layers(dlib_onnx: Path) -> None:
-    port = create_model("dlib_resnet")
+    port = load_dlib_resnet()
     network = load_onnx(dlib_onnx)
     assert network.size == (150, 150) and network.batch is None
     loaded = network.wrap(Preprocess(network.size))  # model=onnx's defaults: resize to the graph's size, nothing else

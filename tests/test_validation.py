@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ami_lightning.attacks.registry import ATTACK_SETS, Deferred, create_attack
+from ami_lightning.attacks.registry import ATTACK_SETS, create_attack
 from ami_lightning.cli import config_dir
 from ami_lightning.data.shipped import face_files
 from ami_lightning.pipeline.validation import (
@@ -24,7 +24,7 @@ from ami_lightning.pipeline.validation import (
 from tests.conftest import compose_config, published_sets
 
 FACES = len(face_files())
-DLIB_LAYERS = ("relu1", "maxpool", *(f"relu{i}" for i in range(2, 30)), "avgpool")  # create_model("dlib_resnet")
+DLIB_LAYERS = ("relu1", "maxpool", *(f"relu{i}" for i in range(2, 30)), "avgpool")  # load_dlib_resnet()
 SHIPPED_SETS = sorted(p.stem for p in (config_dir() / "attack").glob("*.yaml"))  # the attack group's options
 DETECTOR_OPTIONS = sorted(p.stem for p in (config_dir() / "detector").glob("*.yaml"))  # the detector group's
 PUBLISHED_SETS = tuple(published_sets())
@@ -106,7 +106,7 @@ def test_the_detector_of_adaptive_sets_comes_from_the_pipeline() -> None:
 
 
 def test_attack_parameter_values_are_checked_by_the_attack() -> None:
-    refused("run", ["attacks.orthogonal_ami.params.project=sideways"],
+    refused("run", ["attack=[orthogonal_ami]", "attacks.orthogonal_ami.params.project=sideways"],
             "attacks.orthogonal_ami.params.project='sideways': expected one of both, off_target, on_target")
     refused("run", ["attack=[adaptive_transfer]", "attacks.adaptive_transfer.params.random_start=sometimes"],
             "attacks.adaptive_transfer.params.random_start='sometimes': expected true or false")
@@ -137,8 +137,8 @@ def test_every_set_lists_its_parameters_without_building_an_attack() -> None:
     for name in PUBLISHED_SETS + ("adaptive_transfer", "adaptive_gradient"):
         assert "steps" in ATTACK_SETS[name].parameters() or name == "fgsm"
     spec = ATTACK_SETS["cw_l2_next"]
-    assert isinstance(spec.factory, Deferred) and spec.constructor().__name__ == "CarliniWagnerL2"
-    assert type(create_attack("cw_l2_next", steps=3)).__name__ == "CarliniWagnerL2"  # the factory still builds
+    assert spec.factory.__name__ == "CarliniWagnerL2" and spec.target_mode == "next"  # registered by its decorator
+    assert type(create_attack("cw_l2_next", steps=3)).__name__ == "CarliniWagnerL2"
 
 
 # ---- 3: values -------------------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_unknown_keys_in_ami_and_data_list_what_the_files_define() -> None:
             "attributes, caffe_median, crop_layers, strengthen0, strengthen1, weaken, witness_format, witnesses")
     refused("eval", ["+data.batchsize=4"],
             "data.batchsize=4: unknown key in data (did you mean batch_size?); the config files define: attack_faces, "
-            "attacks_dir, batch_size, benign, npy_legacy, num_workers, on_error")
+            "attacks_dir, batch_size, benign, fit, npy_legacy, num_workers, on_error")
     refused("eval", ["+paths.vgg_weights=w.pth"], "paths.vgg_weights='w.pth': unknown key in paths (did you mean "
                                                   "vgg_face_weights?); the config files define: attacks_dir,")
 

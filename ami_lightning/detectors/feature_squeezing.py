@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ami_lightning.checks import unknown_keys
 from ami_lightning.detectors.base import register_detector
 from ami_lightning.detectors.nlm import (
     BACKENDS,
@@ -273,11 +274,7 @@ class FeatureSqueezing(ThresholdDetector):
     def check_params(params: Mapping[str, Any]) -> list[str]:
         """The problems (strings naming key, value and what is allowed; empty when none) of the parameters
         ``params`` (any of ``squeezers``, ``fpr``; missing keys take their defaults)."""
-        problems = []
-        allowed = ("squeezers", "fpr", "channel_order", "nlm_backend")
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            problems.append(f"unknown parameters {unknown}; allowed: {', '.join(allowed)}")
+        problems = unknown_keys(params, ("squeezers", "fpr", "channel_order", "nlm_backend"))
         if params.get("channel_order", "rgb") not in CHANNEL_ORDERS:
             problems.append(f"channel_order={params['channel_order']!r}: expected one of {', '.join(CHANNEL_ORDERS)} "
                             "(rgb: the RGB pixels handed to OpenCV unswapped, as EvadeML-Zoo does; bgr: swapped to "

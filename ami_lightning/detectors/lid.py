@@ -37,17 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ami_lightning.checks import expect, is_int
+from ami_lightning.checks import expect, is_int, unknown_keys
 from ami_lightning.detectors.base import SetupContext, register_detector
 from ami_lightning.detectors.fitting import fit_features, fitted_state, layer_features
-from ami_lightning.detectors.mahalanobis import (
-    fit_summary,
-    layers_problems,
-    model_device,
-    resolve_layers,
-    standardiser,
-)
-from ami_lightning.detectors.thresholded import ThresholdDetector, fpr_problems
+from ami_lightning.detectors.layered import LayerDetector, layers_problems, model_device
+from ami_lightning.detectors.mahalanobis import standardiser
+from ami_lightning.detectors.thresholded import fpr_problems
 
 __all__ = ["MIN_LOG_SUM", "MIN_SQUARED_DISTANCE", "LIDDetector", "lid_from_squared", "lid_mle", "squared_distances"]
 
@@ -119,7 +114,7 @@ def lid_mle(queries: torch.Tensor, pool: torch.Tensor, k: int = 20, exclude_self
 
 
 @register_detector("lid")
-class LIDDetector(ThresholdDetector):
+class LIDDetector(LayerDetector):
     """The LID detector (Ma et al., ICLR 2018) on ``model`` (pixels (B, 3, H, W) in [0, 255] -> logits), fitted by
     :meth:`setup` on the context's benign fit set.
 
@@ -140,8 +135,6 @@ class LIDDetector(ThresholdDetector):
         "classifies correctly; the per-layer LIDs are summed after standardisation on the fit set instead of the "
         "paper's logistic regression trained on adversarial examples"
     )
-    gradient = "exact"
-    needs_fit = True
 
     def __init__(
         self,
@@ -156,22 +149,17 @@ class LIDDetector(ThresholdDetector):
                                       "fpr": fpr})
         if problems:
             raise ValueError(f"lid: bad parameters: {'; '.join(problems)}")
-        super().__init__(model, fpr)
-        self.layers: tuple[str, ...] = resolve_layers(model, layers, "lid")
+        super().__init__(model, layers, fpr)
         self.k = int(k)
         self.pool_size = None if pool_size is None else int(pool_size)
         self.pool_seed = int(pool_seed)
-        self.fit_record: dict[str, Any] | None = None
-        self.fit_items: int | None = None
 
     @staticmethod
     def check_params(params: Mapping[str, Any]) -> list[str]:
         """Problems of ``params`` (any of ``layers``, ``k``, ``pool_size``, ``pool_seed``, ``fpr``), one
         ``"<key>=<value>: expected ..."`` line each; [] when fine."""
-        allowed = ("layers", "k", "pool_size", "pool_seed", "fpr")
-        unknown = sorted(set(params) - set(allowed))
-        problems = [f"unknown parameters {unknown}; allowed: {', '.join(allowed)}"] if unknown else []
-        problems += [
+        problems = [
+            *unknown_keys(params, ("layers", "k", "pool_size", "pool_seed", "fpr")),
             *layers_problems(params),
             *expect(params, "k", lambda v: is_int(v) and v >= 1, "an integer >= 1: the neighbours of the LID "
                     "estimate (20 in the paper)"),
@@ -187,10 +175,6 @@ class LIDDetector(ThresholdDetector):
         return problems
 
     # ---- fitting
-
-    def feature_layers(self) -> tuple[str, ...]:
-        """The chosen layers (their outputs are what the score reads)."""
-        return self.layers
 
     def setup(self, context: SetupContext) -> None:
         """Keep the pool's flattened activations per layer and the per-layer standardisation of the fit set's LIDs,
@@ -278,4 +262,4 @@ class LIDDetector(ThresholdDetector):
         """``{"layers", "k", "pool_size", "pool_seed", "fpr", "threshold" (None until calibrated), "fit"}``; ``fit``:
         the fit set's summary (:func:`~ami_lightning.detectors.mahalanobis.fit_summary`; None before :meth:`setup`)."""
         return {"layers": list(self.layers), "k": self.k, "pool_size": self.pool_size, "pool_seed": self.pool_seed,
-                "fpr": self.fpr, "threshold": self.threshold, "fit": fit_summary(self.fit_record, self.fit_items)}
+                "fpr": self.fpr, "threshold": self.threshold, "fit": self.fit_summary()}

@@ -35,15 +35,12 @@ against its nearest present class.
 
 Memory: per layer the fitted state is K means (K, C) and a (C, C) precision (float64); scoring materialises (B, K, C).
 
-The helpers shared with the LID detector (:mod:`ami_lightning.detectors.lid`) live here too: :func:`default_layers`,
-:func:`layers_problems`, :func:`resolve_layers`, :func:`fit_summary`, :func:`standardiser`,
-:func:`model_device`.
+The choice of layers, the fit-set summary and the base class it shares with LID and NIC are in
+:mod:`ami_lightning.detectors.layered`; :func:`standardiser` serves LID too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,29 +49,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ami_lightning.checks import expect, is_number, show
+from ami_lightning.checks import expect, is_number, unknown_keys
 from ami_lightning.detectors.base import SetupContext, register_detector
 from ami_lightning.detectors.fitting import fit_features, fitted_state, layer_features
-from ami_lightning.detectors.thresholded import ThresholdDetector, fpr_problems
-from ami_lightning.models.layers import hook_layer_names
+from ami_lightning.detectors.layered import LayerDetector, layers_problems, model_device
+from ami_lightning.detectors.thresholded import fpr_problems
 
 __all__ = [
-    "DEFAULT_LAYER_COUNT",
     "MahalanobisDetector",
     "class_gaussians",
     "STANDARDISATION_FOLDS",
-    "default_layers",
     "fold_assignment",
-    "fit_summary",
-    "layers_problems",
     "mahalanobis_score",
-    "model_device",
-    "resolve_layers",
     "standardiser",
 ]
-
-DEFAULT_LAYER_COUNT = 4
-"""``layers: null`` means the last this many of the model's hook layers (all of them when it has fewer)."""
 
 STANDARDISATION_FOLDS = 5
 """The per-layer standardisation of the Mahalanobis detector uses out-of-fold distances: the fit set split into this
@@ -144,54 +132,6 @@ def mahalanobis_score(features: torch.Tensor, means: torch.Tensor, precision: to
 # ---------------------------------------------------------------------------------------------------- shared helpers
 
 
-def default_layers(model: nn.Module, count: int = DEFAULT_LAYER_COUNT) -> tuple[str, ...]:
-    """The last ``count`` of ``model``'s hook layers (:func:`~ami_lightning.models.layers.hook_layer_names`; all of
-    them when it has fewer): the deepest ones, whose features separate classes best."""
-    return tuple(hook_layer_names(model)[-count:])
-
-
-def layers_problems(params: Mapping[str, Any]) -> list[str]:
-    """``["layers=<value>: expected ..."]`` unless ``params["layers"]`` is absent, null or a non-empty list of
-    distinct layer names."""
-    if params.get("layers") is None:
-        return []
-    layers = params["layers"]
-    ok = (isinstance(layers, Sequence) and not isinstance(layers, str | bytes) and len(layers) > 0
-          and all(isinstance(n, str) and n for n in layers) and len(set(layers)) == len(layers))
-    if ok:
-        return []
-    return [f"layers={show(layers)}: expected null (the last {DEFAULT_LAYER_COUNT} hook layers of the model) or a "
-            "non-empty list of distinct hook layer names"]
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[str] | None, kind: str) -> tuple[str, ...]:
-    """``layers`` as a tuple, or :func:`default_layers` when None; ValueError (``"<kind>: bad parameters:
-    layers=..."``) for a name that is not one of the model's hook layers."""
-    try:
-        names = hook_layer_names(model)
-    except ValueError as err:
-        raise ValueError(f"{kind}: bad parameters: layers={show(layers)}: {err}") from None
-    if layers is None:
-        return default_layers(model)
-    unknown = [n for n in layers if n not in names]
-    if unknown:
-        raise ValueError(f"{kind}: bad parameters: layers={show(list(layers))}: {unknown} are not hook layers of "
-                         f"{type(model).__name__}; expected names among {', '.join(names)}")
-    return tuple(layers)
-
-
-def fit_summary(record: Mapping[str, Any] | None, items: int | None) -> dict[str, Any] | None:
-    """What a detector's parameters say of its fit set (None before setup): the fit record without its file list
-    (``rule`` and the like), ``items`` (the readable images fitted on) and ``digest`` (16 hex of SHA-256 over the whole
-    record, files included, so that identities of detectors fitted on different files differ)."""
-    if record is None:
-        return None
-    text = json.dumps(record, sort_keys=True, default=str)
-    summary = {k: v for k, v in record.items() if k != "files"}
-    summary.update(items=items, digest=hashlib.sha256(text.encode()).hexdigest()[:16])
-    return summary
-
-
 def standardiser(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(center (L,), scale (L,)) of per-layer fit-set scores (N, L): their mean and population standard deviation,
     a scale that is zero or not finite (one image, identical scores) replaced by 1."""
@@ -219,7 +159,7 @@ def _number_in(low: float, high: float) -> Any:
 
 
 @register_detector("mahalanobis")
-class MahalanobisDetector(ThresholdDetector):
+class MahalanobisDetector(LayerDetector):
     """The Mahalanobis detector (Lee et al., NeurIPS 2018) on ``model`` (pixels (B, 3, H, W) in [0, 255] -> logits),
     fitted by :meth:`setup` on the context's benign fit set.
 
@@ -240,8 +180,6 @@ class MahalanobisDetector(ThresholdDetector):
         "classifies correctly; the per-layer scores are summed after standardisation on the fit set instead of the "
         "paper's logistic regression trained on adversarial examples"
     )
-    gradient = "exact"
-    needs_fit = True
 
     def __init__(
         self,
@@ -254,22 +192,16 @@ class MahalanobisDetector(ThresholdDetector):
         problems = self.check_params({"layers": layers, "fpr": fpr, "shrinkage": shrinkage, "eps": eps})
         if problems:
             raise ValueError(f"mahalanobis: bad parameters: {'; '.join(problems)}")
-        super().__init__(model, fpr)
-        self.layers: tuple[str, ...] = resolve_layers(model, layers, "mahalanobis")
+        super().__init__(model, layers, fpr)
         self.shrinkage = float(shrinkage)
         self.eps = float(eps)
-        self.fit_record: dict[str, Any] | None = None
-        self.fit_items: int | None = None
 
     @staticmethod
     def check_params(params: Mapping[str, Any]) -> list[str]:
         """Problems of ``params`` (any of ``layers``, ``fpr``, ``shrinkage``, ``eps``), one
         ``"<key>=<value>: expected ..."`` line each; [] when fine."""
-        allowed = ("layers", "fpr", "shrinkage", "eps")
-        unknown = sorted(set(params) - set(allowed))
-        problems = [f"unknown parameters {unknown}; allowed: {', '.join(allowed)}"] if unknown else []
         return [
-            *problems,
+            *unknown_keys(params, ("layers", "fpr", "shrinkage", "eps")),
             *layers_problems(params),
             *fpr_problems(params),
             *expect(params, "shrinkage", _number_in(0.0, 1.0),
@@ -279,10 +211,6 @@ class MahalanobisDetector(ThresholdDetector):
         ]
 
     # ---- fitting
-
-    def feature_layers(self) -> tuple[str, ...]:
-        """The chosen layers (their outputs are what the score reads)."""
-        return self.layers
 
     def setup(self, context: SetupContext) -> None:
         """Fit the class means, shared precisions and per-layer standardisation on ``context.fit`` (the features of
@@ -385,11 +313,4 @@ class MahalanobisDetector(ThresholdDetector):
         """``{"layers", "fpr", "shrinkage", "eps", "threshold" (None until calibrated), "fit"}``; ``fit``: the fit
         set's summary (:func:`fit_summary`; None before :meth:`setup`)."""
         return {"layers": list(self.layers), "fpr": self.fpr, "shrinkage": self.shrinkage, "eps": self.eps,
-                "threshold": self.threshold, "fit": fit_summary(self.fit_record, self.fit_items)}
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (the CPU when it has none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+                "threshold": self.threshold, "fit": self.fit_summary()}

@@ -83,8 +83,6 @@ count. Scoring adds (B, S) kernels (S support vectors, a few hundred at most) to
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,14 +93,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ami_lightning.checks import expect, is_int, is_number, show
+from ami_lightning.checks import expect, is_int, is_number, unknown_keys
 from ami_lightning.detectors.base import SetupContext, register_detector
 from ami_lightning.detectors.fitting import FitSet, fit_features, fitted_state, layer_features
-from ami_lightning.detectors.thresholded import ThresholdDetector, fpr_problems
-from ami_lightning.models.layers import hook_layer_names
+from ami_lightning.detectors.layered import LayerDetector, layers_problems, model_device
+from ami_lightning.detectors.thresholded import fpr_problems
 
 __all__ = [
-    "DEFAULT_LAYER_COUNT",
     "MIN_FIT_ITEMS",
     "NICDetector",
     "OneClassSVMFit",
@@ -116,9 +113,6 @@ __all__ = [
     "softmax_probabilities",
     "split_fit_parts",
 ]
-
-DEFAULT_LAYER_COUNT = 4
-"""``layers: null`` means the last this many hook layers of the model (all of them when it has fewer, at least 2)."""
 
 MIN_FIT_ITEMS = 8
 """The fewest readable fit images NIC can be fitted on (each of its three parts needs two or more)."""
@@ -466,58 +460,13 @@ class _Buffers(nn.Module):
 # ---------------------------------------------------------------------------------------------------- detector
 
 
-def _layers_problems(params: Mapping[str, Any]) -> list[str]:
-    if params.get("layers") is None:
-        return []
-    layers = params["layers"]
-    ok = (isinstance(layers, Sequence) and not isinstance(layers, str | bytes) and len(layers) >= 2
-          and all(isinstance(n, str) and n for n in layers) and len(set(layers)) == len(layers))
-    if ok:
-        return []
-    return [f"layers={show(layers)}: expected null (the last {DEFAULT_LAYER_COUNT} hook layers of the model) or a "
-            "list of at least 2 distinct hook layer names, in forward order (PI models pair consecutive ones)"]
-
-
-def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[str, ...]:
-    try:
-        names = hook_layer_names(model)
-    except ValueError as err:
-        raise ValueError(f"nic: bad parameters: layers={show(layers)}: {err}") from None
-    if layers is None:
-        if len(names) < 2:
-            raise ValueError(f"nic: bad parameters: layers=null: {type(model).__name__} has {len(names)} hook "
-                             "layer(s); NIC needs at least 2 (its provenance invariants pair consecutive layers)")
-        return tuple(names[-DEFAULT_LAYER_COUNT:])
-    unknown = [n for n in layers if n not in names]
-    if unknown:
-        raise ValueError(f"nic: bad parameters: layers={show(list(layers))}: {unknown} are not hook layers of "
-                         f"{type(model).__name__}; expected names among {', '.join(names)}")
-    return tuple(layers)
-
-
-def _fit_summary(record: Mapping[str, Any] | None, items: int | None) -> dict[str, Any] | None:
-    """The fit record without its file list, with ``items`` (the readable images fitted on) and ``digest`` (16 hex
-    of SHA-256 over the whole record, files included); None before setup."""
-    if record is None:
-        return None
-    text = json.dumps(record, sort_keys=True, default=str)
-    summary = {k: v for k, v in record.items() if k != "files"}
-    summary.update(items=items, digest=hashlib.sha256(text.encode()).hexdigest()[:16])
-    return summary
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 @register_detector("nic")
-class NICDetector(ThresholdDetector):
+class NICDetector(LayerDetector):
     """NIC (Ma et al., NDSS 2019) on ``model`` (pixels (B, 3, H, W) in [0, 255] -> logits (B, K)), fitted by
     :meth:`setup` on the context's benign fit set (see the module docstring for the models and the departures).
 
-    ``layers``: hook layer names in forward order, at least 2 (None: the last :data:`DEFAULT_LAYER_COUNT`);
+    ``layers``: hook layer names in forward order, at least 2 (None: the last
+    :data:`~ami_lightning.detectors.layered.DEFAULT_LAYER_COUNT`);
     ``components``: the most PCA dimensions of a VI model's input (integer >= 1); ``nu``: every one-class SVM's
     ``nu`` in (0, 1] (an upper bound on the fraction of its training points outside its boundary); ``fpr``: the
     benign false-positive rate of the threshold. ValueError for bad parameters (:meth:`check_params`)."""
@@ -531,8 +480,7 @@ class NICDetector(ThresholdDetector):
         "flagged when the score is above the threshold that gives `fpr` (5 %) FPR on the benign images the model "
         "classifies correctly (the paper flags outside the final one-class SVM's boundary, score > 0)"
     )
-    gradient = "exact"
-    needs_fit = True
+    min_layers = 2  # the provenance invariants pair consecutive layers
 
     def __init__(
         self,
@@ -545,12 +493,9 @@ class NICDetector(ThresholdDetector):
         problems = self.check_params({"layers": layers, "components": components, "nu": nu, "fpr": fpr})
         if problems:
             raise ValueError(f"nic: bad parameters: {'; '.join(problems)}")
-        super().__init__(model, fpr)
-        self.layers: tuple[str, ...] = _resolve_layers(model, layers)
+        super().__init__(model, layers, fpr)
         self.components = int(components)
         self.nu = float(nu)
-        self.fit_record: dict[str, Any] | None = None
-        self.fit_items: int | None = None
         self.value_pca = nn.ModuleList()
         self.value_svms = nn.ModuleList()
         self.classifiers = nn.ModuleList()
@@ -562,12 +507,9 @@ class NICDetector(ThresholdDetector):
     def check_params(params: Mapping[str, Any]) -> list[str]:
         """Problems of ``params`` (any of ``layers``, ``components``, ``nu``, ``fpr``), one
         ``"<key>=<value>: expected ..."`` line each; [] when fine."""
-        allowed = ("layers", "components", "nu", "fpr")
-        unknown = sorted(set(params) - set(allowed))
-        problems = [f"unknown parameters {unknown}; allowed: {', '.join(allowed)}"] if unknown else []
         return [
-            *problems,
-            *_layers_problems(params),
+            *unknown_keys(params, ("layers", "components", "nu", "fpr")),
+            *layers_problems(params, 2, ", in forward order (PI models pair consecutive ones)"),
             *expect(params, "components", lambda v: is_int(v) and v >= 1,
                     "an integer >= 1: the most PCA dimensions of a value-invariant model's input (e.g. 32)"),
             *expect(params, "nu", lambda v: is_number(v) and math.isfinite(v) and 0 < v <= 1,
@@ -581,10 +523,6 @@ class NICDetector(ThresholdDetector):
         """What fitting reads besides the model, the fit set and the code: ``layers``, ``components``, ``nu``."""
         return {"layers": list(self.layers), "components": self.components, "nu": self.nu}
 
-    def feature_layers(self) -> tuple[str, ...]:
-        """The chosen layers (their outputs are what the score reads)."""
-        return self.layers
-
     def setup(self, context: SetupContext) -> None:
         """Fit the invariant models on ``context.fit`` (:meth:`fit_state`) or read them from the cache
         (:func:`~ami_lightning.detectors.fitting.fitted_state`, keyed by the model, the fit record,
@@ -594,7 +532,7 @@ class NICDetector(ThresholdDetector):
         state = fitted_state(context, self.kind, self.fit_identity(), type(self),
                              lambda: self.fit_state(context.fit))
         self.load_fitted(state)
-        self.to(_device_of(self.model))
+        self.to(model_device(self.model))
         self.fit_record = dict(context.fit.record)
 
     def fit_state(self, fit: FitSet) -> dict[str, torch.Tensor]:
@@ -673,4 +611,4 @@ class NICDetector(ThresholdDetector):
         set's record without its file list, with ``items`` and a ``digest`` of the whole record (None before
         :meth:`setup`)."""
         return {"layers": list(self.layers), "components": self.components, "nu": self.nu, "fpr": self.fpr,
-                "threshold": self.threshold, "fit": _fit_summary(self.fit_record, self.fit_items)}
+                "threshold": self.threshold, "fit": self.fit_summary()}

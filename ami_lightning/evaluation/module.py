@@ -24,18 +24,15 @@ from ami_lightning.evaluation.intervals import (
     bootstrap_auroc_interval,
     check_resamples,
     mann_whitney_auroc,
-    wilson_interval,
 )
-from ami_lightning.evaluation.metrics import FlagRate
 from ami_lightning.evaluation.paired import PairedComparison, compare_pairs
-from ami_lightning.evaluation.rates import eligible_mask
+from ami_lightning.evaluation.rates import eligible_mask, flag_rate
 from ami_lightning.evaluation.success import WorstCase, attack_success, face_verdicts, worst_case
 from ami_lightning.evaluation.thresholds import (
     OperatingPoint,
     above,
     check_target_fpr,
     operating_point,
-    point_metrics,
     ratio,
 )
 
@@ -48,7 +45,8 @@ class DetectorEvalModule(pl.LightningModule):
     one classifier) on the test dataloaders named ``set_names`` (the first is the benign set), in one pass: per
     batch the classifier's plain forward runs once and every detector gets its logits.
 
-    Per detector and set: :class:`FlagRate` (FPR for the benign set, detection rate for attack sets; flags by the
+    Per detector and set: :func:`~ami_lightning.evaluation.rates.flag_rate` of its records (FPR for the benign set,
+    detection rate for attack sets; flags by the
     detector's own rule) and the continuous scores of the eligible samples, from which AUROC and ROC of each attack
     set against the benign set are computed, and the set's
     :class:`~ami_lightning.evaluation.thresholds.OperatingPoint` at the score threshold calibrated on the detector's
@@ -73,10 +71,9 @@ class DetectorEvalModule(pl.LightningModule):
     model) and on the worst case (on the faces some set fooled): :func:`~ami_lightning.evaluation.paired.compare_pairs`,
     exact McNemar tests with Holm's correction per set.
 
-    Logged per detector and set: ``<detector>/<set>/rate`` with its 95 % Wilson interval ``.../rate_ci_low`` /
-    ``.../rate_ci_high`` (nan when nothing is eligible), ``.../auroc`` with ``.../auroc_ci_low`` /
-    ``.../auroc_ci_high`` where there is one, and the operating-point figures of
-    :func:`~ami_lightning.evaluation.thresholds.point_metrics`; likewise ``<detector>/worst_case/...``.
+    Nothing is logged here: every count comes from the gathered per-sample records (one CatMetric per detector and
+    set), and the run's logger gets the figures once they are written
+    (:func:`~ami_lightning.pipeline.loggers.log_results`).
 
     Under DDP the scores are gathered on every process (CatMetric) and the bootstrap depends only on the multisets of
     scores (it sorts them first) and the seed, so every process computes the same interval, equal to one process's.
@@ -122,7 +119,6 @@ class DetectorEvalModule(pl.LightningModule):
         self.targets = {name: torch.as_tensor(list(v), dtype=torch.long) for name, v in (targets or {}).items()}
         self.faces = {name: list(values) for name, values in (faces or {}).items()}
         sets = range(len(set_names))
-        self.rates = nn.ModuleList([nn.ModuleList([FlagRate(adversarial=i > 0) for i in sets]) for _ in detectors])
         # per sample: index in its set, plain top-1, label, flagged by the rule, score (float32, as CatMetric stores),
         # flattened to (5 N,): a process without records gathers an empty (0,) tensor, which must have the same
         # number of dimensions as the others' for torchmetrics' all_gather
@@ -168,7 +164,6 @@ class DetectorEvalModule(pl.LightningModule):
             else:
                 out = detector(pixels, logits)
                 flagged, score = out.flagged, out.score.detach()
-            self.rates[j][dataloader_idx].update(flagged, original_pred, labels)
             columns = (index, original_pred, labels, flagged, score)
             self.records[j][dataloader_idx].update(torch.stack([c.to(torch.float32) for c in columns], 1).flatten())
 
@@ -179,31 +174,31 @@ class DetectorEvalModule(pl.LightningModule):
         for j, name in enumerate(self.detectors):
             records = every[name] = [_records(m) for m in self.records[j]]
             self.benign_rows[name] = records[0].rows
-            self.results[name] = self._detector_results(name, self.rates[j], records, seen, skipped)
-            self.worst_case[name] = self._worst_case(name, records, self.results[name]["benign"]["operating_points"])
+            self.results[name] = self._detector_results(records, seen, skipped)
+            self.worst_case[name] = self._worst_case(records, self.results[name]["benign"]["operating_points"])
         self.comparisons = self._comparisons(every)
-        for metric in (*self.seen, *self.skipped, *(m for per in (*self.rates, *self.records) for m in per)):
+        for metric in (*self.seen, *self.skipped, *(m for per in self.records for m in per)):
             metric.reset()
 
     def _detector_results(
-        self, detector: str, rates: nn.ModuleList, records: list[_Records], seen: list[int], skipped: list[int]
+        self, records: list[_Records], seen: list[int], skipped: list[int]
     ) -> dict[str, dict[str, object]]:
-        """One detector's rows (set -> dict, see the class docstring), logged as ``<detector>/<set>/...``."""
+        """One detector's rows (set -> dict, see the class docstring), from its gathered records."""
         results: dict[str, dict[str, object]] = {}
         benign_scores = records[0].scores[records[0].eligible(adversarial=False)]
         for i, name in enumerate(self.set_names):
-            rate = _compute(rates[i])
+            rate = flag_rate(records[i].flagged, records[i].pred, records[i].labels, adversarial=i > 0)
             set_scores = records[i].scores[records[i].eligible(adversarial=True)] if i > 0 else benign_scores
             success = records[i].success(self.targets.get(name)) if i > 0 else None
             success_scores = None if success is None else records[i].scores[success]
-            n, eligible, flagged = seen[i], int(rate["eligible"]), int(rate["flagged"])
+            n, eligible, flagged = seen[i], rate.eligible, rate.flagged
             points = [operating_point(benign_scores, set_scores, t, success_scores) for t in self.fpr_targets]
             row: dict[str, object] = {
                 "n": n,
                 "skipped": skipped[i],
                 "eligible": eligible,
                 "flagged": flagged,
-                "rate": float(rate["rate"]),
+                "rate": rate.value,
                 "auroc": None,
                 "auroc_ci": None,
                 "roc_fpr": [],
@@ -219,7 +214,6 @@ class DetectorEvalModule(pl.LightningModule):
                 row.update(auroc=mann_whitney_auroc(benign_scores, set_scores), auroc_ci=interval,
                            roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist())
             results[name] = row
-            self._log_row(f"{detector}/{name}", row, adversarial=i > 0)
         return results
 
     def _comparisons(self, every: dict[str, list[_Records]]) -> list[PairedComparison]:
@@ -246,11 +240,9 @@ class DetectorEvalModule(pl.LightningModule):
             out += compare_pairs(WORST_CASE, verdicts)
         return out
 
-    def _worst_case(
-        self, detector: str, records: list[_Records], benign_points: list[OperatingPoint]
-    ) -> dict[str, object]:
+    def _worst_case(self, records: list[_Records], benign_points: list[OperatingPoint]) -> dict[str, object]:
         """The detector's worst case over the attack sets with known faces (see the class docstring), at its rule
-        and at each calibrated threshold of ``benign_points``; logged as ``<detector>/worst_case/...``."""
+        and at each calibrated threshold of ``benign_points``."""
         covered = [i for i, name in enumerate(self.set_names) if i > 0 and name in self.faces]
         names = [[self.faces[self.set_names[i]][k] for k in records[i].index.tolist()] for i in covered]
         fooled = [records[i].eligible(adversarial=True) for i in covered]
@@ -269,23 +261,7 @@ class DetectorEvalModule(pl.LightningModule):
         row: dict[str, object] = {"n": rule.faces, "eligible": rule.fooled, "flagged": rule.caught,
                                   "rate": ratio(rule.caught, rule.fooled),
                                   "operating_points": points, "sets": [self.set_names[i] for i in covered] or None}
-        if covered:
-            self._log_row(f"{detector}/{WORST_CASE}", row, adversarial=True)
         return row
-
-    def _log_row(self, prefix: str, row: dict[str, Any], adversarial: bool) -> None:
-        """Log one row's rate with its Wilson interval, its AUROC with its interval where there is one and its
-        operating-point figures, as ``<prefix>/<metric>``."""
-        n, eligible, flagged = int(row["n"]), int(row["eligible"]), int(row["flagged"])
-        self.log(f"{prefix}/rate", row["rate"], sync_dist=False)
-        for bound, value in zip(("low", "high"), wilson_interval(flagged, eligible, CONFIDENCE), strict=True):
-            self.log(f"{prefix}/rate_ci_{bound}", value, sync_dist=False)
-        if row.get("auroc") is not None:
-            self.log(f"{prefix}/auroc", row["auroc"], sync_dist=False)
-            for bound, value in zip(("low", "high"), row["auroc_ci"], strict=True):
-                self.log(f"{prefix}/auroc_ci_{bound}", value, sync_dist=False)
-        for key, value in point_metrics(row["operating_points"], n, eligible, flagged, adversarial).items():
-            self.log(f"{prefix}/{key}", value, sync_dist=False)
 
 
 class _Records:

@@ -20,7 +20,6 @@ from ami_lightning.checks import existing
 from ami_lightning.data.identities import identity_from_filename, load_names
 from ami_lightning.data.images import load_image
 from ami_lightning.data.shipped import shipped_faces
-from ami_lightning.models import create_model
 from ami_lightning.models.base import (
     ChannelOrder,
     PixelModel,
@@ -28,8 +27,10 @@ from ami_lightning.models.base import (
     load_state_dict_file,
     preprocessing_problems,
 )
+from ami_lightning.models.dlib_resnet import load_dlib_resnet
 from ami_lightning.models.gallery import FaceGallery
 from ami_lightning.models.layers import probe
+from ami_lightning.models.vgg_face import build_vgg_face
 from ami_lightning.models.wrapped import load_onnx, wrap_network
 
 
@@ -72,7 +73,7 @@ def dlib_gallery(faces_dir: str | None = None, batch_size: int = 64, weights: st
     """dlib's ResNet (``weights``: a ``.dat`` file, default the one of ``face_recognition_models``) as a gallery
     classifier enrolling one identity per face file of ``faces_dir`` (default: the 238 shipped faces), identities
     from the VGG Face file names."""
-    return gallery_classifier("dlib_resnet", create_model("dlib_resnet", weights), faces_dir, batch_size)
+    return gallery_classifier("dlib_resnet", load_dlib_resnet(weights), faces_dir, batch_size)
 
 
 def _dlib_gallery_problems(params: Mapping[str, Any]) -> list[str]:
@@ -89,7 +90,7 @@ def vgg_face_classifier(weights: str | None, names: str | None) -> Classifier:
                if value is None or not Path(value).is_file()]
     if missing:
         raise FileNotFoundError(f"VGG-Face needs these files, which are missing: {', '.join(missing)}")
-    return Classifier("vgg_face", create_model("vgg_face", weights), load_names(names))
+    return Classifier("vgg_face", build_vgg_face(weights), load_names(names))
 
 
 

@@ -35,7 +35,6 @@ from torch import nn
 
 from ami_lightning.models.base import PixelModel, Preprocess
 from ami_lightning.models.dlib_files import FACE_RECOGNITION_RESNET, dlib_model_path
-from ami_lightning.models.registry import register_model
 
 INPUT_SIZE = 150
 DESCRIPTOR_SIZE = 128
@@ -385,7 +384,6 @@ def dlib_resnet_from(net: DlibNet, path: Path) -> DlibResNet:
     return model.eval()
 
 
-@register_model("dlib_resnet")
 def load_dlib_resnet(path: str | Path | None = None) -> PixelModel:
     """dlib's face-recognition ResNet from ``path`` (default: the file in ``face_recognition_models``), in eval mode,
     as a :class:`PixelModel`: (B, 3, H, W) RGB pixels in [0, 255] -> (B, 128) descriptors.

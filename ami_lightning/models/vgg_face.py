@@ -15,7 +15,6 @@ from torch import nn
 from ami_lightning.data.identities import NUM_IDENTITIES
 from ami_lightning.data.images import VGG_FACE_MEAN
 from ami_lightning.models.base import Normalize, PixelModel, kaiming_init_, load_state_dict_file
-from ami_lightning.models.registry import register_model
 
 # (block, number of convolutions, channels)
 _BLOCKS: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -69,7 +68,6 @@ def load_vgg_face(path: str | Path) -> PixelModel:
     return vgg_face(load_state_dict_file(VggFace(), path, "VGG-Face", "vgg_face_dag.pth"))
 
 
-@register_model("vgg_face")
 def build_vgg_face(weights: str | Path | None = None) -> PixelModel:
     """VGG-Face from ``vgg_face_dag.pth``, or with random He-initialised weights when ``weights`` is None."""
     return load_vgg_face(weights) if weights is not None else vgg_face(kaiming_init_(VggFace()))

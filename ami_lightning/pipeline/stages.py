@@ -349,7 +349,7 @@ def attack_set_key(spec: DictConfig, model_key: Any, files: Sequence[Path], seed
     from ami_lightning.attacks.registry import get_spec
 
     key = ["attacks", STAGE_VERSIONS["attacks"], model_key, spec, [f.name for f in files], seed,
-           code_digest(get_spec(str(spec.name)).constructor())]
+           code_digest(get_spec(str(spec.name)).factory)]
     if detector is not None:
         key += [detector.kind, detector.identity(), code_digest(type(detector))]
     return cache_key(*key)

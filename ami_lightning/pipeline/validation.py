@@ -547,7 +547,7 @@ def _check_attacked_detector(key: str, needs_detector: bool, detector_names: lis
 
 def _check_attack_params(set_name: str, attack: str, params: DictConfig, selected: bool, problems: _Problems) -> None:
     spec = get_spec(attack)
-    constructor = spec.constructor()
+    constructor = spec.factory
     accepted = spec.parameters()
     open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     configurable = {name: p for name, p in accepted.items()

@@ -1,32 +1,34 @@
-"""Every registered model: builds offline, hook layers are activation / pool modules (and those that automatic
-discovery finds), pixel-space gradients. Registering a model adds it here: there is no table to edit."""
+"""Every built-in network (the builders the model configs reach through ``_target_``): builds offline, hook layers
+are activation / pool modules (and those that automatic discovery finds), pixel-space gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ami_lightning.models import MODELS, create_model, register_model
+from ami_lightning.models.dlib_resnet import load_dlib_resnet
 from ami_lightning.models.layers import find_layer, hook_layer_names, layer_channels, probe
+from ami_lightning.models.vgg_face import build_vgg_face
 from ami_lightning.models.wrapped import hookable_layers, hookable_types
 
+BUILDERS = {"dlib_resnet": load_dlib_resnet, "vgg_face": build_vgg_face}
+"""The built-in networks' builders, called without weights (dlib's shipped file; VGG-Face with random weights)."""
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
 def model(request: pytest.FixtureRequest):
-    return request.param, create_model(request.param)
+    return request.param, BUILDERS[request.param]()
 
 
-def test_registry_by_decorator(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert {"vgg_face", "dlib_resnet"} <= set(MODELS)
-    with pytest.raises(KeyError, match=r"unknown model 'resnet50'; registered: \[.*'dlib_resnet'"):
-        create_model("resnet50")
-    monkeypatch.setattr("ami_lightning.models.registry.MODELS", dict(MODELS))
-    from ami_lightning.models import registry
+def test_the_model_configs_build_through_these_builders() -> None:
+    """The model configs name the classifiers that call these builders; no registry stands between them."""
+    from omegaconf import OmegaConf
 
-    register_model("another")(MODELS["dlib_resnet"])
-    assert registry.MODELS["another"] is MODELS["dlib_resnet"] and "another" not in MODELS
-    with pytest.raises(ValueError, match="model 'dlib_resnet' is already registered"):
-        register_model("dlib_resnet")(MODELS["dlib_resnet"])
+    from ami_lightning.cli import config_dir
+
+    targets = {OmegaConf.load(f).get("_target_") for f in (config_dir() / "model").glob("*.yaml")}
+    assert {"ami_lightning.models.classifiers.dlib_gallery", "ami_lightning.models.classifiers.vgg_face_classifier"} \
+        <= targets
 
 
 def test_model_contract(model) -> None:
