@@ -33,7 +33,7 @@ def _toy(tmp_path: Path, detectors: str, monkeypatch: pytest.MonkeyPatch) -> tup
     """(cfg, classifier, probes (20, 3, 32, 32), the classifier's top-1 identity of each): the config of
     ``detectors`` on the CPU under ``tmp_path`` (batches of 16), the untrained toy network over 10 identities, the
     toy faces twice; detector set-up replaced by :class:`SetupReached`."""
-    def reached(_cfg: object) -> None:
+    def reached(_cfg: object, _fit: object = None) -> None:
         raise SetupReached
 
     monkeypatch.setattr(stages, "setup_context", reached)
