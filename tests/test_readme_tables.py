@@ -283,7 +283,7 @@ def test_check_without_arguments_passes_on_the_repository(capsys: pytest.Capture
     assert {"matrix", "main-job-summary", "default-run", "attacks-on-detectors", "orthogonal-projection",
             "main-job", "distributed", "detector-speed"} <= set(checked)
     for copy in (ROOT / readme_tables.RESULTS_DIR).glob("*.json"):
-        assert copy.stat().st_size < 250_000, copy  # small: no ROC points, no file lists (the 5 x 26-set benchmark: ~210 KB)
+        assert copy.stat().st_size < 250_000, copy  # small: no ROC points or file lists (the benchmark: ~210 KB)
         data = json.loads(copy.read_text())
         assert data[readme_tables.META]["kind"] in readme_tables.KINDS
         assert not any("roc_fpr" in s for s in data.get("sets", []))
