@@ -17,6 +17,7 @@ from tests.conftest import compose_config, cpu_config, reference_data
 def _small(cfg, faces: int = 3):
     with open_dict(cfg):
         cfg.data.benign.limit = 12
+        cfg.data.fit.limit = 12  # the fitted detectors' fit set: the same 12 faces' fit variants
         cfg.data.attack_faces = faces
     return cfg
 
@@ -88,8 +89,8 @@ def test_run_reads_data_attacks_dir_like_eval(tmp_path: Path) -> None:
     assert not (Path(cfg.paths.cache_dir) / "attacks").exists()
     sets = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["sets"]
     assert [(s["detector"], s["name"], s["n"]) for s in sets] == [
-        (d, name, n) for d in ("ami", "feature_squeezing")
-        for name, n in (("benign", 48), ("fgsm", 2), ("worst_case", 2))]
+        (d, name, n) for d in cfg.detectors for name, n in (("benign", 48), ("fgsm", 2), ("worst_case", 2))]
+    assert list(cfg.detectors) == ["ami", "feature_squeezing", "mahalanobis", "lid", "nic"]  # the main job's
 
 
 @pytest.mark.slow

@@ -78,16 +78,18 @@ def hooked_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> 
         last = _LAST[0]
         if last.model is model and last.x is x and last.version == _version(x) and set(layers) <= set(last.outputs):
             return {name: last.outputs[name] for name in layers}, last.logits
-    found: dict[str, torch.Tensor] = {}
+    calls: dict[str, list[torch.Tensor]] = {}
 
     def keep(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            found[name] = output
+            calls.setdefault(name, []).append(output)
 
         return hook
 
     with forward_hooks(model, {name: keep(name) for name in dict.fromkeys(layers)}):
         logits = model(x)
+    # a network run one image at a time (an ONNX graph of fixed batch 1) calls each layer once per image
+    found = {name: parts[0] if len(parts) == 1 else torch.cat(parts) for name, parts in calls.items()}
     _LAST.clear()
     if not torch.is_grad_enabled():
         _LAST.append(_Forward(model, x, _version(x), dict(found), logits))
