@@ -35,7 +35,7 @@ step() {
 }
 
 if [ "$DRY" = 1 ]; then
-  step pytest-collect 120 "$PY" -m pytest --collect-only -q -m gpu -p no:cacheprovider
+  step pytest-collect 120 "$PY" -m pytest --collect-only -q -m gpu -n 0 -p no:cacheprovider
   grep -q -E '^[0-9]+(/[0-9]+)? tests? (collected|selected)' "$OUT/pytest-collect.log" || failed+=("pytest-collect (no gpu test)")
   for script in bench_detector bench_attacks bench_distributed readme_tables; do
     step "$script-help" 120 "$PY" -m "scripts.$script" --help
@@ -46,7 +46,7 @@ else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: run with --dry-run here')" \
     || exit 1
   gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-  step pytest-gpu 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider
+  step pytest-gpu 120 "$PY" -m pytest -m gpu -q -n 0 -p no:cacheprovider
   step bench-detector 90 "$PY" -m scripts.bench_detector --device cuda --batch-size 64 --faces 128 --images 512 \
     --out "$OUT/bench_detector"
   step bench-attacks 90 "$PY" -m scripts.bench_attacks --model dlib --devices cuda

@@ -36,6 +36,8 @@ have no copy (not measured yet). It needs no run folder, so the tests run it. Th
     python -m scripts.readme_tables main-job logs/bench_main_job          # also main-job-summary (README)
     python -m scripts.bench_detector --out logs/bench_detector
     python -m scripts.readme_tables detector-speed logs/bench_detector
+    python -m scripts.bench_tests --out logs/bench_tests                # a clean clone: install and the tests
+    python -m scripts.readme_tables test-time logs/bench_tests
 
 Kinds of table: ``matrix`` (any ``ami-run`` / ``ami-eval`` results: the detector x attack matrix of undetected
 successes with the paired comparisons' sentences, :func:`ami_lightning.reporting.matrix.matrix_markdown`),
@@ -45,8 +47,9 @@ per detector: BIM and the attacks made to evade detectors, with SR@N, and the wo
 with its ``project``, read from the run's ``.hydra/config.yaml``, and one generated sentence per detector on whether
 the projections are told apart), ``calibration`` (``ami-calibrate``), ``distributed``
 (``scripts/bench_distributed.py``), ``main-job`` (``scripts/bench_main_job.py``: the main job and the smoke run, cold
-and warm), ``main-job-summary`` (the same figures as one sentence, for the README; written with ``main-job``) and
-``detector-speed`` (``scripts/bench_detector.py``).
+and warm), ``main-job-summary`` (the same figures as one sentence, for the README; written with ``main-job``),
+``detector-speed`` (``scripts/bench_detector.py``) and ``test-time`` (``scripts/bench_tests.py``: the install and the
+tests on a clean clone).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from ami_lightning.reporting.results import RunResults, read_results
 from scripts.bench_detector import detector_speed_markdown
 from scripts.bench_distributed import distributed_markdown
 from scripts.bench_main_job import main_job_markdown, minutes
+from scripts.bench_tests import tests_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -95,7 +99,8 @@ def main_job_summary(figures: dict[str, Any]) -> str:
 
 
 BENCHMARKS = {"distributed": distributed_markdown, "main-job": main_job_markdown,
-              "main-job-summary": main_job_summary, "detector-speed": detector_speed_markdown}
+              "main-job-summary": main_job_summary, "detector-speed": detector_speed_markdown,
+              "test-time": tests_markdown}
 """The kinds written from a benchmark script's ``--out DIR/results.json``: its renderer."""
 KINDS = (*RUN_KINDS, "calibration", *BENCHMARKS)
 COMPANIONS = {"main-job": ("main-job-summary",)}

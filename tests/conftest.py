@@ -43,7 +43,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _cpu_threads() -> None:
+    """Seed torch; under pytest-xdist (``-n N``) give each worker, and the entry points it starts as processes
+    (``OMP_NUM_THREADS``, which torch reads at start-up), an equal share of the cores: 2 workers on 2 cores run 1
+    thread each rather than 4 threads contending for 2 cores."""
     torch.manual_seed(0)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)  # torch's default: the cores it may use
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def reference_data(part: str) -> Path:

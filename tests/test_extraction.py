@@ -74,8 +74,7 @@ def shipped_leye() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("caffe", [False, True])
-@pytest.mark.parametrize("source", ["published_leye", "shipped_leye"])
+@pytest.mark.parametrize(("source", "caffe"), [("published_leye", True), ("shipped_leye", False)])  # each data, rule
 def test_matches_per_image_reference_on_leye_mutations(random_vgg, request, source: str, caffe: bool) -> None:
     base, substitution, preservation = request.getfixturevalue(source)
     assert substitution.shape == preservation.shape == (10, 3, 224, 224)

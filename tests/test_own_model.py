@@ -229,6 +229,7 @@ def _run_both(reference: list[str], onnx: list[str], tmp_path: Path) -> tuple[Ru
         cfg = cpu_config(compose_config("run", [*overrides, *given, "attack=[fgsm]", "logger=none"]), tmp_path / name)
         with open_dict(cfg):
             cfg.data.benign.limit = 3
+            cfg.data.fit.limit = 12  # the fitted detectors on the fit variants of 12 faces
             cfg.data.attack_faces = 2
         apps._eval(cfg)
         if attacks_dir is None:
@@ -448,6 +449,7 @@ def test_random_resnet18_gallery_runs_witnesses_an_attack_and_every_detector(tmp
         "logger=none"]), tmp_path)
     with open_dict(cfg):
         cfg.data.benign.limit = 4
+        cfg.data.fit.limit = 12  # the fitted detectors on the fit variants of 12 faces
         cfg.data.attack_faces = 2
     apps._eval(cfg)
     out = Path(cfg.paths.output_dir)

@@ -14,7 +14,7 @@ from ami_lightning.evaluation.paired import PairedComparison
 from ami_lightning.evaluation.thresholds import OperatingPoint
 from ami_lightning.pipeline.provenance import provenance
 from ami_lightning.reporting.results import RunResults, SetResult, write_results
-from scripts import readme_tables
+from scripts import bench_tests, readme_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def test_the_readme_tables_are_written_by_the_script() -> None:
     where = {"matrix": "README.md", "main-job-summary": "README.md", "default-run": "docs/results.md",
              "attacks-on-detectors": "docs/results.md", "orthogonal-projection": "docs/results.md",
              "benchmark": "docs/results.md", "calibration": "docs/detectors.md", "main-job": "docs/benchmarks.md",
-             "distributed": "docs/benchmarks.md", "detector-speed": "docs/benchmarks.md"}
+             "distributed": "docs/benchmarks.md", "detector-speed": "docs/benchmarks.md", "test-time": "README.md"}
     for name, path in where.items():
         assert found[name] == [ROOT / path], name
     for name in ("matrix", "main-job-summary", "default-run", "calibration"):
@@ -262,6 +262,30 @@ def test_detector_speed_block_gives_ratios_to_the_plain_forward(tmp_path: Path) 
     assert "| 224 | 45.0 | 24.5 |" in text
     assert "| 8.00 | 4.00 | 2.00 | 0.500 | 2.00 |" in text
     assert "changes 64.5 % of the NLM output values, by up to 24 grey levels" in text
+
+
+def test_test_time_block_gives_each_step_against_its_target(tmp_path: Path) -> None:
+    steps = {"install": {"command": "bash scripts/install.sh", "seconds": 96.4, "target": None, "counts": {}},
+             "every test": {"command": ".venv/bin/python -m pytest -m ''", "seconds": 431.6, "target": 480,
+                            "counts": {"passed": 870, "skipped": 15, "xfailed": 1}},
+             "fast subset": {"command": ".venv/bin/python -m pytest", "seconds": 59.5, "target": 120,
+                             "counts": {"passed": 826, "deselected": 48}}}
+    text = _benchmark_block(tmp_path, "test-time", {"steps": steps})
+    assert "| install | `bash scripts/install.sh` | 1 min 36 s |  |  |" in text
+    assert ("| every test | `.venv/bin/python -m pytest -m ''` | 7 min 12 s | at most 8 min 00 s | 870 passed, "
+            "15 skipped, 1 xfailed |") in text
+    assert ("| fast subset | `.venv/bin/python -m pytest` | 1 min 00 s | at most 2 min 00 s | 826 passed, "
+            "48 deselected |") in text
+    assert "Written by `scripts/readme_tables.py test-time` from `bench`" in text
+
+
+def test_pytest_counts_read_the_closing_line() -> None:
+    output = ("tests/test_a.py::test_x PASSED\n3 passed in 2.0s means nothing here\n"
+              "== 826 passed, 15 skipped, 1 xfailed, 2 errors, 28 warnings in 101.42s (0:01:41) ==\n")
+    assert bench_tests.pytest_counts(output) == {"passed": 826, "skipped": 15, "xfailed": 1, "errors": 2}
+    assert bench_tests.pytest_counts("1 failed, 3 deselected in 1s\nno tests ran? no: done\n") == {
+        "failed": 1, "deselected": 3}
+    assert bench_tests.pytest_counts("nothing to count\n") == {}
 
 
 # ---- the copies under docs/results/ and the check without arguments ------------------------------------------------
