@@ -60,7 +60,7 @@ def run_step(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
     done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed in {cwd} (exit {done.returncode}):\n{done.stdout[-4000:]}")
+        raise SystemExit(f"{shlex.join(command)} failed in {cwd} (exit {done.returncode}):\n{done.stdout[-4000:]}")
     return seconds, done.stdout
 
 
@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     env = {**os.environ, "AMI_REFERENCE": str(REFERENCE)}
-    env.pop("VIRTUAL_ENV", None)
     figures: dict[str, Any] = {"steps": {}}
     for label, command, target in STEPS:
         seconds, output = run_step(command, clone, env)

@@ -4,8 +4,10 @@ and machine; each run's figures are kept in docs/results/<block>.json, from whic
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -286,6 +288,15 @@ def test_pytest_counts_read_the_closing_line() -> None:
     assert bench_tests.pytest_counts("1 failed, 3 deselected in 1s\nno tests ran? no: done\n") == {
         "failed": 1, "deselected": 3}
     assert bench_tests.pytest_counts("nothing to count\n") == {}
+
+
+def test_a_failing_step_stops_the_benchmark_with_its_output(tmp_path: Path) -> None:
+    """A time of failing tests is no figure: the step's command, exit status and the end of its output are said."""
+    command = [sys.executable, "-c", "print('3 failed'); raise SystemExit(3)"]
+    with pytest.raises(SystemExit, match=r"(?s)-c .* failed in .* \(exit 3\):\n3 failed"):
+        bench_tests.run_step(command, tmp_path, dict(os.environ))
+    seconds, output = bench_tests.run_step([sys.executable, "-c", "print('ok')"], tmp_path, dict(os.environ))
+    assert output == "ok\n" and seconds > 0
 
 
 # ---- the copies under docs/results/ and the check without arguments ------------------------------------------------
